@@ -1,0 +1,384 @@
+// kube-derive repeats `type_ = "..."` across printcolumns, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// What Reaper does for the pods a policy matches.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "reaper.dev",
+    version = "v1alpha1",
+    kind = "ReaperPolicy",
+    plural = "reaperpolicies",
+    shortname = "rp",
+    status = "ReaperPolicyStatus",
+    printcolumn(name = "Mode", type_ = "string", json_path = ".spec.mode"),
+    printcolumn(
+        name = "Enforcement",
+        type_ = "string",
+        json_path = ".spec.enforcement"
+    ),
+    printcolumn(name = "Matched", type_ = "integer", json_path = ".status.matchedPods"),
+    printcolumn(
+        name = "Protected",
+        type_ = "integer",
+        json_path = ".status.protectedPods"
+    ),
+    printcolumn(name = "Zombies", type_ = "integer", json_path = ".status.zombies"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ReaperPolicySpec {
+    /// When several policies match a pod, the highest priority wins; ties go to the
+    /// alphabetically first name (and are reported as `Conflicting` in status).
+    #[serde(default)]
+    pub priority: i32,
+    /// Namespaces this policy applies to (among the opted-in ones). Empty or absent: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods this policy applies to. Empty or absent: all pods of the matched namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// How PID 1 is fixed: `Auto` (inject when every target container's argv is known, else
+    /// share), `Inject` (wrap entrypoints with reaper), `Share` (shareProcessNamespace), `Off`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// `Enforce` mutates pods; `Audit` only annotates `reaper.dev/injected: audit:<plan>` and warns.
+    #[serde(default)]
+    pub enforcement: Enforcement,
+    /// Which containers to wrap (by name). Regular containers and native sidecars are targets by default.
+    #[serde(default, skip_serializing_if = "ContainerFilter::is_empty")]
+    pub containers: ContainerFilter,
+    /// Also wrap ordinary (run-to-completion) init containers.
+    #[serde(default)]
+    pub init_containers: bool,
+    /// Options passed to the injected reaper on its command line (before `--`).
+    #[serde(default, skip_serializing_if = "ReaperOptions::is_default")]
+    pub reaper: ReaperOptions,
+    /// Explicit argv for images whose config cannot be read from their registry. These win over
+    /// registry lookups. The first entry whose `image` glob matches the container image is used.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub entrypoints: Vec<EntrypointOverride>,
+    /// What the operator does about zombies in matched pods.
+    #[serde(default)]
+    pub zombies: ZombiePolicy,
+}
+
+/// How PID 1 is fixed. In annotations and flags the same values are written in lower case.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Mode {
+    /// Inject when every target container's argv is known, otherwise share the PID namespace.
+    #[default]
+    Auto,
+    /// Wrap each target container's entrypoint with `reaper --`.
+    Inject,
+    /// Set `shareProcessNamespace: true` so the pause container is PID 1 and reaps.
+    Share,
+    /// Leave pods alone.
+    Off,
+}
+
+impl Mode {
+    /// Lower-case form used by the `reaper.dev/mode` annotation and the `--default-mode` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Inject => "inject",
+            Mode::Share => "share",
+            Mode::Off => "off",
+        }
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Accepts `auto|inject|share|off` in any case.
+impl FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(Mode::Auto),
+            "inject" => Ok(Mode::Inject),
+            "share" => Ok(Mode::Share),
+            "off" => Ok(Mode::Off),
+            other => Err(format!(
+                "unknown mode {other:?}: expected auto, inject, share or off"
+            )),
+        }
+    }
+}
+
+/// Whether a policy changes pods or only reports what it would do.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Enforcement {
+    /// Mutate pods.
+    #[default]
+    Enforce,
+    /// Annotate `audit:<plan>` and warn; change nothing else.
+    Audit,
+}
+
+/// Container names to include or exclude.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerFilter {
+    /// Only these containers (empty: every target container).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    /// Never these containers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl ContainerFilter {
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+    /// Whether a container of this name passes the filter.
+    pub fn allows(&self, name: &str) -> bool {
+        (self.include.is_empty() || self.include.iter().any(|n| n == name))
+            && !self.exclude.iter().any(|n| n == name)
+    }
+}
+
+/// Command-line options for the injected reaper.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReaperOptions {
+    /// Drain time after the main process exits (`--grace`), e.g. `5s`, `500ms`; `0` exits at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(0|[0-9]+(ms|s|m))$"))]
+    pub grace: Option<String>,
+    /// Run the app in its own process group and signal the whole group (`--process-group`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub process_group: bool,
+    /// Signal rewrites `FROM:TO` (`--rewrite`), e.g. `TERM:QUIT` or `15:3`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rewrite: Vec<SignalRewrite>,
+    /// Log verbosity of the reaper (number of `-v`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 3))]
+    pub verbosity: u8,
+}
+
+fn is_zero(v: &u8) -> bool {
+    *v == 0
+}
+
+impl ReaperOptions {
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// The reaper flags these options stand for, in a stable order (placed before `--`).
+    pub fn to_flags(&self) -> Vec<String> {
+        let mut flags = Vec::new();
+        if let Some(grace) = &self.grace {
+            flags.push(format!("--grace={grace}"));
+        }
+        if self.process_group {
+            flags.push("--process-group".to_string());
+        }
+        for r in &self.rewrite {
+            flags.push(format!("--rewrite={}", r.0));
+        }
+        if self.verbosity > 0 {
+            flags.push(format!("-{}", "v".repeat(self.verbosity.min(3) as usize)));
+        }
+        flags
+    }
+}
+
+/// A signal rewrite `FROM:TO`; signals by name (`TERM`, `SIGTERM`) or number.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct SignalRewrite(
+    #[schemars(regex(pattern = r"^(SIG)?[A-Z0-9+]+:(SIG)?[A-Z0-9+]+$"))] pub String,
+);
+
+/// An explicit argv for images matching a glob.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EntrypointOverride {
+    /// Glob over the full image reference (`*` matches any run of characters), e.g.
+    /// `registry.example.com/team/*` or `*/nginx:*`.
+    pub image: String,
+    /// The image's ENTRYPOINT.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// The image's CMD.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+}
+
+/// Zombie handling by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZombiePolicy {
+    /// Zombies in one pod at which the operator records a `ZombiesDetected` Event (and acts).
+    #[serde(default = "default_threshold")]
+    #[schemars(range(min = 1))]
+    pub threshold: u32,
+    /// `Event` (default) only records Events; `Restart` also restarts the owning workload of an
+    /// unprotected pod so the webhook protects its new pods.
+    #[serde(default)]
+    pub action: ZombieAction,
+    /// Minimum time between two restarts of one workload (`Restart` action), e.g. `1h`.
+    #[serde(default = "default_cooldown")]
+    #[schemars(regex(pattern = r"^[0-9]+(s|m|h)$"))]
+    pub cooldown: String,
+}
+
+fn default_threshold() -> u32 {
+    5
+}
+fn default_cooldown() -> String {
+    "1h".to_string()
+}
+
+impl Default for ZombiePolicy {
+    fn default() -> Self {
+        Self {
+            threshold: default_threshold(),
+            action: ZombieAction::default(),
+            cooldown: default_cooldown(),
+        }
+    }
+}
+
+/// What to do when a pod reaches the zombie threshold.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ZombieAction {
+    /// Record a `ZombiesDetected` Event on the pod.
+    #[default]
+    Event,
+    /// Record the Event and roll out the owning Deployment, StatefulSet or DaemonSet (unprotected pods only).
+    Restart,
+}
+
+/// Written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReaperPolicyStatus {
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` (reasons: `Reconciled`, `InvalidSelector`, `Conflicting`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Opted-in namespaces this policy selects.
+    #[serde(default)]
+    pub matched_namespaces: u32,
+    /// Pods this policy governs (it is their winning policy).
+    #[serde(default)]
+    pub matched_pods: u32,
+    /// Matched pods carrying `reaper.dev/injected: share` or `inject:...`.
+    #[serde(default)]
+    pub protected_pods: u32,
+    /// Matched pods without protection.
+    #[serde(default)]
+    pub unprotected_pods: u32,
+    /// Zombies currently reported in matched pods.
+    #[serde(default)]
+    pub zombies: u32,
+    /// The containers with the most zombies, worst first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_offenders: Vec<Offender>,
+    /// When this status last changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<Time>,
+}
+
+/// A container holding zombies.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Offender {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    /// Zombies in this container.
+    pub count: u32,
+    /// `comm` of the process that fails to reap them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub parent_comm: String,
+    /// Age in seconds of the oldest of them.
+    #[serde(default)]
+    pub age_seconds: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_parses_any_case_and_prints_lower() {
+        for (s, m) in [
+            ("auto", Mode::Auto),
+            ("Inject", Mode::Inject),
+            ("SHARE", Mode::Share),
+            ("off", Mode::Off),
+        ] {
+            assert_eq!(s.parse::<Mode>().unwrap(), m);
+            assert_eq!(m.to_string(), s.to_ascii_lowercase());
+        }
+        assert!("sometimes".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn spec_defaults_from_empty_object() {
+        let spec: ReaperPolicySpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.mode, Mode::Auto);
+        assert_eq!(spec.enforcement, Enforcement::Enforce);
+        assert_eq!(spec.zombies.threshold, 5);
+        assert_eq!(spec.zombies.cooldown, "1h");
+    }
+
+    #[test]
+    fn reaper_options_to_flags() {
+        let o = ReaperOptions {
+            grace: Some("5s".into()),
+            process_group: true,
+            rewrite: vec![SignalRewrite("TERM:QUIT".into())],
+            verbosity: 2,
+        };
+        assert_eq!(
+            o.to_flags(),
+            [
+                "--grace=5s",
+                "--process-group",
+                "--rewrite=TERM:QUIT",
+                "-vv"
+            ]
+        );
+        assert!(ReaperOptions::default().to_flags().is_empty());
+    }
+
+    #[test]
+    fn container_filter() {
+        let f = ContainerFilter {
+            include: vec![],
+            exclude: vec!["istio-proxy".into()],
+        };
+        assert!(f.allows("app"));
+        assert!(!f.allows("istio-proxy"));
+        let f = ContainerFilter {
+            include: vec!["app".into()],
+            exclude: vec![],
+        };
+        assert!(f.allows("app"));
+        assert!(!f.allows("sidecar"));
+    }
+}

@@ -1,0 +1,114 @@
+// kube-derive repeats `type_ = "..."` across printcolumns, which clippy mistakes for duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Zombie facts of one node, written by that node's agent. Named after the node and owned by
+/// its Node object, so it is garbage-collected with it.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "reaper.dev",
+    version = "v1alpha1",
+    kind = "ZombieReport",
+    plural = "zombiereports",
+    shortname = "zr",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Zombies", type_ = "integer", json_path = ".spec.zombies"),
+    printcolumn(name = "Processes", type_ = "integer", json_path = ".spec.processes"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ZombieReportSpec {
+    /// The node scanned.
+    pub node_name: String,
+    /// When the scan ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_at: Option<Time>,
+    /// The node's `/proc/sys/kernel/pid_max`.
+    #[serde(default)]
+    pub pid_max: u64,
+    /// Tasks (processes) on the node, zombies included.
+    #[serde(default)]
+    pub processes: u64,
+    /// Zombies on the node.
+    #[serde(default)]
+    pub zombies: u64,
+    /// Zombies that belong to no pod (host processes).
+    #[serde(default)]
+    pub unattributed_zombies: u64,
+    /// Containers holding zombies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub containers: Vec<ContainerZombies>,
+    /// Pods whose task count is close to their `pids.max` limit, or that hold zombies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<PodPids>,
+}
+
+/// Zombies of one container.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerZombies {
+    /// `metadata.uid` of the pod (dashed form).
+    pub pod_uid: String,
+    /// Container runtime ID (bare hex, no `containerd://` prefix).
+    pub container_id: String,
+    /// Pod namespace, once the agent knows the pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// Pod name, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// Container name, once known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// Zombies in this container.
+    pub count: u32,
+    /// Seconds since the oldest of them was first seen.
+    #[serde(default)]
+    pub oldest_age_seconds: u64,
+    /// The processes that fail to reap them, worst first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<ZombieParent>,
+}
+
+/// A process whose children are zombies.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ZombieParent {
+    /// PID as seen from the host PID namespace.
+    pub pid: i32,
+    /// `comm` of the parent (as in `/proc/<pid>/stat`).
+    pub comm: String,
+    /// Zombies it holds.
+    pub count: u32,
+    /// Seconds since the oldest of them was first seen.
+    #[serde(default)]
+    pub oldest_age_seconds: u64,
+}
+
+/// Task usage of one pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodPids {
+    /// `metadata.uid` of the pod (dashed form).
+    pub pod_uid: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// `pids.current` of the pod cgroup (zombies count too).
+    pub current: u64,
+    /// `pids.max` of the pod cgroup; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u64>,
+    /// Zombies in the pod.
+    #[serde(default)]
+    pub zombies: u32,
+}

@@ -1,0 +1,33 @@
+//! Every name users and tests rely on: API group, labels, annotations, field managers.
+//! Keep them here so no literal is repeated (and the README's contract table has one source).
+
+/// API group of the Reaper CRDs.
+pub const API_GROUP: &str = "reaper.dev";
+/// API version of the Reaper CRDs.
+pub const API_VERSION: &str = "v1alpha1";
+
+/// Namespace label (`=enabled`) that opts a namespace in, and pod label (`=disabled`) that opts a pod out.
+pub const LABEL_INJECT: &str = "reaper.dev/inject";
+pub const INJECT_ENABLED: &str = "enabled";
+pub const INJECT_DISABLED: &str = "disabled";
+
+/// Pod annotation overriding the policy's mode: `auto|inject|share|off`.
+pub const ANNOTATION_MODE: &str = "reaper.dev/mode";
+/// Pod annotation limiting injection to some containers: `"a,b"`.
+pub const ANNOTATION_CONTAINERS: &str = "reaper.dev/containers";
+/// Pod annotation recording what the webhook did.
+pub const ANNOTATION_INJECTED: &str = "reaper.dev/injected";
+
+/// Annotation set on a mirror (static) pod by the kubelet.
+pub const ANNOTATION_MIRROR: &str = "kubernetes.io/config.mirror";
+/// Label every namespace carries with its own name (used for `--policies` file mode).
+pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
+/// Annotation `kubectl rollout restart` sets on a pod template.
+pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
+
+/// Server-side apply field managers.
+pub const MANAGER_AGENT: &str = "reaper-agent";
+pub const MANAGER_OPERATOR: &str = "reaper-operator";
+
+/// Lease used for operator leader election.
+pub const LEASE_OPERATOR: &str = "reaper-operator";

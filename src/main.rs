@@ -1,0 +1,51 @@
+//! `reaper-controller`: one binary, one subcommand per role. Flag parsing and dispatch only.
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reaper::{agent, crd, operator, telemetry, webhook};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "reaper-controller",
+    version,
+    about = "Reaper: PID 1 done right for every Pod"
+)]
+struct Cli {
+    #[command(flatten)]
+    log: telemetry::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Mutating admission webhook (HTTPS) that fixes PID 1 of opted-in pods.
+    Webhook(webhook::Args),
+    /// Reconciles ReaperPolicy status from ZombieReports; manages webhook certificates.
+    Operator(operator::Args),
+    /// Node agent: counts zombies per pod and container, publishes a ZombieReport.
+    Agent(agent::Args),
+    /// Print the CRDs (ReaperPolicy, ZombieReport) as a YAML stream.
+    Crds(crd::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::Crds(_) = cli.command {
+        print!("{}", crd::render_yaml().context("rendering CRDs")?);
+        return Ok(());
+    }
+    telemetry::init(&cli.log).context("invalid --log-level")?;
+    // rustls needs one process-wide crypto provider; ring is the one kube is built with.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Webhook(args) => webhook::run(args).await.context("webhook"),
+            Command::Operator(args) => operator::run(args).await.context("operator"),
+            Command::Agent(args) => agent::run(args).await.context("agent"),
+            Command::Crds(_) => unreachable!("handled above"),
+        }
+    })
+}

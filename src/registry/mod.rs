@@ -1,0 +1,1 @@
+//! Image ENTRYPOINT/CMD resolution from OCI registries.

@@ -1,0 +1,18 @@
+//! Mutating admission webhook (issue: webhook).
+
+/// Flags of `reaper-controller webhook`.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct Args {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the webhook is not implemented yet")]
+    NotImplemented,
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Run until SIGTERM/SIGINT.
+pub async fn run(_args: Args) -> Result<()> {
+    Err(Error::NotImplemented)
+}
