@@ -36,9 +36,10 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ (one <plural>.<group>.yaml per CRD) from the Rust types.
 crds:
-	$(CARGO) run -q --bin reaper-controller -- crds > crds/reaper.dev.yaml
+	rm -f crds/*.yaml
+	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
 
 clean:
 	$(CARGO) clean
