@@ -41,5 +41,11 @@ crds:
 	rm -f crds/*.yaml
 	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
 
+## The whole system on a local control plane (same harness as the tests). Ctrl-C stops it;
+## DEMO_EXIT=1 exits 0 right after printing.
+demo: tools
+	$(CARGO) build --bin reaper-controller
+	$(CARGO) run --example demo
+
 clean:
 	$(CARGO) clean

@@ -575,3 +575,47 @@ async fn service_account_token_client_is_subject_to_rbac() {
         }
     }
 }
+
+#[tokio::test]
+async fn controller_manager_on_demand_runs_namespace_controllers() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let started = std::time::Instant::now();
+    cp.ensure_controller_manager(&client).await;
+    eprintln!(
+        "kube-controller-manager working after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // A bare namespace gets its `default` ServiceAccount and root CA from the controllers.
+    let name = unique_name("kcm");
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(name.clone());
+    namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .unwrap();
+    let sas = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(client.clone(), &name);
+    let cms = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), &name);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sas.get_opt("default").await.unwrap().is_none()
+        || cms.get_opt("kube-root-ca.crt").await.unwrap().is_none()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no default ServiceAccount / kube-root-ca.crt in {name} after 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Deletion completes (the namespace controller empties it and removes the finalizer).
+    namespaces.delete(&name, &Default::default()).await.unwrap();
+    while namespaces.get_opt(&name).await.unwrap().is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "namespace {name} still there after 60 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -50,6 +50,30 @@ const PORT_RETRIES: usize = 3;
 const SERVICE_CIDR: &str = "10.96.0.0/16";
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
+const DIR_PREFIX: &str = "reaper-control-plane-";
+/// Holds the PID of the process that owns a control-plane dir.
+const OWNER_FILE: &str = "owner.pid";
+
+/// Removes the dirs of control planes whose owner died without running exit handlers (SIGKILL);
+/// dirs kept on purpose (`REAPER_KEEP_CONTROL_PLANE=1`) have no owner file and stay.
+fn remove_stale_dirs() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let is_ours = entry.file_name().to_string_lossy().starts_with(DIR_PREFIX);
+        let owner = fs::read_to_string(path.join(OWNER_FILE)).ok();
+        let owner_alive = owner
+            .as_deref()
+            .and_then(|pid| pid.trim().parse::<u32>().ok())
+            .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if is_ours && owner.is_some() && !owner_alive {
+            let _ = fs::remove_dir_all(&path);
+        }
+    }
+}
+
 /// The repository root (where `bin/` and `crds/` live).
 pub fn repo_root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -64,7 +88,11 @@ pub fn bin_dir() -> PathBuf {
 
 /// Path of one tool in [`bin_dir`], or an error telling how to build it.
 pub fn tool(name: &str) -> Result<PathBuf, String> {
-    let path = bin_dir().join(name);
+    tool_in(&bin_dir(), name)
+}
+
+fn tool_in(dir: &Path, name: &str) -> Result<PathBuf, String> {
+    let path = dir.join(name);
     if path.is_file() {
         Ok(path)
     } else {
@@ -205,11 +233,13 @@ impl ControlPlane {
         owner: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
     ) -> Result<Self, StartError> {
         let began = Instant::now();
+        remove_stale_dirs();
         let dir = tempfile::Builder::new()
-            .prefix("reaper-control-plane-")
+            .prefix(DIR_PREFIX)
             .tempdir()
             .map_err(|e| StartError::Failed(format!("creating temp dir: {e}")))?
             .keep();
+        let _ = fs::write(dir.join(OWNER_FILE), std::process::id().to_string());
         let pki = Pki::write(&dir).map_err(|e| StartError::Failed(format!("writing PKI: {e}")))?;
         let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -572,6 +602,8 @@ impl ControlPlane {
         }
         procs.clear();
         if std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
+            // Without an owner file the dir is never taken for a stale one.
+            let _ = fs::remove_file(self.dir.join(OWNER_FILE));
             eprintln!("control plane: kept {}", self.dir.display());
         } else {
             let _ = fs::remove_dir_all(&self.dir);
@@ -645,6 +677,10 @@ static SHARED: OnceLock<Result<&'static ControlPlane, String>> = OnceLock::new()
 /// cannot start (binaries missing: run `make tools`).
 pub fn shared() -> Option<&'static ControlPlane> {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true"),
+            "{SKIP_ENV}=1 is set in CI: the control-plane tests must run there"
+        );
         eprintln!(
             "\n!!! {SKIP_ENV}=1: SKIPPING a control-plane test. This proves nothing; never set it in CI. !!!\n"
         );
@@ -880,4 +916,54 @@ fn kubeconfig_yaml(server: &str, ca: &Path, creds: Credentials<'_>) -> String {
          user: reaper-test\ncurrent-context: reaper-test\nusers:\n- name: reaper-test\n  user:\n{user}",
         ca.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tool_says_how_to_build_it() {
+        let err = tool_in(Path::new("/nonexistent/bin"), "kube-apiserver").unwrap_err();
+        assert!(
+            err.contains("/nonexistent/bin/kube-apiserver is missing"),
+            "{err}"
+        );
+        assert!(err.contains("run `make tools`"), "{err}");
+    }
+
+    #[test]
+    fn unique_names_are_dns_labels() {
+        let a = unique_name("Webhook_Idempotent!");
+        let b = unique_name("Webhook_Idempotent!");
+        assert_ne!(a, b);
+        assert!(a.starts_with("webhook-idempotent-"), "{a}");
+        assert!(a.len() <= 63);
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        );
+        assert!(unique_name(&"x".repeat(100)).len() <= 63);
+        assert!(unique_name("--").starts_with("t-"));
+    }
+
+    #[test]
+    fn kubeconfig_parses_with_cert_and_token_credentials() {
+        let ca = Path::new("/pki/ca.crt");
+        let cert = kubeconfig_yaml(
+            "https://127.0.0.1:6443",
+            ca,
+            Credentials::Cert(Path::new("/pki/a.crt"), Path::new("/pki/a.key")),
+        );
+        let kc: Kubeconfig = serde_yaml::from_str(&cert).unwrap();
+        let user = kc.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.client_certificate.as_deref(), Some("/pki/a.crt"));
+        assert_eq!(
+            kc.clusters[0].cluster.as_ref().unwrap().server.as_deref(),
+            Some("https://127.0.0.1:6443")
+        );
+        let token = kubeconfig_yaml("https://127.0.0.1:6443", ca, Credentials::Token("abc.def"));
+        let kc: Kubeconfig = serde_yaml::from_str(&token).unwrap();
+        assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
+    }
 }
