@@ -619,3 +619,46 @@ async fn controller_manager_on_demand_runs_namespace_controllers() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test]
+async fn child_processes_reach_the_cluster_through_kubeconfigs() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let admin = cp.client().await;
+    let helm = control_plane::tool("helm").unwrap_or_else(|e| panic!("{e}"));
+    // Admin kubeconfig: helm (built by `make tools`) lists releases (none yet).
+    let out = cp
+        .command(&helm)
+        .args(["list", "--all-namespaces", "--output", "json"])
+        .output()
+        .expect("run helm");
+    assert!(
+        out.status.success(),
+        "helm list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    // A ServiceAccount token kubeconfig: authenticated as the SA, and RBAC denies it.
+    let ns = cp.ns(&admin, "child").await;
+    let token = cp
+        .service_account_token(&admin, &ns, "default", std::time::Duration::from_secs(600))
+        .await;
+    let kubeconfig = cp.write_token_kubeconfig("child", &token);
+    let out = cp
+        .command(&helm)
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["list", "--namespace", &ns])
+        .output()
+        .expect("run helm");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a bare ServiceAccount may not list secrets"
+    );
+    assert!(
+        stderr.contains("forbidden")
+            && stderr.contains(&format!("system:serviceaccount:{ns}:default")),
+        "{stderr}"
+    );
+}

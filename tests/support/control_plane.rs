@@ -105,6 +105,14 @@ fn tool_in(dir: &Path, name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// The `reaper-controller` binary: cargo's own path in integration tests, `target/debug/` from
+/// the demo (which `make demo` builds first).
+pub fn reaper_controller_bin() -> PathBuf {
+    option_env!("CARGO_BIN_EXE_reaper-controller")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/debug/reaper-controller"))
+}
+
 /// A CA for tests: the control plane's own PKI, and webhook serving certificates.
 pub struct TestCa {
     issuer: CertifiedIssuer<'static, KeyPair>,
@@ -428,6 +436,16 @@ impl ControlPlane {
     /// Admin kubeconfig file, for kubectl, helm and child processes (`KUBECONFIG=...`).
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
+    }
+
+    /// A command for `program` with `KUBECONFIG` set to the admin kubeconfig, dying with the
+    /// spawning thread (wrap the child in [`ChildGuard`] to also kill it on drop). For a
+    /// ServiceAccount identity, set `KUBECONFIG` to [`Self::write_token_kubeconfig`]'s file.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("KUBECONFIG", &self.kubeconfig);
+        die_with_parent(&mut cmd);
+        cmd
     }
 
     /// The CA that signed the apiserver's serving certificate.
@@ -762,7 +780,7 @@ pub fn die_with_parent_tokio(cmd: &mut tokio::process::Command) {
 pub struct ChildGuard(pub Child);
 
 impl ChildGuard {
-    /// Spawns `cmd` with [`die_with_parent`].
+    /// Spawns `cmd` with [`die_with_parent`] (harmless if already set by [`ControlPlane::command`]).
     pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
         die_with_parent(cmd);
         cmd.spawn().map(Self)
