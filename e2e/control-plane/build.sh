@@ -86,8 +86,9 @@ EOF
   )
 }
 
-# The version a module's go.mod requires for a path (empty when absent).
-required() { (cd "$1" && go list -m -f '{{.Version}}' "$2" 2>/dev/null) || true; }
+# The version a module's go.mod requires for a path (empty when absent). Read from the file, so a
+# cached run needs neither the network nor the module cache.
+required() { awk -v m="$2" '($1 == "require" ? $2 : $1) == m { print ($1 == "require" ? $3 : $2); exit }' "$1/go.mod"; }
 
 # Hash of what decides a build's output: the module files and the link flags.
 build_key() {
