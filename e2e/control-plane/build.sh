@@ -8,7 +8,7 @@
 #   build.sh          build what is missing, link bin/*   (`make tools`)
 #   build.sh --pin    regenerate kube/go.mod and helm/go.mod (+ go.sum) from versions.env
 #
-# Environment: REAPER_TOOLS_CACHE (default ${XDG_CACHE_HOME:-$HOME/.cache}/reaper-tools),
+# Environment: REAPER_TOOLS_CACHE (default ~/.cache/reaper-tools),
 #              REAPER_TOOLS_JOBS (go build -p, default: number of cores).
 set -euo pipefail
 
@@ -22,13 +22,13 @@ source "$here/versions.env"
 export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
 export CGO_ENABLED=0
 export GOFLAGS="-trimpath -buildvcs=false -mod=readonly"
-cache_root="${REAPER_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/reaper-tools}"
+cache_root="${REAPER_TOOLS_CACHE:-${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/reaper-tools}"
 jobs="${REAPER_TOOLS_JOBS:-$(nproc)}"
 
 log() { printf 'tools: %s\n' "$*" >&2; }
 die() { printf 'tools: error: %s\n' "$*" >&2; exit 1; }
 
-command -v go >/dev/null || die "go not found: install Go ${KUBERNETES_GO:-1.26} (Debian: golang-go) and retry"
+command -v go >/dev/null || die "go not found: put Go >= 1.26 on PATH (this machine's is /usr/local/go/bin) and retry"
 
 # "v1.36.3" -> "v0.36.3": the tag the staging modules (k8s.io/api, k8s.io/apiserver, ...) carry.
 staging_version() { local v=${1#v1.}; echo "v0.$v"; }
@@ -97,8 +97,9 @@ build_key() {
     sha256sum | cut -c1-12
 }
 
-# build_into NAME DIR LDFLAGS OUTPUT_NAMES... -- PACKAGES...
-# Builds PACKAGES into the cache (one `go build` so shared packages compile once) unless present.
+# build_cached NAME MODULE_DIR LDFLAGS VERSION OUTPUTS... -- PACKAGES...
+# Builds PACKAGES into the cache (one `go build`, so shared packages compile once) unless every
+# output is already there, then links the outputs into bin/.
 build_cached() {
   local name=$1 dir=$2 ldflags=$3 version=$4
   shift 4
