@@ -229,7 +229,11 @@ impl ControlPlane {
                     eprintln!("control plane: port taken (attempt {attempt}), retrying: {e}");
                     last = e;
                 }
-                Err(StartError::Failed(e)) => return Err(e),
+                Err(StartError::Failed(e)) => {
+                    return Err(format!(
+                        "{e}\n({KEEP_ENV}=1 keeps the temp dir with all logs)"
+                    ));
+                }
             }
         }
         Err(last)
