@@ -36,9 +36,16 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ (one <plural>.<group>.yaml per CRD) from the Rust types.
 crds:
-	$(CARGO) run -q --bin reaper-controller -- crds > crds/reaper.dev.yaml
+	rm -f crds/*.yaml
+	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
+
+## The whole system on a local control plane (same harness as the tests). Ctrl-C stops it;
+## DEMO_EXIT=1 exits 0 right after printing.
+demo: tools
+	$(CARGO) build --bin reaper-controller
+	$(CARGO) run --example demo
 
 clean:
 	$(CARGO) clean
