@@ -1,0 +1,298 @@
+//! Every system call the reaper makes, and its only `unsafe` code.
+//!
+//! Thin, safe wrappers: no policy lives here, so the rest of the binary reads as plain Rust.
+
+use std::ffi::CStr;
+use std::ptr;
+use std::time::Duration;
+
+use libc::{c_char, c_int, pid_t};
+
+use crate::log::Line;
+use crate::signals;
+use crate::status;
+
+/// The C entry point. `#![no_main]` skips std's runtime setup (it would install handlers and
+/// ignore SIGPIPE, which the child must not inherit, and it costs pages at every start).
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+    let n = usize::try_from(argc).unwrap_or(0);
+    let mut args: Vec<&'static CStr> = Vec::with_capacity(n);
+    for i in 0..n {
+        // SAFETY: the C runtime passes `argc` pointers to NUL-terminated strings that live until
+        // the process exits; a NULL ends the list early if argc lies.
+        let p = unsafe { *argv.add(i) };
+        if p.is_null() {
+            break;
+        }
+        // SAFETY: non-NULL, NUL-terminated, lives for the whole process (see above).
+        args.push(unsafe { CStr::from_ptr(p) });
+    }
+    c_int::from(crate::run(&args))
+}
+
+/// The calling thread's errno.
+pub fn errno() -> c_int {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+/// Appends `strerror(e)` to a log line.
+pub fn push_errno(line: &mut Line, e: c_int) {
+    // SAFETY: strerror returns a valid NUL-terminated string; the reaper is single-threaded, so
+    // nothing overwrites it before it is copied into the line.
+    let text = unsafe { CStr::from_ptr(libc::strerror(e)) };
+    line.bytes(text.to_bytes());
+}
+
+/// Looks up an environment variable. The value lives as long as the process (glibc never frees
+/// strings it did not allocate, and the reaper only ever removes its own variable).
+pub fn getenv(name: &str) -> Option<&'static [u8]> {
+    let mut buf = [0u8; 64];
+    let bytes = name.as_bytes();
+    if bytes.len() >= buf.len() || bytes.contains(&0) {
+        return None;
+    }
+    buf[..bytes.len()].copy_from_slice(bytes);
+    // SAFETY: `buf` is NUL-terminated (zero-filled beyond the name); getenv returns NULL or a
+    // pointer into the environment block.
+    let p = unsafe { libc::getenv(buf.as_ptr().cast()) };
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: environment strings are NUL-terminated and stay in place (see above).
+    Some(unsafe { CStr::from_ptr(p) }.to_bytes())
+}
+
+/// Removes a variable from the environment the child inherits.
+pub fn unsetenv(name: &CStr) {
+    // SAFETY: valid C string; the reaper is single-threaded.
+    unsafe { libc::unsetenv(name.as_ptr()) };
+}
+
+pub fn getpid() -> pid_t {
+    // SAFETY: no preconditions.
+    unsafe { libc::getpid() }
+}
+
+pub fn getpgrp() -> pid_t {
+    // SAFETY: no preconditions.
+    unsafe { libc::getpgrp() }
+}
+
+/// Registers as child subreaper: orphans below re-parent to the reaper instead of to PID 1.
+pub fn set_child_subreaper() -> bool {
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) == 0 }
+}
+
+/// Asks for `sig` when the parent dies.
+pub fn set_pdeathsig(sig: c_int) -> bool {
+    // SAFETY: plain prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, sig as libc::c_ulong, 0, 0, 0) == 0 }
+}
+
+/// Sends a signal; `pid` follows kill(2) (negative: process group, -1: everyone visible).
+pub fn kill(pid: pid_t, sig: c_int) -> bool {
+    // SAFETY: no memory involved.
+    unsafe { libc::kill(pid, sig) == 0 }
+}
+
+/// Stops the reaper itself (job control: the shell that started it sees the job stop).
+pub fn stop_self() {
+    kill(getpid(), libc::SIGSTOP);
+}
+
+/// The terminal's foreground process group, if stdin is the controlling terminal.
+pub fn foreground_group() -> Option<pid_t> {
+    // SAFETY: ioctl on fd 0; fails with ENOTTY when stdin is not our controlling terminal.
+    let pg = unsafe { libc::tcgetpgrp(0) };
+    (pg > 0).then_some(pg)
+}
+
+/// Gives the terminal (stdin) to `pgrp`. SIGTTOU is blocked, so a background caller may do it.
+pub fn set_foreground_group(pgrp: pid_t) -> bool {
+    // SAFETY: ioctl on fd 0.
+    unsafe { libc::tcsetpgrp(0, pgrp) == 0 }
+}
+
+/// Writes the whole buffer to `fd`, retrying on EINTR; gives up silently on other errors.
+pub fn write_all(fd: c_int, mut buf: &[u8]) {
+    while !buf.is_empty() {
+        // SAFETY: `buf` is a valid slice.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n > 0 {
+            buf = buf.get(n as usize..).unwrap_or(&[]);
+        } else if n < 0 && errno() == libc::EINTR {
+            continue;
+        } else {
+            return;
+        }
+    }
+}
+
+/// A set of signals.
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    /// The signals the reaper blocks and waits for (see [`signals::is_caught`]).
+    pub fn caught() -> Self {
+        // SAFETY: sigemptyset initialises the set; sigaddset only writes inside it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in 1..=signals::MAX_SIGNAL {
+                if signals::is_caught(sig) {
+                    libc::sigaddset(&mut set, sig);
+                }
+            }
+            Self(set)
+        }
+    }
+
+    /// Blocks the set so its signals queue up for [`wait_signal`] instead of being delivered.
+    /// Blocked signals reach even a PID 1 (the kernel drops only unblocked, default-action ones).
+    pub fn block(&self) {
+        // SAFETY: valid set pointer.
+        unsafe { libc::sigprocmask(libc::SIG_BLOCK, &self.0, ptr::null_mut()) };
+    }
+}
+
+/// What `sigwaitinfo` reported.
+#[derive(Debug, Clone, Copy)]
+pub struct SigInfo {
+    pub signo: c_int,
+    pub code: c_int,
+    pub pid: pid_t,
+}
+
+/// Waits for one of `set` (which must be blocked); `None` on timeout or interruption
+/// (e.g. after being stopped and continued).
+pub fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<SigInfo> {
+    // SAFETY: zeroed siginfo_t is valid; the kernel fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let r = match timeout {
+        // SAFETY: valid pointers.
+        None => unsafe { libc::sigwaitinfo(&set.0, &mut info) },
+        Some(d) => {
+            let ts = libc::timespec {
+                tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
+                tv_nsec: d.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: valid pointers.
+            unsafe { libc::sigtimedwait(&set.0, &mut info, &ts) }
+        }
+    };
+    if r <= 0 {
+        return None;
+    }
+    // SAFETY: si_pid is meaningful for the signals the reaper acts on (kill/sigqueue/SIGCHLD);
+    // for others it reads a zero-initialised or kernel-filled union member, never garbage.
+    let pid = unsafe { info.si_pid() };
+    Some(SigInfo {
+        signo: r,
+        code: info.si_code,
+        pid,
+    })
+}
+
+/// One result of `waitpid(-1, WNOHANG)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reaped {
+    /// A child ended; `status` is the raw wait status.
+    Exited { pid: pid_t, status: c_int },
+    /// A child stopped (reported only with `untraced`).
+    Stopped { pid: pid_t },
+    /// Children exist, none has changed state.
+    Running,
+    /// No children at all.
+    NoChildren,
+}
+
+pub fn reap_one(untraced: bool) -> Reaped {
+    let flags = libc::WNOHANG | if untraced { libc::WUNTRACED } else { 0 };
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: valid status pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, flags) };
+        if pid > 0 {
+            return if libc::WIFSTOPPED(status) {
+                Reaped::Stopped { pid }
+            } else {
+                Reaped::Exited { pid, status }
+            };
+        }
+        if pid == 0 {
+            return Reaped::Running;
+        }
+        // waitpid fails only with EINTR (retry), ECHILD or EINVAL (flags are constant).
+        if errno() != libc::EINTR {
+            return Reaped::NoChildren;
+        }
+    }
+}
+
+/// How to start the child.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SpawnOptions {
+    /// Put the child in a process group of its own.
+    pub new_group: bool,
+    /// Also make that group the terminal's foreground group.
+    pub take_terminal: bool,
+}
+
+/// Forks and execs `argv` (PATH search like a shell). The child starts with an empty signal mask
+/// and every disposition at its default. Returns the child's pid or fork's errno. When exec
+/// fails, the child prints the reason and exits 127 (not found) or 126 (cannot execute).
+pub fn spawn(argv: &[&CStr], opts: SpawnOptions) -> Result<pid_t, c_int> {
+    let Some(first) = argv.first() else {
+        return Err(libc::EINVAL);
+    };
+    let mut ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(ptr::null());
+    // SAFETY: the reaper is single-threaded, so the child may run any code after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(errno());
+    }
+    if pid == 0 {
+        exec_child(first, &ptrs, opts);
+    }
+    if opts.new_group {
+        // Also from the parent, so a signal to the group cannot race the child's own setpgid.
+        // SAFETY: no memory involved; EACCES after the child's exec is expected and harmless.
+        unsafe { libc::setpgid(pid, pid) };
+    }
+    Ok(pid)
+}
+
+fn exec_child(file: &CStr, ptrs: &[*const c_char], opts: SpawnOptions) -> ! {
+    // SAFETY: plain system calls on the child's own state; `ptrs` is a NULL-terminated array of
+    // valid C strings that outlives the exec attempt.
+    unsafe {
+        if opts.new_group {
+            libc::setpgid(0, 0);
+            if opts.take_terminal {
+                // SIGTTOU is still blocked here, so a background group may take the terminal.
+                libc::tcsetpgrp(0, libc::getpid());
+            }
+        }
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=signals::MAX_SIGNAL {
+            if signals::is_resettable(sig) {
+                libc::sigaction(sig, &dfl, ptr::null_mut());
+            }
+        }
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        libc::execvp(file.as_ptr(), ptrs.as_ptr());
+        let e = errno();
+        let mut line = Line::new();
+        line.str("cannot run '").bytes(file.to_bytes()).str("': ");
+        push_errno(&mut line, e);
+        line.emit();
+        libc::_exit(c_int::from(status::exec_failure_code(e)))
+    }
+}
