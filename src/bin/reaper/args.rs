@@ -524,11 +524,13 @@ fn merge_env<'a>(
 }
 
 fn parse_bool(v: &[u8]) -> Option<bool> {
-    let lower: Vec<u8> = v.iter().map(u8::to_ascii_lowercase).collect();
-    match lower.as_slice() {
-        b"1" | b"true" | b"yes" | b"on" => Some(true),
-        b"0" | b"false" | b"no" | b"off" => Some(false),
-        _ => None,
+    let is = |word: &[u8]| v.eq_ignore_ascii_case(word);
+    if is(b"1") || is(b"true") || is(b"yes") || is(b"on") {
+        Some(true)
+    } else if is(b"0") || is(b"false") || is(b"no") || is(b"off") {
+        Some(false)
+    } else {
+        None
     }
 }
 

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 use libc::{c_int, pid_t};
 
 use crate::args::Config;
-use crate::log::Line;
+use crate::log::Part::{Bytes, Errno, Num, Sig, Str};
+use crate::log::say;
 use crate::status;
 use crate::sys::{self, Reaped, SigInfo, SigSet, SpawnOptions};
 
@@ -15,6 +16,7 @@ use crate::sys::{self, Reaped, SigInfo, SigSet, SpawnOptions};
 const KILL_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs `argv` as the main child and returns the reaper's exit code.
+#[inline(never)]
 pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
     let me = setup(cfg);
     let set = SigSet::caught();
@@ -28,21 +30,18 @@ pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
     let child = match sys::spawn(argv, opts) {
         Ok(pid) => pid,
         Err(e) => {
-            let mut l = Line::new();
-            l.str("cannot start a process: ");
-            sys::push_errno(&mut l, e);
-            l.emit();
+            say(&[Str("cannot start a process: "), Errno(e)]);
             return status::FAILURE;
         }
     };
     if cfg.verbosity >= 1 {
         let name = argv.first().map_or(&b""[..], |a| a.to_bytes());
-        Line::new()
-            .str("started '")
-            .bytes(name)
-            .str("' as pid ")
-            .num(child.into())
-            .emit();
+        say(&[
+            Str("started '"),
+            Bytes(name),
+            Str("' as pid "),
+            Num(child.into()),
+        ]);
     }
     let mut sup = Supervisor {
         cfg,
@@ -57,6 +56,7 @@ pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
 }
 
 /// `--pause`: no child; reap whatever is re-parented here until SIGTERM or SIGINT.
+#[inline(never)]
 pub fn pause(cfg: &Config) -> u8 {
     let me = setup(cfg);
     let set = SigSet::caught();
@@ -74,11 +74,7 @@ pub fn pause(cfg: &Config) -> u8 {
         match sys::wait_signal(&set, None) {
             Some(si) if si.signo == libc::SIGTERM || si.signo == libc::SIGINT => {
                 if cfg.verbosity >= 1 {
-                    Line::new()
-                        .str("pause: ")
-                        .signal(si.signo)
-                        .str(" received, exiting")
-                        .emit();
+                    say(&[Str("pause: "), Sig(si.signo), Str(" received, exiting")]);
                 }
                 return 0;
             }
@@ -95,18 +91,16 @@ fn setup(cfg: &Config) -> pid_t {
     let me = sys::getpid();
     // Not PID 1: orphans of our subtree would escape to the real init without this.
     if (cfg.subreaper || me != 1) && !sys::set_child_subreaper() {
-        let mut l = Line::new();
-        l.str("cannot register as child subreaper (");
-        sys::push_errno(&mut l, sys::errno());
-        l.str("); orphans will not be reaped here").emit();
+        say(&[
+            Str("cannot register as child subreaper ("),
+            Errno(sys::errno()),
+            Str("); orphans will not be reaped here"),
+        ]);
     }
     if let Some(sig) = cfg.pdeathsig
         && !sys::set_pdeathsig(sig)
     {
-        Line::new()
-            .str("cannot set the parent-death signal ")
-            .signal(sig)
-            .emit();
+        say(&[Str("cannot set the parent-death signal "), Sig(sig)]);
     }
     me
 }
@@ -160,9 +154,7 @@ impl Supervisor<'_> {
                 None if self.cfg.grace.is_zero() => return code,
                 None => {
                     if self.cfg.verbosity >= 1 {
-                        Line::new()
-                            .str("main child exited, draining leftovers: SIGTERM")
-                            .emit();
+                        say(&[Str("main child exited, draining leftovers: SIGTERM")]);
                     }
                     self.signal_leftovers(libc::SIGTERM);
                     // A stopped process would hold its TERM until continued.
@@ -174,20 +166,21 @@ impl Supervisor<'_> {
                 }
                 Some(d) if Instant::now() >= d.deadline => {
                     if d.killed {
-                        Line::new()
-                            .str("leftover processes survived SIGKILL; exiting anyway")
-                            .emit();
+                        say(&[Str("leftover processes survived SIGKILL; exiting anyway")]);
                         return code;
                     }
                     let n = self.signal_leftovers(libc::SIGKILL);
-                    let mut l = Line::new();
-                    l.str("grace period over: sent SIGKILL to ");
                     if self.pid1 {
-                        l.str("all leftover processes");
+                        say(&[Str(
+                            "grace period over: sent SIGKILL to all leftover processes",
+                        )]);
                     } else {
-                        l.num(n as i64).str(" leftover processes");
+                        say(&[
+                            Str("grace period over: sent SIGKILL to "),
+                            Num(n as i64),
+                            Str(" leftover processes"),
+                        ]);
                     }
-                    l.emit();
                     d.killed = true;
                     d.deadline = Instant::now() + KILL_WAIT;
                 }
@@ -209,17 +202,22 @@ impl Supervisor<'_> {
         }
         let to = self.cfg.rewrite.apply(si.signo);
         if self.cfg.verbosity >= 2 {
-            let mut l = Line::new();
-            l.str("received ").signal(si.signo);
             if to == 0 {
-                l.str(", dropped (--rewrite)");
+                say(&[
+                    Str("received "),
+                    Sig(si.signo),
+                    Str(", dropped (--rewrite)"),
+                ]);
             } else {
-                l.str(", forwarding ")
-                    .signal(to)
-                    .str(" to ")
-                    .num(self.target.into());
+                say(&[
+                    Str("received "),
+                    Sig(si.signo),
+                    Str(", forwarding "),
+                    Sig(to),
+                    Str(" to "),
+                    Num(self.target.into()),
+                ]);
             }
-            l.emit();
         }
         if to == 0 {
             return;
@@ -236,20 +234,21 @@ impl Supervisor<'_> {
 
     /// Reaps until nothing is ready; returns whether any children remain.
     fn reap_all(&mut self) -> bool {
+        // Not PID 1 means a parent that may do job control: watch for the child stopping.
+        let untraced = !self.pid1 && self.child != 0;
         loop {
-            // Not PID 1 means a parent that may do job control: watch for the child stopping.
-            match sys::reap_one(!self.pid1 && self.main_status.is_none() && self.child != 0) {
+            match sys::reap_one(untraced && self.main_status.is_none()) {
                 Reaped::Exited { pid, status }
                     if pid == self.child && self.main_status.is_none() =>
                 {
                     self.main_status = Some(status);
                     if self.cfg.verbosity >= 1 {
-                        describe(Line::new().str("main child ").num(pid.into()), status).emit();
+                        report_exit("main child ", pid, status);
                     }
                 }
                 Reaped::Exited { pid, status } => {
                     if self.cfg.warn_reap || self.cfg.verbosity >= 2 {
-                        describe(Line::new().str("reaped orphan ").num(pid.into()), status).emit();
+                        report_exit("reaped orphan ", pid, status);
                     }
                 }
                 Reaped::Stopped { pid } => {
@@ -257,9 +256,7 @@ impl Supervisor<'_> {
                         // Mirror the child's stop so the shell that started us sees the job stop;
                         // its SIGCONT resumes us and is forwarded to the child.
                         if self.cfg.verbosity >= 1 {
-                            Line::new()
-                                .str("main child stopped; stopping too (job control)")
-                                .emit();
+                            say(&[Str("main child stopped; stopping too (job control)")]);
                         }
                         sys::stop_self();
                     }
@@ -272,6 +269,7 @@ impl Supervisor<'_> {
 
     /// Signals every process left: the whole PID namespace as PID 1, our descendants otherwise.
     /// Returns how many were signalled (not counted as PID 1).
+    #[inline(never)]
     fn signal_leftovers(&self, sig: c_int) -> usize {
         if self.pid1 {
             // kill(-1) from a namespace's init reaches every other process in the namespace.
@@ -286,13 +284,23 @@ impl Supervisor<'_> {
     }
 }
 
-/// Appends ` exited with code N` or ` was killed by SIGX`.
-fn describe(line: &mut Line, status: c_int) -> &mut Line {
+/// `WHAT PID exited with code N` or `WHAT PID was killed by SIGX`.
+fn report_exit(what: &str, pid: pid_t, status: c_int) {
     if libc::WIFSIGNALED(status) {
-        line.str(" was killed by ").signal(libc::WTERMSIG(status))
+        say(&[
+            Str(what),
+            Num(pid.into()),
+            Str(" was killed by "),
+            Sig(libc::WTERMSIG(status)),
+        ]);
     } else {
-        line.str(" exited with code ")
-            .num(status::exit_code(status).into())
+        let code = status::exit_code(status);
+        say(&[
+            Str(what),
+            Num(pid.into()),
+            Str(" exited with code "),
+            Num(code.into()),
+        ]);
     }
 }
 

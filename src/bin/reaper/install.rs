@@ -10,38 +10,36 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::log::Line;
+use crate::log::Part::{Bytes, Errno, Str};
+use crate::log::say;
 use crate::status;
 use crate::sys;
 
 /// Copies the running binary to `dest` (a directory means `dest/reaper`); returns the exit code.
+#[inline(never)]
 pub fn run(dest: &CStr, argv0: Option<&CStr>, verbosity: u8) -> u8 {
     let dest = Path::new(OsStr::from_bytes(dest.to_bytes()));
     match install(dest, argv0) {
         Ok(path) => {
             if verbosity >= 1 {
-                Line::new()
-                    .str("installed ")
-                    .bytes(path.as_os_str().as_bytes())
-                    .emit();
+                say(&[Str("installed "), Bytes(path.as_os_str().as_bytes())]);
             }
             0
         }
         Err((what, path, err)) => {
-            let mut l = Line::new();
-            l.str("--install: ")
-                .str(what)
-                .str(" ")
-                .bytes(path.as_os_str().as_bytes())
-                .str(": ");
-            match err.raw_os_error() {
-                Some(e) => sys::push_errno(&mut l, e),
-                None => {
-                    l.str("unexpected end of file");
-                }
-            }
-            l.str(" (DEST must be a writable directory or a file path in one)")
-                .emit();
+            let reason = match err.raw_os_error() {
+                Some(e) => Errno(e),
+                None => Str("unexpected end of file"),
+            };
+            say(&[
+                Str("--install: "),
+                Str(what),
+                Str(" "),
+                Bytes(path.as_os_str().as_bytes()),
+                Str(": "),
+                reason,
+                Str(" (DEST must be a writable directory or a file path in one)"),
+            ]);
             status::FAILURE
         }
     }

@@ -1,13 +1,47 @@
 //! One-line messages on stderr without the `fmt` machinery (it would add pages to every start).
 //!
 //! A line is assembled in a stack buffer and written with a single `write(2)`, so lines from the
-//! reaper and its child never interleave mid-line.
+//! reaper and its child never interleave mid-line. Call sites use [`say`] with a few [`Part`]s:
+//! the buffer then lives only in `say`'s own (cold, never inlined) frame, which keeps the
+//! reaper's stack, and so its resident pages, small.
 
 use crate::signals;
 use crate::sys;
 
-const CAP: usize = 512;
+const CAP: usize = 256;
 const PREFIX: &[u8] = b"reaper: ";
+
+/// One piece of a log line.
+#[derive(Debug, Clone, Copy)]
+pub enum Part<'a> {
+    Str(&'a str),
+    Bytes(&'a [u8]),
+    Num(i64),
+    /// `SIGTERM`, or `signal 40`.
+    Sig(libc::c_int),
+    /// `strerror(errno)`.
+    Errno(libc::c_int),
+}
+
+/// Writes `reaper: ` and the parts as one line on stderr.
+#[cold]
+#[inline(never)]
+pub fn say(parts: &[Part]) {
+    let mut line = Line::new();
+    for part in parts {
+        match *part {
+            Part::Str(s) => line.str(s),
+            Part::Bytes(b) => line.bytes(b),
+            Part::Num(n) => line.num(n),
+            Part::Sig(s) => line.signal(s),
+            Part::Errno(e) => {
+                sys::push_errno(&mut line, e);
+                &mut line
+            }
+        };
+    }
+    line.emit();
+}
 
 /// A log line under construction: `Line::new().str("reaped ").num(pid).emit()`.
 pub struct Line {
@@ -117,6 +151,7 @@ mod tests {
         l.bytes(&[b'x'; 1000]).str("tail");
         let out = l.finish().to_vec();
         assert_eq!(out.len(), CAP);
+        assert!(out.len() <= 256, "lines stay small: they live on the stack");
         assert!(out.ends_with(b"x...\n"));
         assert!(out.starts_with(PREFIX));
     }

@@ -25,9 +25,11 @@ use std::ffi::{CStr, CString};
 
 use args::{Mode, UsageError};
 use log::Line;
+use log::Part::{Num, Str};
+use log::say;
 
 /// The environment variable with per-platform argvs (see `platform`).
-const ENV_PLATFORM_ARGV: &CStr = c"REAPER_PLATFORM_ARGV";
+const ENV_PLATFORM_ARGV: &str = "REAPER_PLATFORM_ARGV";
 
 /// Everything after the C entry point; returns the exit code.
 fn run(argv: &[&'static CStr]) -> u8 {
@@ -71,35 +73,40 @@ fn run(argv: &[&'static CStr]) -> u8 {
 
 /// The argv from `REAPER_PLATFORM_ARGV` for this platform, if any. The variable is removed from
 /// the environment either way: it is the reaper's, not the application's.
+#[inline(never)]
 fn platform_argv(verbosity: u8) -> Option<Vec<CString>> {
-    let raw = sys::getenv("REAPER_PLATFORM_ARGV")?;
-    sys::unsetenv(ENV_PLATFORM_ARGV);
+    let raw = sys::getenv(ENV_PLATFORM_ARGV)?;
+    sys::remove_env(ENV_PLATFORM_ARGV);
     match platform::parse_map(raw) {
         Err(e) => {
-            Line::new()
-                .str("ignoring REAPER_PLATFORM_ARGV: ")
-                .str(e.what)
-                .str(" at byte ")
-                .num(e.offset as i64)
-                .str("; running the command after --")
-                .emit();
+            say(&[
+                Str("ignoring REAPER_PLATFORM_ARGV: "),
+                Str(e.what),
+                Str(" at byte "),
+                Num(e.offset as i64),
+                Str("; running the command after --"),
+            ]);
             None
         }
         Ok(map) => {
             let found = platform::select(&map, &platform::CURRENT);
             if verbosity >= 1 {
-                let mut l = Line::new();
                 match found {
-                    Some((key, _)) => l.str("REAPER_PLATFORM_ARGV: running the argv for ").str(key),
-                    None => l.str("REAPER_PLATFORM_ARGV: no entry for this platform; running the command after --"),
-                };
-                l.emit();
+                    Some((key, _)) => {
+                        say(&[Str("REAPER_PLATFORM_ARGV: running the argv for "), Str(key)])
+                    }
+                    None => say(&[Str(
+                        "REAPER_PLATFORM_ARGV: no entry for this platform; running the command after --",
+                    )]),
+                }
             }
             found.map(|(_, argv)| argv.to_vec())
         }
     }
 }
 
+#[cold]
+#[inline(never)]
 fn usage_error(e: &UsageError) -> u8 {
     let mut l = Line::new();
     e.render(&mut l);

@@ -56,10 +56,17 @@ pub const FAULT_SIGNALS: [c_int; 6] = [
     libc::SIGSYS,
 ];
 
-/// glibc reserves the first two real-time signals for its threads; they cannot be blocked or sent
-/// through the libc wrappers, so the reaper neither catches nor resets them.
+/// glibc's SIGRTMIN: it keeps the kernel's first two real-time signals (32, 33) for its threads.
+/// A constant rather than `libc::SIGRTMIN()`, a call into a glibc page nothing else needs (a
+/// unit test pins the value).
+pub const RTMIN: c_int = 34;
+/// The kernel's (and glibc's) SIGRTMAX.
+pub const RTMAX: c_int = MAX_SIGNAL;
+
+/// glibc's reserved signals cannot be blocked or sent through the libc wrappers, so the reaper
+/// neither catches nor resets them.
 fn reserved_by_libc(sig: c_int) -> bool {
-    (32..libc::SIGRTMIN()).contains(&sig)
+    (32..RTMIN).contains(&sig)
 }
 
 /// True for signals the reaper blocks and waits for: everything except SIGKILL, SIGSTOP, the fault
@@ -89,12 +96,17 @@ pub fn parse_signal(s: &[u8]) -> Option<c_int> {
         let n = parse_small(s)?;
         return (1..=MAX_SIGNAL).contains(&n).then_some(n);
     }
-    let upper: Vec<u8> = s.iter().map(u8::to_ascii_uppercase).collect();
-    let name = upper.strip_prefix(b"SIG").unwrap_or(&upper);
+    // Upper-case on the stack: signal names are short, and the start path stays malloc-free.
+    let mut buf = [0u8; 16];
+    let upper = buf.get_mut(..s.len())?;
+    for (u, c) in upper.iter_mut().zip(s) {
+        *u = c.to_ascii_uppercase();
+    }
+    let name = upper.strip_prefix(b"SIG").unwrap_or(upper);
     if let Some(&(_, n)) = NAMES.iter().find(|(nm, _)| nm.as_bytes() == name) {
         return Some(n);
     }
-    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    let (min, max) = (RTMIN, RTMAX);
     let rt = if let Some(rest) = name.strip_prefix(b"RTMIN") {
         match rest {
             [] => Some(min),
@@ -245,10 +257,17 @@ mod tests {
             ("RTMIN+99", None),
             ("RTMIN-1", None),
             ("1000", None),
+            ("SIGVERYLONGNAMEINDEED", None),
         ];
         for &(s, want) in cases {
             assert_eq!(parse_signal(s.as_bytes()), want, "{s:?}");
         }
+    }
+
+    #[test]
+    fn realtime_range_matches_glibc() {
+        assert_eq!(RTMIN, libc::SIGRTMIN());
+        assert_eq!(RTMAX, libc::SIGRTMAX());
     }
 
     #[test]
