@@ -369,16 +369,29 @@ fn exec_child(file: &CStr, ptrs: &[*const c_char], opts: SpawnOptions) -> ! {
                 libc::tcsetpgrp(0, libc::getpid());
             }
         }
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // Raw rt_sigaction: glibc's wrapper refuses its reserved signals (32, 33), yet an
+        // inherited SIG_IGN on them must not leak either. An all-zero kernel `struct sigaction`
+        // is SIG_DFL with no flags and an empty mask whatever the architecture's field order.
+        let dfl = [0u64; 4];
         for sig in 1..=signals::MAX_SIGNAL {
             if signals::is_resettable(sig) {
-                libc::sigaction(sig, &dfl, ptr::null_mut());
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    dfl.as_ptr(),
+                    ptr::null_mut::<u64>(),
+                    KERNEL_SIGSET_SIZE,
+                );
             }
         }
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty, ptr::null_mut());
+        let empty = 0u64;
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            ptr::null_mut::<u64>(),
+            KERNEL_SIGSET_SIZE,
+        );
         libc::execvp(file.as_ptr(), ptrs.as_ptr());
         let e = errno();
         say(&[
