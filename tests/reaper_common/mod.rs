@@ -69,8 +69,8 @@ pub struct Running {
     pub child: Child,
     pub how: As,
     started: Instant,
-    out: thread::JoinHandle<String>,
-    err: thread::JoinHandle<String>,
+    out: Option<thread::JoinHandle<String>>,
+    err: Option<thread::JoinHandle<String>>,
 }
 
 fn drain_pipe(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
@@ -79,6 +79,10 @@ fn drain_pipe(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
         let _ = r.read_to_end(&mut buf);
         String::from_utf8_lossy(&buf).into_owned()
     })
+}
+
+fn join(h: Option<thread::JoinHandle<String>>) -> String {
+    h.and_then(|h| h.join().ok()).unwrap_or_default()
 }
 
 pub fn start(mut cmd: Command, how: As) -> Running {
@@ -92,8 +96,22 @@ pub fn start(mut cmd: Command, how: As) -> Running {
         child,
         how,
         started,
-        out,
-        err,
+        out: Some(out),
+        err: Some(err),
+    }
+}
+
+impl Drop for Running {
+    /// A failing test must not leave its init (and the init's children) running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let pid = self.child.id() as i32;
+            for c in children(pid) {
+                kill(c, libc::SIGKILL);
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }
 
@@ -116,8 +134,8 @@ impl Running {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return Output {
                     status,
-                    stdout: self.out.join().unwrap_or_default(),
-                    stderr: self.err.join().unwrap_or_default(),
+                    stdout: join(self.out.take()),
+                    stderr: join(self.err.take()),
                     elapsed: self.started.elapsed(),
                 };
             }
@@ -128,8 +146,8 @@ impl Running {
                 }
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let stderr = self.err.join().unwrap_or_default();
-                let stdout = self.out.join().unwrap_or_default();
+                let stderr = join(self.err.take());
+                let stdout = join(self.out.take());
                 panic!("timed out after {timeout:?}\nstdout: {stdout}\nstderr: {stderr}");
             }
             thread::sleep(Duration::from_millis(10));

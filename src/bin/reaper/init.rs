@@ -9,7 +9,7 @@ use crate::args::Config;
 use crate::log::Part::{Bytes, Errno, Num, Sig, Str};
 use crate::log::say;
 use crate::status;
-use crate::sys::{self, Reaped, SigInfo, SigSet, SpawnOptions};
+use crate::sys::{self, Reaped, SigInfo, SigSet, SpawnError, SpawnOptions};
 
 /// After SIGKILL, how long to wait for the kernel to finish off the leftovers (a process in
 /// uninterruptible sleep can take a moment) before exiting anyway.
@@ -29,11 +29,21 @@ pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
     };
     let child = match sys::spawn(argv, opts) {
         Ok(pid) => pid,
-        Err(e) => {
+        Err(SpawnError::Fork(e)) => {
             say(&[Str("cannot start a process: "), Errno(e)]);
             return status::FAILURE;
         }
+        Err(SpawnError::Exec(e)) => {
+            let name = argv.first().map_or(&b""[..], |a| a.to_bytes());
+            say(&[Str("cannot run '"), Bytes(name), Str("': "), Errno(e)]);
+            return status::exec_failure_code(e);
+        }
     };
+    if opts.new_group {
+        // Also from the parent, so a signal to the group cannot race the child's own setpgid
+        // (EACCES once the child has exec'd is expected and harmless).
+        sys::setpgid(child, child);
+    }
     if cfg.verbosity >= 1 {
         let name = argv.first().map_or(&b""[..], |a| a.to_bytes());
         say(&[

@@ -9,8 +9,6 @@ use std::time::Duration;
 use libc::{c_char, c_int, pid_t};
 
 use crate::log::Line;
-use crate::log::Part::{Bytes, Errno, Str};
-use crate::log::say;
 use crate::signals;
 use crate::status;
 
@@ -140,6 +138,12 @@ pub fn getpid() -> pid_t {
 pub fn getpgrp() -> pid_t {
     // SAFETY: no preconditions.
     unsafe { libc::getpgrp() }
+}
+
+/// Moves `pid` into process group `pgid`; failures are harmless where it is used.
+pub fn setpgid(pid: pid_t, pgid: pid_t) {
+    // SAFETY: no memory involved.
+    unsafe { libc::setpgid(pid, pgid) };
 }
 
 /// Registers as child subreaper: orphans below re-parent to the reaper instead of to PID 1.
@@ -319,12 +323,25 @@ pub struct SpawnOptions {
     pub take_terminal: bool,
 }
 
-/// Forks and execs `argv` (PATH search like a shell). The child starts with an empty signal mask
-/// and every disposition at its default. Returns the child's pid or fork's errno. When exec
-/// fails, the child prints the reason and exits 127 (not found) or 126 (cannot execute).
-pub fn spawn(argv: &[&CStr], opts: SpawnOptions) -> Result<pid_t, c_int> {
+/// Why the child could not be started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpawnError {
+    /// clone/mmap failed (errno).
+    Fork(c_int),
+    /// execvp failed (errno); the child has been reaped already.
+    Exec(c_int),
+}
+
+/// Starts `argv` (PATH search like a shell) with an empty signal mask and every disposition at
+/// its default.
+///
+/// vfork-style (`CLONE_VM | CLONE_VFORK` on a small stack of its own, as glibc's posix_spawn
+/// does): no page tables are copied and no copy-on-write faults follow, which is most of what a
+/// fork costs the reaper at start. The parent sleeps until the child has exec'd, and an exec
+/// error comes back through the shared memory, so the reaper reports it itself.
+pub fn spawn(argv: &[&CStr], opts: SpawnOptions) -> Result<pid_t, SpawnError> {
     let Some(first) = argv.first() else {
-        return Err(libc::EINVAL);
+        return Err(SpawnError::Exec(libc::ENOENT));
     };
     // execvp wants a NULL-terminated array; small ones live on the stack (no malloc at start).
     let mut stack: [*const c_char; STACK_ARGS + 1] = [ptr::null(); STACK_ARGS + 1];
@@ -342,29 +359,74 @@ pub fn spawn(argv: &[&CStr], opts: SpawnOptions) -> Result<pid_t, c_int> {
             .collect();
         &heap
     };
-    // SAFETY: the reaper is single-threaded, so the child may run any code after fork.
-    let pid = unsafe { libc::fork() };
+    let mut ctx = ChildContext {
+        file: first.as_ptr(),
+        argv: ptrs.as_ptr(),
+        opts,
+        exec_errno: 0,
+    };
+    // Room for execvp's own buffers (PATH + name, and a copy of argv for the script fallback);
+    // untouched pages cost nothing.
+    let size = (CHILD_STACK + argv.len() * 2 * std::mem::size_of::<usize>() + 4095) & !4095;
+    // SAFETY: anonymous private mapping; checked below.
+    let child_stack = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if child_stack == libc::MAP_FAILED {
+        return Err(SpawnError::Fork(errno()));
+    }
+    // SAFETY: the stack is ours and large enough; `ctx` outlives the child's use of it because
+    // CLONE_VFORK suspends us until the child has exec'd or exited. The child runs no signal
+    // handlers (the reaper installs none), so sharing our memory is safe.
+    let pid = unsafe {
+        let top = child_stack.cast::<u8>().add(size).cast::<libc::c_void>();
+        libc::clone(
+            exec_child,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&mut ctx as *mut ChildContext).cast(),
+        )
+    };
+    let clone_errno = errno();
+    // SAFETY: the child no longer uses the stack (it has exec'd or exited).
+    unsafe { libc::munmap(child_stack, size) };
     if pid < 0 {
-        return Err(errno());
+        return Err(SpawnError::Fork(clone_errno));
     }
-    if pid == 0 {
-        exec_child(first, ptrs, opts);
-    }
-    if opts.new_group {
-        // Also from the parent, so a signal to the group cannot race the child's own setpgid.
-        // SAFETY: no memory involved; EACCES after the child's exec is expected and harmless.
-        unsafe { libc::setpgid(pid, pid) };
+    if ctx.exec_errno != 0 {
+        // SAFETY: reaps the child we just started (it has called _exit).
+        unsafe { libc::waitpid(pid, ptr::null_mut(), 0) };
+        return Err(SpawnError::Exec(ctx.exec_errno));
     }
     Ok(pid)
 }
 
-fn exec_child(file: &CStr, ptrs: &[*const c_char], opts: SpawnOptions) -> ! {
-    // SAFETY: plain system calls on the child's own state; `ptrs` is a NULL-terminated array of
-    // valid C strings that outlives the exec attempt.
+/// What the vfork child needs; it writes `exec_errno` back when exec fails.
+struct ChildContext {
+    file: *const c_char,
+    argv: *const *const c_char,
+    opts: SpawnOptions,
+    exec_errno: c_int,
+}
+
+/// Stack for the vfork child.
+const CHILD_STACK: usize = 64 * 1024;
+
+extern "C" fn exec_child(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: `arg` is the parent's ChildContext, alive while the parent is suspended; the
+    // calls below only change the child's own process state. `argv` is NULL-terminated.
     unsafe {
-        if opts.new_group {
+        let ctx = &mut *arg.cast::<ChildContext>();
+        if ctx.opts.new_group {
             libc::setpgid(0, 0);
-            if opts.take_terminal {
+            if ctx.opts.take_terminal {
                 // SIGTTOU is still blocked here, so a background group may take the terminal.
                 libc::tcsetpgrp(0, libc::getpid());
             }
@@ -392,14 +454,9 @@ fn exec_child(file: &CStr, ptrs: &[*const c_char], opts: SpawnOptions) -> ! {
             ptr::null_mut::<u64>(),
             KERNEL_SIGSET_SIZE,
         );
-        libc::execvp(file.as_ptr(), ptrs.as_ptr());
-        let e = errno();
-        say(&[
-            Str("cannot run '"),
-            Bytes(file.to_bytes()),
-            Str("': "),
-            Errno(e),
-        ]);
-        libc::_exit(c_int::from(status::exec_failure_code(e)))
+        libc::execvp(ctx.file, ctx.argv);
+        // Read by the parent once we have exited (the memory is shared).
+        ctx.exec_errno = errno().max(1);
+        libc::_exit(c_int::from(status::NOT_FOUND))
     }
 }
