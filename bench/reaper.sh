@@ -2,8 +2,14 @@
 # Benchmark the `reaper` init against tini, tini-static, dumb-init and catatonit in one
 # interleaved run and print a Markdown table with the target ratios (README: "The reaper init").
 #
-#   bench/reaper.sh                  # full run (a few minutes)
+#   bench/reaper.sh                  # full run (about two minutes)
 #   QUICK=1 bench/reaper.sh          # fewer samples, for a smoke test
+#   BENCH_CPU=none BENCH_RT=0 ...    # unpinned, normal priority (noisier on a busy machine)
+#
+# By default the whole run is pinned to one CPU (BENCH_CPU=1) at SCHED_FIFO priority 10
+# (BENCH_RT=1): on a shared, loaded machine that keeps other work from landing in the middle of a
+# measurement, and every init is measured under the same conditions. The kernel's RT throttling
+# still leaves 5% of that CPU to everything else.
 #
 # Needs root (PID namespaces). Installs the peer inits from Debian's packages when missing,
 # builds the static reaper (`make reaper`) and the C helper (bench/initbench.c) with gcc.
@@ -38,7 +44,11 @@ fi
 # tini gets -s: outside PID 1 (the startup runs) it would otherwise print a warning, and the
 # others register as subreaper (or do not need to) without one. As PID 1 it changes nothing.
 echo "kernel $(uname -r), $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')" >&2
-target/bench/initbench table "${opts[@]}" \
+runner=()
+if [[ ${BENCH_CPU-1} != none ]]; then runner+=(taskset -c "${BENCH_CPU-1}"); fi
+if [[ ${BENCH_RT-1} != 0 ]]; then runner+=(chrt -f 10); fi
+echo "runner: ${runner[*]:-none}" >&2
+"${runner[@]}" target/bench/initbench table "${opts[@]}" \
   reaper="$PWD/target/reaper/reaper" \
   tini=/usr/bin/tini,-s \
   tini-static=/usr/bin/tini-static,-s \

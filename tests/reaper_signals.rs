@@ -356,3 +356,38 @@ fn hands_the_terminal_to_the_child() {
         "foreground of the terminal: {line}"
     );
 }
+
+#[test]
+fn own_sigpipe_is_not_forwarded() {
+    // stderr is a pipe nobody reads: every log line the reaper writes raises SIGPIPE for the
+    // reaper itself. That one is not the child's business.
+    let dir = tempdir();
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap 'echo PIPE >> {l}' PIPE; trap 'echo USR1 >> {l}' USR1; echo ready >> {l}; \
+         while [ ! -e {s} ]; do sleep 0.05; done",
+        l = log.display(),
+        s = dir.path().join("stop").display()
+    );
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let mut cmd = Command::new(reaper());
+    cmd.args(["-vv", "--", "bash", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(writer);
+    let running = start_without_stderr(cmd);
+    let pid = running.child.id() as i32;
+    wait_for_line(&log, "ready", TIMEOUT);
+    kill(pid, libc::SIGUSR1);
+    wait_for_line(&log, "USR1", TIMEOUT);
+    thread::sleep(Duration::from_millis(200));
+    fs::write(dir.path().join("stop"), "").unwrap();
+    let out = running.wait(TIMEOUT);
+    assert_eq!(out.code(), 0, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(&log).unwrap(),
+        "ready\nUSR1\n",
+        "no PIPE forwarded"
+    );
+}

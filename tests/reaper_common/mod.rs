@@ -81,6 +81,22 @@ fn drain_pipe(mut r: impl Read + Send + 'static) -> thread::JoinHandle<String> {
     })
 }
 
+/// Like [`start`] for a command whose stderr is set up by the caller (not collected).
+pub fn start_without_stderr(mut cmd: Command) -> Running {
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let out = drain_pipe(child.stdout.take().expect("stdout piped"));
+    Running {
+        child,
+        how: As::Subreaper,
+        started,
+        out: Some(out),
+        err: None,
+    }
+}
+
 fn join(h: Option<thread::JoinHandle<String>>) -> String {
     h.and_then(|h| h.join().ok()).unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use crate::args::Config;
 use crate::log::Part::{Bytes, Errno, Num, Sig, Str};
 use crate::log::say;
 use crate::status;
-use crate::sys::{self, Reaped, SigInfo, SigSet, SpawnError, SpawnOptions};
+use crate::sys::{self, Reaped, SigSet, SpawnError, SpawnOptions};
 
 /// After SIGKILL, how long to wait for the kernel to finish off the leftovers (a process in
 /// uninterruptible sleep can take a moment) before exiting anyway.
@@ -82,13 +82,13 @@ pub fn pause(cfg: &Config) -> u8 {
     };
     loop {
         match sys::wait_signal(&set, None) {
-            Some(si) if si.signo == libc::SIGTERM || si.signo == libc::SIGINT => {
+            Some(sig) if sig == libc::SIGTERM || sig == libc::SIGINT => {
                 if cfg.verbosity >= 1 {
-                    say(&[Str("pause: "), Sig(si.signo), Str(" received, exiting")]);
+                    say(&[Str("pause: "), Sig(sig), Str(" received, exiting")]);
                 }
                 return 0;
             }
-            Some(si) if si.signo == libc::SIGCHLD => {
+            Some(libc::SIGCHLD) => {
                 sup.reap_all();
             }
             _ => {}
@@ -143,10 +143,10 @@ impl Supervisor<'_> {
                 .as_ref()
                 .map(|d| d.deadline.saturating_duration_since(Instant::now()));
             let woke = sys::wait_signal(set, timeout);
-            if let Some(si) = woke
-                && si.signo != libc::SIGCHLD
+            if let Some(sig) = woke
+                && sig != libc::SIGCHLD
             {
-                self.forward(si);
+                self.forward(sig);
                 if drain.is_none() {
                     continue;
                 }
@@ -200,28 +200,19 @@ impl Supervisor<'_> {
     }
 
     /// Forwards a received signal (after `--rewrite`) to the child or its group.
-    fn forward(&mut self, si: SigInfo) {
+    fn forward(&mut self, sig: c_int) {
         // Once the main child is reaped its pid may be reused: never signal it again.
         if self.main_status.is_some() || self.child == 0 {
             return;
         }
-        // A signal the reaper caused itself (SIGPIPE from writing to a closed stderr) is not the
-        // child's business.
-        if si.pid == self.me && (si.code == libc::SI_USER || si.code == libc::SI_TKILL) {
-            return;
-        }
-        let to = self.cfg.rewrite.apply(si.signo);
+        let to = self.cfg.rewrite.apply(sig);
         if self.cfg.verbosity >= 2 {
             if to == 0 {
-                say(&[
-                    Str("received "),
-                    Sig(si.signo),
-                    Str(", dropped (--rewrite)"),
-                ]);
+                say(&[Str("received "), Sig(sig), Str(", dropped (--rewrite)")]);
             } else {
                 say(&[
                     Str("received "),
-                    Sig(si.signo),
+                    Sig(sig),
                     Str(", forwarding "),
                     Sig(to),
                     Str(" to "),
@@ -233,9 +224,7 @@ impl Supervisor<'_> {
             return;
         }
         // Job control: resumed in the foreground, give the terminal back to the child first.
-        if si.signo == libc::SIGCONT
-            && self.terminal
-            && sys::foreground_group() == Some(sys::getpgrp())
+        if sig == libc::SIGCONT && self.terminal && sys::foreground_group() == Some(sys::getpgrp())
         {
             sys::set_foreground_group(self.child);
         }

@@ -192,6 +192,9 @@ pub fn write_all(fd: c_int, mut buf: &[u8]) {
         } else if n < 0 && errno() == libc::EINTR {
             continue;
         } else {
+            if n < 0 && errno() == libc::EPIPE {
+                discard_own_sigpipe();
+            }
             return;
         }
     }
@@ -235,19 +238,10 @@ impl SigSet {
     }
 }
 
-/// What `sigwaitinfo` reported.
-#[derive(Debug, Clone, Copy)]
-pub struct SigInfo {
-    pub signo: c_int,
-    pub code: c_int,
-    pub pid: pid_t,
-}
-
-/// Waits for one of `set` (which must be blocked); `None` on timeout or interruption
-/// (e.g. after being stopped and continued).
-pub fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<SigInfo> {
-    // SAFETY: zeroed siginfo_t is valid; the kernel fills it.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+/// Waits for one of `set` (which must be blocked) and returns its number; `None` on timeout or
+/// interruption (e.g. after being stopped and continued). No siginfo is asked for: the loop
+/// needs only the number, and skipping the copy shaves every reaped orphan and forwarded signal.
+pub fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<c_int> {
     let ts = timeout.map(|d| libc::timespec {
         tv_sec: d.as_secs().min(i32::MAX as u64) as libc::time_t,
         tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -255,27 +249,37 @@ pub fn wait_signal(set: &SigSet, timeout: Option<Duration>) -> Option<SigInfo> {
     let ts_ptr = ts
         .as_ref()
         .map_or(ptr::null(), |t| t as *const libc::timespec);
-    // SAFETY: valid pointers (timeout NULL = wait forever), sigset size as the kernel expects.
+    // SAFETY: valid set pointer, NULL siginfo (allowed), timeout NULL = wait forever.
     let r = unsafe {
         libc::syscall(
             libc::SYS_rt_sigtimedwait,
             &set.0 as *const u64,
-            &mut info as *mut libc::siginfo_t,
+            ptr::null_mut::<libc::siginfo_t>(),
             ts_ptr,
             KERNEL_SIGSET_SIZE,
         )
     };
-    if r <= 0 {
-        return None;
-    }
-    // SAFETY: si_pid is meaningful for the signals the reaper acts on (kill/sigqueue/SIGCHLD);
-    // for others it reads a zero-initialised or kernel-filled union member, never garbage.
-    let pid = unsafe { info.si_pid() };
-    Some(SigInfo {
-        signo: r as c_int,
-        code: info.si_code,
-        pid,
-    })
+    (r > 0).then_some(r as c_int)
+}
+
+/// Discards a pending SIGPIPE raised by the reaper's own write (stderr closed): it is not a
+/// signal for the child, and a blocked SIGPIPE would otherwise queue up and be forwarded.
+fn discard_own_sigpipe() {
+    let set = 1u64 << (libc::SIGPIPE - 1);
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointers; a zero timeout only polls.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigtimedwait,
+            &set as *const u64,
+            ptr::null_mut::<libc::siginfo_t>(),
+            &zero as *const libc::timespec,
+            KERNEL_SIGSET_SIZE,
+        )
+    };
 }
 
 /// One result of `waitpid(-1, WNOHANG)`.
