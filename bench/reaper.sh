@@ -38,7 +38,7 @@ gcc -O2 -Wall -Wextra -o target/bench/initbench bench/initbench.c
 if [[ -n ${QUICK:-} ]]; then
   opts=(--startup-runs 50 --orphans 2000 --orphan-rounds 1 --signals 50 --rss-rounds 3)
 else
-  opts=(--startup-runs 300 --orphans 20000 --orphan-rounds 3 --signals 300 --rss-rounds 9)
+  opts=(--startup-runs 300 --orphans 20000 --orphan-rounds 3 --signals 1000 --rss-rounds 9)
 fi
 
 # tini gets -s: outside PID 1 (the startup runs) it would otherwise print a warning, and the
