@@ -228,23 +228,20 @@ fn child_starts_with_a_clean_signal_state() {
 fn signal_storm_loses_neither_child_nor_exit_code() {
     // The child ignores the storm's signals and exits 42 after a while; thousands of signals per
     // second must not make the reaper lose SIGCHLD or the status.
+    let dir = tempdir();
+    let ready = dir.path().join("ready");
+    // The storm starts only once the child ignores its signals (before that, a forwarded HUP
+    // would kill it, which is correct but not what this test is about).
+    let script = format!(
+        "trap '' USR1 USR2 WINCH HUP 36; echo ok > {}; sleep 1.5; exit 42",
+        ready.display()
+    );
     let running = start(
-        init_command(
-            reaper(),
-            As::Pid1,
-            &[
-                "--",
-                "sh",
-                "-c",
-                "trap '' USR1 USR2 WINCH HUP 36; sleep 1.5; exit 42",
-            ],
-        ),
+        init_command(reaper(), As::Pid1, &["--", "sh", "-c", &script]),
         As::Pid1,
     );
     let pid = running.init_pid();
-    wait_until(TIMEOUT, "the child to start", || {
-        (!children(pid).is_empty()).then_some(())
-    });
+    wait_for_file(&ready, TIMEOUT);
     let storm = thread::spawn(move || {
         let mut sent = 0u64;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -279,15 +276,19 @@ fn signal_storm_loses_neither_child_nor_exit_code() {
 fn parent_death_signal_reaches_the_child() {
     let dir = tempdir();
     let mark = dir.path().join("got-term");
+    let ready = dir.path().join("ready");
     let child = format!(
-        "trap 'echo term > {}; exit 0' TERM; while :; do sleep 0.05; done",
-        mark.display()
+        "trap 'echo term > {}; exit 0' TERM; echo ok > {}; while :; do sleep 0.05; done",
+        mark.display(),
+        ready.display()
     );
-    // An intermediate shell starts the reaper in the background and exits: the reaper gets
+    // An intermediate shell starts the reaper in the background and exits once the child is up
+    // (the reaper sets its parent-death signal before starting the child): the reaper gets
     // SIGTERM (-p) and forwards it.
     let outer = format!(
-        "{} -p TERM -- bash -c \"{child}\" & sleep 0.5; exit 0",
-        reaper()
+        "{} -p TERM -- bash -c \"{child}\" & while [ ! -s {r} ]; do sleep 0.05; done; exit 0",
+        reaper(),
+        r = ready.display()
     );
     let status = Command::new("sh")
         .args(["-c", &outer])
@@ -298,24 +299,75 @@ fn parent_death_signal_reaches_the_child() {
     assert_eq!(wait_for_file(&mark, TIMEOUT), "term\n");
 }
 
+/// The child of `pid` once it runs `name`. Until its exec the child is in the reaper's vfork
+/// window (the reaper waits for it), so a test must not stop it before then.
+fn exec_d_child(pid: i32, name: &str) -> Option<i32> {
+    children(pid).first().copied().filter(|&c| {
+        fs::read_to_string(format!("/proc/{c}/comm")).is_ok_and(|comm| comm.trim() == name)
+    })
+}
+
 #[test]
-fn follows_the_child_into_job_control_stops() {
-    // Not PID 1: when the child stops, the reaper stops too (the shell sees the job stop); its
-    // SIGCONT is forwarded and both run again.
+fn follows_the_child_into_job_control_stops_on_a_terminal() {
+    // Under a shell with a terminal (script(1) gives one), when the child stops the reaper stops
+    // too, so the shell sees the job stop; the shell's SIGCONT is forwarded and both run again.
+    let dir = tempdir();
+    let pidfile = dir.path().join("pid");
+    let inner = format!(
+        "echo $$ > {}; exec {} -- sleep 1000",
+        pidfile.display(),
+        reaper()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &inner, "/dev/null"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let running = start(cmd, As::Subreaper);
+    let pid: i32 = wait_until(TIMEOUT, "the reaper's pid", || {
+        fs::read_to_string(&pidfile).ok()?.trim().parse().ok()
+    });
+    let child = wait_until(TIMEOUT, "sleep to start", || exec_d_child(pid, "sleep"));
+    kill(child, libc::SIGSTOP);
+    wait_until(TIMEOUT, "the reaper to stop", || {
+        (state(pid) == Some('T')).then_some(())
+    });
+    // script(1) behaves like a job-control shell: it sees the reaper stop, stops itself, and
+    // when continued (the user's `fg`) sends SIGCONT to the reaper, which forwards it.
+    let script = running.child.id() as i32;
+    wait_until(TIMEOUT, "script to stop with its job", || {
+        (state(script) == Some('T')).then_some(())
+    });
+    kill(script, libc::SIGCONT);
+    wait_until(TIMEOUT, "both to run again", || {
+        (state(child).is_some_and(|s| s != 'T') && state(pid).is_some_and(|s| s != 'T'))
+            .then_some(())
+    });
+    kill(pid, libc::SIGTERM);
+    let out = running.wait(TIMEOUT);
+    assert!(state(pid).is_none(), "the reaper exited: {out:?}");
+}
+
+#[test]
+fn never_stops_without_a_terminal() {
+    // No terminal (a container, a debugger stopping the child): the reaper keeps running and
+    // reaping while its child is stopped.
     let running = start(
         init_command(reaper(), As::Subreaper, &["--", "sleep", "1000"]),
         As::Subreaper,
     );
     let pid = running.init_pid();
-    let child = wait_until(TIMEOUT, "sleep to start", || children(pid).first().copied());
+    let child = wait_until(TIMEOUT, "sleep to start", || exec_d_child(pid, "sleep"));
     kill(child, libc::SIGSTOP);
-    wait_until(TIMEOUT, "the reaper to stop", || {
-        (state(pid) == Some('T')).then_some(())
+    wait_until(TIMEOUT, "the child to stop", || {
+        (state(child) == Some('T')).then_some(())
     });
+    thread::sleep(Duration::from_millis(300));
+    assert_ne!(state(pid), Some('T'), "the reaper did not stop");
+    // A forwarded SIGCONT resumes the child; TERM then ends it.
     kill(pid, libc::SIGCONT);
     wait_until(TIMEOUT, "the child to resume", || {
-        (state(child).is_some_and(|s| s != 'T') && state(pid).is_some_and(|s| s != 'T'))
-            .then_some(())
+        state(child).is_some_and(|s| s != 'T').then_some(())
     });
     kill(pid, libc::SIGTERM);
     let out = running.wait(TIMEOUT);

@@ -22,7 +22,8 @@ pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
     let set = SigSet::caught();
     set.block();
     // Hand the terminal over only when we hold it: a background `reaper cmd &` must not steal it.
-    let take_terminal = sys::foreground_group().is_some_and(|fg| fg == sys::getpgrp());
+    let foreground = sys::foreground_group();
+    let take_terminal = foreground.is_some_and(|fg| fg == sys::getpgrp());
     let opts = SpawnOptions {
         new_group: cfg.process_group || take_terminal,
         take_terminal,
@@ -57,6 +58,9 @@ pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
         cfg,
         me,
         pid1: me == 1,
+        // A controlling terminal and a parent that is not the namespace's init: a shell doing
+        // job control. Only then does a stopped child stop the reaper (see `reap_all`).
+        job_control: me != 1 && foreground.is_some(),
         child,
         target: if cfg.process_group { -child } else { child },
         terminal: take_terminal,
@@ -75,6 +79,7 @@ pub fn pause(cfg: &Config) -> u8 {
         cfg,
         me,
         pid1: me == 1,
+        job_control: false,
         child: 0,
         target: 0,
         terminal: false,
@@ -119,6 +124,8 @@ struct Supervisor<'c> {
     cfg: &'c Config,
     me: pid_t,
     pid1: bool,
+    /// Mirror the child's job-control stops (interactive use under a shell).
+    job_control: bool,
     /// The main child (0 in pause mode).
     child: pid_t,
     /// Where forwarded signals go: the child, or its group with `--process-group`.
@@ -233,8 +240,9 @@ impl Supervisor<'_> {
 
     /// Reaps until nothing is ready; returns whether any children remain.
     fn reap_all(&mut self) -> bool {
-        // Not PID 1 means a parent that may do job control: watch for the child stopping.
-        let untraced = !self.pid1 && self.child != 0;
+        // Under a job-control shell, watch for the child stopping. Elsewhere (a container, a
+        // debugger stopping the child) the reaper must keep reaping and never stop itself.
+        let untraced = self.job_control && self.child != 0;
         loop {
             match sys::reap_one(untraced && self.main_status.is_none()) {
                 Reaped::Exited { pid, status }
