@@ -6,7 +6,7 @@
 //! (`reaper-e2e-<pid>-<n>-<what>`), so parallel tests and parallel runs do not collide.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,17 @@ use std::time::{Duration, Instant};
 pub const CMD_TIMEOUT: Duration = Duration::from_secs(180);
 /// Upper bound for waiting on a container-side event (a file, a process, an exit).
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// `podman stop -t 5` of a PID 1 that ignores SIGTERM ends in SIGKILL after the 5 s.
+pub const STOP_TIMEOUT: u32 = 5;
+/// The control's floor, a little under the 5 s (podman's own clock starts before ours ends).
+pub const SIGKILL_PATH: Duration = Duration::from_millis(4500);
+/// "Stops promptly": the whole `podman stop` command, CLI start-up and cleanup included.
+/// Typically 0.2–0.4 s here; the bound leaves room for a loaded 2-core machine.
+pub const PROMPT: Duration = Duration::from_millis(2500);
+
+/// A command that ignores SIGTERM as PID 1 (no handler) and dies of it otherwise.
+pub const SLEEP: &[&str] = &["sleep", "1000000"];
+
 /// Set to `1` to skip the podman tests (local loop only; refused when `CI=true`).
 pub const SKIP_ENV: &str = "REAPER_SKIP_PODMAN";
 
@@ -391,16 +402,23 @@ impl Podman {
         })
     }
 
-    /// `podman stop -t SECS` and its wall time.
-    pub fn stop(&self, container: &str, secs: u32) -> Duration {
-        let t = secs.to_string();
-        let out = self.exec(&["stop", "-t", &t, container]);
+    /// Runs `podman ARGS` like [`Podman::ok`] and returns its wall time.
+    pub fn ok_timed(&self, args: &[&str]) -> Duration {
+        let out = self.exec(args);
         assert!(
             out.success(),
-            "podman stop {container} failed: {}",
+            "podman {} failed ({:?}):\n{}{}",
+            args.join(" "),
+            out.code,
+            out.stdout,
             out.stderr
         );
         out.elapsed
+    }
+
+    /// `podman stop -t SECS` and its wall time.
+    pub fn stop(&self, container: &str, secs: u32) -> Duration {
+        self.ok_timed(&["stop", "-t", &secs.to_string(), container])
     }
 
     /// The container's log (stdout and stderr), for failure messages.
@@ -460,6 +478,72 @@ pub fn stage_workload_context(ctx: &Path) {
         let entry = entry.expect("dir entry");
         fs::copy(entry.path(), scripts.join(entry.file_name())).expect("copy script");
     }
+}
+
+/// What is PID 1 of the container: the three ways the tests run a command.
+#[derive(Debug, Clone, Copy)]
+pub enum Pid1 {
+    /// No init: the command itself.
+    NoInit,
+    /// `ENTRYPOINT ["/reaper", "--"]` in the image.
+    Entrypoint,
+    /// `--init --init-path target/reaper/reaper`.
+    InitPath,
+}
+
+pub struct Images {
+    pub workload: String,
+    pub wrapped: String,
+}
+
+pub fn images(pm: &Podman) -> Images {
+    let workload = pm.build_workload_image();
+    let reaper = pm.build_reaper_image();
+    let wrapped = pm.build_wrapped_image(&workload, &reaper);
+    Images { workload, wrapped }
+}
+
+/// `podman run -d` of `cmd` the given way; returns the host pid of the container's PID 1 once
+/// the command itself is running (under an init: once it has been exec'd as the init's child).
+pub fn start(pm: &Podman, img: &Images, how: Pid1, name: &str, opts: &[&str], cmd: &[&str]) -> i32 {
+    let init_path = repo().join("target/reaper/reaper");
+    let init_path = init_path.to_str().unwrap();
+    let mut argv = vec!["run", "-d", "--name", name, "--network", "none"];
+    argv.extend_from_slice(opts);
+    match how {
+        Pid1::NoInit | Pid1::Entrypoint => {}
+        Pid1::InitPath => argv.extend(["--init", "--init-path", init_path]),
+    }
+    argv.push(match how {
+        Pid1::Entrypoint => &img.wrapped,
+        Pid1::NoInit | Pid1::InitPath => &img.workload,
+    });
+    argv.extend_from_slice(cmd);
+    pm.ok(&argv);
+    let pid = pm.wait_running(name);
+    let first = cmdline(pid);
+    match how {
+        Pid1::NoInit => {}
+        Pid1::Entrypoint => assert!(first.starts_with("/reaper --"), "PID 1 is {first:?}"),
+        Pid1::InitPath => assert!(
+            first.starts_with("/run/podman-init --"),
+            "PID 1 is {first:?}"
+        ),
+    }
+    if !matches!(how, Pid1::NoInit) {
+        wait_until(WAIT_TIMEOUT, "the init's child to start", || {
+            (tree(&[pid]).len() >= 2).then_some(())
+        });
+    }
+    pid
+}
+
+pub fn cmdline(pid: i32) -> String {
+    fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 /// Polls `f` every 20 ms until it yields a value; panics naming `what` after `timeout`.
@@ -535,6 +619,38 @@ pub fn tree(roots: &[i32]) -> Vec<Proc> {
     out
 }
 
+/// The processes of `procs` (one snapshot) that are `roots` or below them.
+pub fn subtree(procs: &[Proc], roots: &[i32]) -> Vec<Proc> {
+    let mut keep: HashSet<i32> = roots.iter().copied().collect();
+    // A snapshot is in pid order, and a re-parented orphan can have a lower pid than its new
+    // parent's child: iterate until nothing changes.
+    loop {
+        let before = keep.len();
+        for p in procs {
+            if keep.contains(&p.ppid) {
+                keep.insert(p.pid);
+            }
+        }
+        if keep.len() == before {
+            break;
+        }
+    }
+    procs
+        .iter()
+        .filter(|p| keep.contains(&p.pid))
+        .copied()
+        .collect()
+}
+
+/// The pids of the zombies in `procs`.
+pub fn zombie_pids(procs: &[Proc]) -> Vec<i32> {
+    procs
+        .iter()
+        .filter(|p| p.state == 'Z')
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// The zombies among `roots` and their descendants.
 pub fn zombies(roots: &[i32]) -> Vec<i32> {
     tree(roots)
@@ -544,20 +660,18 @@ pub fn zombies(roots: &[i32]) -> Vec<i32> {
         .collect()
 }
 
-/// Samples the zombie pids under `roots` every `every` for `total`.
-pub fn sample_zombies(
-    roots: &[i32],
-    total: Duration,
-    every: Duration,
-) -> Vec<(Duration, Vec<i32>)> {
+/// Snapshots of `roots` and their descendants every `every` for `total`, with the time of
+/// each snapshot.
+pub fn sample_trees(roots: &[i32], total: Duration, every: Duration) -> Vec<(Duration, Vec<Proc>)> {
     let start = Instant::now();
     let mut samples = Vec::new();
-    while start.elapsed() < total {
-        samples.push((start.elapsed(), zombies(roots)));
+    loop {
+        samples.push((start.elapsed(), tree(roots)));
+        if start.elapsed() >= total {
+            return samples;
+        }
         thread::sleep(every);
     }
-    samples.push((start.elapsed(), zombies(roots)));
-    samples
 }
 
 /// Zombies that stayed: pids seen in one sample and again in a sample taken at least `min_age`
