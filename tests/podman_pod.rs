@@ -151,7 +151,12 @@ fn shared_pid_pod_with_reaper_pause_reaps_orphans_and_stops_promptly() {
         &shared.name,
     ]);
     assert_eq!(pm.exit_code(&infra), 0, "reaper --pause exit code");
-    assert_eq!(pm.exit_code(&shared.app), 143, "app killed by SIGTERM");
+    // The app dies of SIGTERM (143), or of the kernel's SIGKILL (137) when podman stopped the
+    // infra first: PID 1's exit ends the namespace. podman stops the pod's containers without
+    // a fixed order (the kubelet stops the sandbox last). Either way it was prompt.
+    let app_code = pm.exit_code(&shared.app);
+    eprintln!("shared pid pod: app exit code {app_code}");
+    assert!([143, 137].contains(&app_code), "app exit code {app_code}");
 
     let took = pm.ok_timed(&["pod", "stop", "-t", &t, &control.name]);
     eprintln!("control pod: podman pod stop took {took:?}");

@@ -1,5 +1,5 @@
-//! Helpers shared by the `podman_*` integration tests: drive the podman CLI with a private
-//! containers.conf, build the FROM-scratch images from local files, remove everything a test
+//! Helpers shared by the `podman_*` integration tests: drive the podman CLI with
+//! e2e/podman/containers.conf, build the FROM-scratch images from local files, remove everything a test
 //! created (also when it fails), and read the containers' processes from the host's /proc.
 //!
 //! Every podman command and every wait has a deadline. Names are unique per test run
@@ -139,7 +139,7 @@ enum Kind {
     Image,
 }
 
-/// A podman session for one test: a private containers.conf, unique names, and a guard that
+/// A podman session for one test: e2e/podman/containers.conf, unique names, and a guard that
 /// removes every container, pod, volume and image the test created when it is dropped.
 pub struct Podman {
     dir: tempfile::TempDir,
@@ -203,17 +203,6 @@ pub fn podman(test: &str) -> Option<Podman> {
     Some(Podman::new())
 }
 
-/// containers.conf for the tests. runc, because crun fails on these machines; explicit
-/// rlimits, because podman's defaults for root (nofile 1048576) exceed the hard limits here
-/// and raising them is not permitted. `pod create` has no `--ulimit`, so this has to live in
-/// containers.conf rather than on the command line.
-const CONTAINERS_CONF: &str = r#"[containers]
-default_ulimits = ["nofile=1024:1024", "nproc=1000:1000"]
-
-[engine]
-runtime = "runc"
-"#;
-
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
 impl Podman {
@@ -222,8 +211,8 @@ impl Podman {
             .prefix("reaper-podman-")
             .tempdir()
             .expect("tempdir");
-        let conf = dir.path().join("containers.conf");
-        fs::write(&conf, CONTAINERS_CONF).expect("write containers.conf");
+        // runc and explicit rlimits (see the file): what podman needs on these machines.
+        let conf = repo().join("e2e/podman/containers.conf");
         let prefix = format!(
             "reaper-e2e-{}-{}",
             std::process::id(),
