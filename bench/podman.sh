@@ -120,6 +120,7 @@ codes() {
 }
 ms() { awk -v us="$1" 'BEGIN { printf "%.0f ms", us / 1000 }'; }
 
+echo "load at the end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2
 read -r base_med _ _ < <(summary none start)
 echo
 echo "| init (\`--init-path\`) | start, median (p90) | start vs no init | stop latency, median (p90) | exit code after stop | runs |"
