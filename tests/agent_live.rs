@@ -1,0 +1,514 @@
+//! Live tests on this machine (root, cgroup v1 hybrid): real zombies held by a real parent that
+//! never waits, inside real cgroup directories shaped like kubelet pod cgroups; the agent scans
+//! the real /proc and must attribute them to the right pod and container.
+//!
+//! Every cgroup tree lives under a unique top directory (`reaper-agent-test-<pid>-<n>-<nanos>`),
+//! so parallel tests never collide, and is removed on drop (also on panic) after killing what is
+//! left in it. Every wait has a deadline.
+
+use reaper::agent::report::{self, FirstSeen, PodIndex, ReportInput};
+use reaper::agent::scan::{self, Pids};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// The name the zombies' parent runs under (a symlink to `sleep`: comm comes from the file name).
+const PARENT_COMM: &str = "zombie-parent";
+const DEADLINE: Duration = Duration::from_secs(15);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A unique pod UID and container ID per call.
+fn ids() -> (String, String, String) {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let pid = std::process::id();
+    let seed = nanos ^ ((pid as u64) << 32) ^ n as u64;
+    let uid = format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        pid,
+        n & 0xffff,
+        (seed >> 8) & 0xfff,
+        (seed >> 20) & 0xfff,
+        seed & 0xffff_ffff_ffff
+    );
+    let cid = format!(
+        "{:016x}{:016x}{:016x}{:016x}",
+        seed,
+        seed.rotate_left(17),
+        seed.rotate_left(31) ^ 0x5bd1e995,
+        (pid as u64) << 16 | n as u64
+    );
+    let top = format!("reaper-agent-test-{pid}-{n}-{nanos}");
+    (uid, cid, top)
+}
+
+/// Cgroup directories created by a test, removed (deepest first) on drop.
+struct CgroupTree {
+    dirs: Vec<PathBuf>,
+}
+
+impl CgroupTree {
+    /// Create `base/rel` one level at a time.
+    fn create(base: &Path, rel: &str) -> Self {
+        let mut tree = Self { dirs: Vec::new() };
+        let mut dir = base.to_path_buf();
+        for segment in rel.split('/').filter(|s| !s.is_empty()) {
+            dir.push(segment);
+            fs::create_dir(&dir).unwrap_or_else(|e| {
+                panic!(
+                    "cannot create {} ({e}): these tests need root and a cgroup v1 pids hierarchy at {CGROUP_ROOT}/pids",
+                    dir.display()
+                )
+            });
+            tree.dirs.push(dir.clone());
+        }
+        tree
+    }
+
+    fn leaf(&self) -> &Path {
+        self.dirs.last().unwrap()
+    }
+}
+
+impl Drop for CgroupTree {
+    fn drop(&mut self) {
+        let deadline = Instant::now() + DEADLINE;
+        for dir in self.dirs.iter().rev() {
+            loop {
+                // Anything still inside is ours: kill it so the directory can go.
+                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
+                    for pid in procs.split_whitespace() {
+                        let _ = Command::new("kill").args(["-9", pid]).status();
+                    }
+                }
+                match fs::remove_dir(dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e) if Instant::now() > deadline => {
+                        eprintln!("could not remove {}: {e}", dir.display());
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+    }
+}
+
+/// A process killed and waited for on drop.
+struct Reaped(Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a parent in `cgroup_dirs` (it moves itself in before forking) that makes `n` children,
+/// then becomes `zombie-parent` (sleep) and never waits: `n` real zombies. The children exit only
+/// once the parent has exec'd (dash would reap children that exit earlier).
+fn zombie_parent(cgroup_dirs: &[&Path], n: u32, workdir: &Path) -> Reaped {
+    let parent_exe = workdir.join(PARENT_COMM);
+    if !parent_exe.exists() {
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sleep(1) is installed");
+        std::os::unix::fs::symlink(sleep, &parent_exe).unwrap();
+    }
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(
+            r#"for d in $DIRS; do echo $$ > "$d/cgroup.procs" || exit 97; done
+               i=0; while [ $i -lt "$N" ]; do
+                 (until read c < /proc/$$/comm && [ "$c" = "$COMM" ]; do :; done) &
+                 i=$((i+1))
+               done
+               exec "$PARENT" 600"#,
+        )
+        .env(
+            "DIRS",
+            cgroup_dirs
+                .iter()
+                .map(|d| d.to_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(" "),
+        )
+        .env("N", n.to_string())
+        .env("PARENT", &parent_exe)
+        .env("COMM", PARENT_COMM)
+        .stdin(Stdio::null());
+    let child = Reaped(cmd.spawn().unwrap());
+    let pid = child.0.id();
+    // Wait until the parent has exec'd and holds all n zombies.
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let zombies = zombie_children(pid);
+        if comm.trim() == PARENT_COMM && zombies == n {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "parent {pid} ({}) holds {zombies} of {n} zombies after {DEADLINE:?}",
+            comm.trim()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Zombie children of `pid`, counted by ps(1) (independent of the agent's parser).
+fn zombie_children(pid: u32) -> u32 {
+    let out = Command::new("ps")
+        .args(["-o", "stat=", "--ppid", &pid.to_string()])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.trim_start().starts_with('Z'))
+        .count() as u32
+}
+
+/// A burstable pod with a containerd container, cgroupfs driver, under the v1 pids hierarchy.
+struct V1Pod {
+    uid: String,
+    cid: String,
+    pod_dir: PathBuf,
+    // Field order is drop order: kill the parent before removing its cgroups.
+    parent: Reaped,
+    _tree: CgroupTree,
+    _work: tempfile::TempDir,
+}
+
+fn v1_pod(zombies: u32, pids_max: u64) -> V1Pod {
+    let (uid, cid, top) = ids();
+    let pids_root = Path::new(CGROUP_ROOT).join("pids");
+    let tree = CgroupTree::create(
+        &pids_root,
+        &format!("{top}/kubepods/burstable/pod{uid}/{cid}"),
+    );
+    let pod_dir = tree.dirs[tree.dirs.len() - 2].clone();
+    fs::write(pod_dir.join("pids.max"), pids_max.to_string()).unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let parent = zombie_parent(&[tree.leaf()], zombies, work.path());
+    V1Pod {
+        uid,
+        cid,
+        pod_dir,
+        parent,
+        _tree: tree,
+        _work: work,
+    }
+}
+
+#[test]
+fn live_v1_cgroupfs_zombies_are_attributed_to_pod_and_container() {
+    const N: u32 = 5;
+    let pod = v1_pod(N, 77);
+    let parent_pid = pod.parent.0.id() as i32;
+    // The kernel's own count, for the record: the parent plus its zombies.
+    let current: u64 = fs::read_to_string(pod.pod_dir.join("pids.current"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(current, N as u64 + 1);
+
+    let scan = scan::scan(Path::new("/proc"), Path::new(CGROUP_ROOT)).unwrap();
+    let ours: Vec<_> = scan
+        .zombies
+        .iter()
+        .filter(|z| z.pod_uid.as_deref() == Some(pod.uid.as_str()))
+        .collect();
+    assert_eq!(ours.len(), N as usize, "{:#?}", scan.zombies);
+    for z in &ours {
+        assert_eq!(z.container_id.as_deref(), Some(pod.cid.as_str()));
+        let parent = z.parent.as_ref().unwrap();
+        assert_eq!(
+            (parent.pid, parent.comm.as_str()),
+            (parent_pid, PARENT_COMM)
+        );
+        assert_eq!(z.comm, "sh");
+    }
+    let usage = &scan.pods[&pod.uid];
+    assert_eq!(
+        usage.pids,
+        Some(Pids {
+            current: N as u64 + 1,
+            limit: Some(77)
+        })
+    );
+    assert_eq!(usage.processes, 1, "only the parent is alive");
+
+    let now = Instant::now();
+    let mut first_seen = FirstSeen::default();
+    first_seen.update(&scan.zombies, now);
+    let spec = report::build_spec(&ReportInput {
+        node_name: "live",
+        scan: &scan,
+        first_seen: &first_seen,
+        index: &PodIndex::default(),
+        now,
+        observed_at: None,
+    });
+    let c = spec
+        .containers
+        .iter()
+        .find(|c| c.pod_uid == pod.uid)
+        .expect("our container is in the report");
+    assert_eq!((c.container_id.as_str(), c.count), (pod.cid.as_str(), N));
+    assert_eq!(c.parents.len(), 1);
+    assert_eq!(
+        (
+            c.parents[0].pid,
+            c.parents[0].comm.as_str(),
+            c.parents[0].count
+        ),
+        (parent_pid, PARENT_COMM, N)
+    );
+    let p = spec.pods.iter().find(|p| p.pod_uid == pod.uid).unwrap();
+    assert_eq!((p.current, p.limit, p.zombies), (N as u64 + 1, Some(77), N));
+}
+
+#[test]
+fn live_pids_limit_holds_and_zombies_count_against_it() {
+    // At the limit: the parent plus 3 zombies fill pids.max = 4.
+    let pod = v1_pod(3, 4);
+    let scan = scan::scan(Path::new("/proc"), Path::new(CGROUP_ROOT)).unwrap();
+    assert_eq!(
+        scan.pods[&pod.uid].pids,
+        Some(Pids {
+            current: 4,
+            limit: Some(4)
+        })
+    );
+    let now = Instant::now();
+    let spec = report::build_spec(&ReportInput {
+        node_name: "live",
+        scan: &scan,
+        first_seen: &FirstSeen::default(),
+        index: &PodIndex::default(),
+        now,
+        observed_at: None,
+    });
+    let p = spec.pods.iter().find(|p| p.pod_uid == pod.uid).unwrap();
+    assert_eq!((p.current, p.limit, p.zombies), (4, Some(4), 3));
+}
+
+#[test]
+fn live_v2_systemd_path_in_the_unified_hierarchy() {
+    let unified = Path::new(CGROUP_ROOT).join("unified");
+    let unified = if Path::new(CGROUP_ROOT).join("cgroup.controllers").exists() {
+        PathBuf::from(CGROUP_ROOT)
+    } else {
+        unified
+    };
+    let (uid, cid, top) = ids();
+    let slice_uid = uid.replace('-', "_");
+    let tree = CgroupTree::create(
+        &unified,
+        &format!(
+            "{top}/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{slice_uid}.slice/cri-containerd-{cid}.scope"
+        ),
+    );
+    let work = tempfile::tempdir().unwrap();
+    let parent = zombie_parent(&[tree.leaf()], 2, work.path());
+    let scan = scan::scan(Path::new("/proc"), Path::new(CGROUP_ROOT)).unwrap();
+    let ours: Vec<_> = scan
+        .zombies
+        .iter()
+        .filter(|z| z.pod_uid.as_deref() == Some(uid.as_str()))
+        .collect();
+    assert_eq!(ours.len(), 2, "{:#?}", scan.zombies);
+    for z in ours {
+        assert_eq!(z.container_id.as_deref(), Some(cid.as_str()));
+        assert_eq!(z.parent.as_ref().unwrap().pid, parent.0.id() as i32);
+    }
+    drop(parent);
+    drop(tree);
+}
+
+/// `reaper-controller agent --once --output json --proc-root /proc` names the test's pod and
+/// container, its zombies' parent and its pids usage.
+#[test]
+fn live_once_output_json_names_the_pod() {
+    const N: u32 = 4;
+    let pod = v1_pod(N, 50);
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reaper-controller"))
+        .args([
+            "agent",
+            "--once",
+            "--output",
+            "json",
+            "--proc-root",
+            "/proc",
+            "--cgroup-root",
+            CGROUP_ROOT,
+            "--node-name",
+            "live-node",
+        ])
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", home.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("agent --once did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "ZombieReport");
+    assert_eq!(v["metadata"]["name"], "live-node");
+    assert_eq!(v["spec"]["nodeName"], "live-node");
+    let containers = v["spec"]["containers"].as_array().unwrap();
+    let c = containers
+        .iter()
+        .find(|c| c["podUid"] == pod.uid.as_str())
+        .unwrap_or_else(|| panic!("pod {} not in {}", pod.uid, v));
+    assert_eq!(c["containerId"], pod.cid.as_str());
+    assert_eq!(c["count"], N);
+    assert_eq!(c["parents"][0]["pid"], pod.parent.0.id());
+    assert_eq!(c["parents"][0]["comm"], PARENT_COMM);
+    let p = v["spec"]["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["podUid"] == pod.uid.as_str())
+        .unwrap();
+    assert_eq!(p["current"], N + 1);
+    assert_eq!(p["limit"], 50);
+    assert_eq!(p["zombies"], N);
+}
+
+/// GET a path from the admin port (plain HTTP/1.1, connection closed by the server).
+fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// Poll `/metrics` until `pred` holds.
+fn wait_metrics(addr: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let body = http_get(addr, "/metrics").unwrap_or_default();
+        if pred(&body) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not seen; last /metrics:\n{body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The long-running agent (`--report=false`, no cluster): metrics per container and pod appear,
+/// disappear when the zombies are reaped, and SIGTERM stops it cleanly.
+#[test]
+fn live_agent_loop_serves_metrics_and_stops_on_sigterm() {
+    const N: u32 = 3;
+    let pod = v1_pod(N, 64);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let home = tempfile::tempdir().unwrap();
+    let agent = Reaped(
+        Command::new(env!("CARGO_BIN_EXE_reaper-controller"))
+            .args(["agent", "--report=false", "--interval", "200ms"])
+            .args(["--admin-listen", &addr, "--node-name", "live-node"])
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", home.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let series = format!(
+        r#"reaper_agent_zombie_processes{{namespace="",pod="{}",container="{}"}} {N}"#,
+        pod.uid, pod.cid
+    );
+    let pids = format!(
+        r#"reaper_agent_pod_pids{{namespace="",pod="{}"}} {}"#,
+        pod.uid,
+        N + 1
+    );
+    let limit = format!(
+        r#"reaper_agent_pod_pids_limit{{namespace="",pod="{}"}} 64"#,
+        pod.uid
+    );
+    let body = wait_metrics(&addr, &series, |b| b.contains(&series));
+    assert!(body.contains(&pids), "{body}");
+    assert!(body.contains(&limit), "{body}");
+    for family in [
+        "reaper_node_pid_max ",
+        "reaper_node_processes ",
+        "reaper_node_zombies ",
+        "reaper_agent_scan_duration_seconds_count ",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+    assert!(http_get(&addr, "/readyz").unwrap().contains("200 OK"));
+
+    // Kill the parent: its zombies go to init and are reaped; the series must go away.
+    let V1Pod {
+        uid, parent, _tree, ..
+    } = pod;
+    drop(parent);
+    let gone = format!(r#"pod="{uid}",container="#);
+    wait_metrics(&addr, "removal of the container series", |b| {
+        b.contains("reaper_node_processes ") && !b.contains(&gone)
+    });
+
+    let pid = agent.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut agent = agent;
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(s) = agent.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "agent ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+}
