@@ -336,26 +336,27 @@ fn live_v2_systemd_path_in_the_unified_hierarchy() {
     drop(tree);
 }
 
-/// `reaper-controller agent --once --output json --proc-root /proc` names the test's pod and
-/// container, its zombies' parent and its pids usage.
-#[test]
-fn live_once_output_json_names_the_pod() {
-    const N: u32 = 4;
-    let pod = v1_pod(N, 50);
+/// Run `reaper-controller agent --once --output json` (optionally under a wrapper such as
+/// setpriv) with no cluster reachable, and parse what it prints.
+fn once_json(wrapper: &[&str]) -> serde_json::Value {
     let home = tempfile::tempdir().unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reaper-controller"))
-        .args([
-            "agent",
-            "--once",
-            "--output",
-            "json",
-            "--proc-root",
-            "/proc",
-            "--cgroup-root",
-            CGROUP_ROOT,
-            "--node-name",
-            "live-node",
-        ])
+    let bin = env!("CARGO_BIN_EXE_reaper-controller");
+    let mut argv: Vec<&str> = wrapper.to_vec();
+    argv.extend([
+        bin,
+        "agent",
+        "--once",
+        "--output",
+        "json",
+        "--proc-root",
+        "/proc",
+        "--cgroup-root",
+        CGROUP_ROOT,
+        "--node-name",
+        "live-node",
+    ]);
+    let mut child = Command::new(argv[0])
+        .args(&argv[1..])
         .env_remove("KUBECONFIG")
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("HOME", home.path())
@@ -377,17 +378,18 @@ fn live_once_output_json_names_the_pod() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["kind"], "ZombieReport");
-    assert_eq!(v["metadata"]["name"], "live-node");
-    assert_eq!(v["spec"]["nodeName"], "live-node");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The report must name the pod's container, its zombies' parent and the pod's pids usage.
+fn assert_names_pod(v: &serde_json::Value, pod: &V1Pod, zombies: u32, limit: u64) {
     let containers = v["spec"]["containers"].as_array().unwrap();
     let c = containers
         .iter()
         .find(|c| c["podUid"] == pod.uid.as_str())
         .unwrap_or_else(|| panic!("pod {} not in {}", pod.uid, v));
     assert_eq!(c["containerId"], pod.cid.as_str());
-    assert_eq!(c["count"], N);
+    assert_eq!(c["count"], zombies);
     assert_eq!(c["parents"][0]["pid"], pod.parent.0.id());
     assert_eq!(c["parents"][0]["comm"], PARENT_COMM);
     let p = v["spec"]["pods"]
@@ -396,9 +398,41 @@ fn live_once_output_json_names_the_pod() {
         .iter()
         .find(|p| p["podUid"] == pod.uid.as_str())
         .unwrap();
-    assert_eq!(p["current"], N + 1);
-    assert_eq!(p["limit"], 50);
-    assert_eq!(p["zombies"], N);
+    assert_eq!(p["current"], zombies + 1);
+    assert_eq!(p["limit"], limit);
+    assert_eq!(p["zombies"], zombies);
+}
+
+/// `reaper-controller agent --once --output json --proc-root /proc` names the test's pod and
+/// container, its zombies' parent and its pids usage.
+#[test]
+fn live_once_output_json_names_the_pod() {
+    const N: u32 = 4;
+    let pod = v1_pod(N, 50);
+    let v = once_json(&[]);
+    assert_eq!(v["kind"], "ZombieReport");
+    assert_eq!(v["apiVersion"], "reaper.dev/v1alpha1");
+    assert_eq!(v["metadata"]["name"], "live-node");
+    assert_eq!(v["spec"]["nodeName"], "live-node");
+    assert_names_pod(&v, &pod, N, 50);
+}
+
+/// The DaemonSet runs as non-root without capabilities: /proc/<pid>/{stat,cgroup} and the pids
+/// files are world-readable, so an unprivileged agent sees the same.
+#[test]
+fn live_unprivileged_agent_without_capabilities_sees_the_zombies() {
+    const N: u32 = 2;
+    let pod = v1_pod(N, 40);
+    let v = once_json(&[
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+    ]);
+    assert_names_pod(&v, &pod, N, 40);
 }
 
 /// GET a path from the admin port (plain HTTP/1.1, connection closed by the server).

@@ -731,4 +731,53 @@ mod tests {
             "/a.slice/a-b.slice/a-b-c.slice"
         );
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            /// Any comm (the kernel allows every byte but NUL) survives a round trip.
+            #[test]
+            fn stat_round_trips_any_comm(comm in "[^\\x00]{0,16}", pid in 1i32..4_194_304, ppid in 0i32..4_194_304, start in any::<u64>()) {
+                let line = format!(
+                    "{pid} ({comm}) Z {ppid} 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {start} 0 0"
+                );
+                let s = parse_stat(&line).unwrap();
+                prop_assert_eq!((s.pid, s.comm, s.state, s.ppid, s.starttime), (pid, comm.as_str(), 'Z', ppid, start));
+            }
+
+            /// Arbitrary text never panics any parser.
+            #[test]
+            fn garbage_never_panics(text in any::<String>()) {
+                let _ = parse_stat(&text);
+                let _ = parse_cgroup_file(&text);
+                if let Some(k) = parse_kube_path(&text) {
+                    let _ = k.pod_cgroup_from_root();
+                }
+                let _ = parse_pids_max(&text);
+            }
+
+            /// Every generated kubelet path is recognised, whatever the driver, QoS and runtime.
+            #[test]
+            fn generated_kube_paths(uid in "[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
+                                    id in "[0-9a-f]{64}", qos in 0usize..3, runtime in 0usize..3,
+                                    systemd in any::<bool>(), prefix in "(/[a-z]{1,8}){0,2}") {
+                let path = if systemd {
+                    let q = ["", "-burstable", "-besteffort"][qos];
+                    let parent = if q.is_empty() { String::new() } else { format!("/kubepods{q}.slice") };
+                    let scope = ["cri-containerd-", "crio-", "docker-"][runtime];
+                    format!("{prefix}/kubepods.slice{parent}/kubepods{q}-pod{}.slice/{scope}{id}.scope", uid.replace('-', "_"))
+                } else {
+                    let q = ["", "/burstable", "/besteffort"][qos];
+                    let c = ["", "crio-", ""][runtime];
+                    format!("{prefix}/kubepods{q}/pod{uid}/{c}{id}")
+                };
+                let k = parse_kube_path(&path).unwrap();
+                prop_assert_eq!(k.pod_uid, uid);
+                prop_assert_eq!(k.container_id, Some(id.as_str()));
+                prop_assert_eq!(k.qos, [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort][qos]);
+            }
+        }
+    }
 }
