@@ -35,12 +35,25 @@ struct Load {
 impl Drop for Load {
     fn drop(&mut self) {
         for c in &mut self.spawners {
-            // Each spawner leads its own process group: kill the whole group.
-            let _ = Command::new("kill")
-                .args(["-9", &format!("-{}", c.id())])
-                .stderr(Stdio::null())
-                .status();
+            // Each spawner leads its own process group (sleepers and zombie-makers included).
+            let pgid = c.id() as libc::pid_t;
+            if pgid > 1 {
+                // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
             let _ = c.wait();
+        }
+        // Anything left in the bench's cgroups is the bench's.
+        for dir in &self.cgroups {
+            for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .split_whitespace()
+            {
+                if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                    // SAFETY: as above, one pid.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         for dir in self.cgroups.iter().rev() {
@@ -49,21 +62,6 @@ impl Drop for Load {
             }
         }
     }
-}
-
-fn processes_in_proc() -> usize {
-    fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .bytes()
-                        .all(|b| b.is_ascii_digit())
-                })
-                .count()
-        })
-        .unwrap_or(0)
 }
 
 fn spawn_load(n: usize) -> Load {
@@ -82,7 +80,6 @@ fn spawn_load(n: usize) -> Load {
             pids_root.display()
         );
     }
-    let before = processes_in_proc();
     let per_pod = n / PODS;
     for p in 0..PODS {
         let mut dir = String::new();
@@ -120,16 +117,24 @@ fn spawn_load(n: usize) -> Load {
             .env("S", sleepers.to_string())
             .env("Z", zombies.to_string())
             .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .process_group(0)
             .spawn()
             .expect("spawn /bin/sh");
         load.spawners.push(child);
     }
-    let want = before + PODS * per_pod;
+    let want = PODS * per_pod;
+    let pgids: Vec<String> = load.spawners.iter().map(|c| c.id().to_string()).collect();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let now = processes_in_proc();
-        if now + n / 200 >= want {
+        // pgrep -g selects by process group.
+        let out = Command::new("pgrep")
+            .args(["-g", &pgids.join(",")])
+            .output()
+            .expect("pgrep(1)");
+        let now = out.stdout.iter().filter(|b| **b == b'\n').count();
+        if now >= want {
             break;
         }
         assert!(
@@ -234,7 +239,7 @@ fn main() {
     println!(
         "ulimit -u: {}, kernel.pid_max: {}",
         String::from_utf8_lossy(
-            &Command::new("sh")
+            &Command::new("bash")
                 .args(["-c", "ulimit -u"])
                 .output()
                 .map(|o| o.stdout)
@@ -245,6 +250,30 @@ fn main() {
             .unwrap_or_default()
             .trim()
     );
+    // The bench's own pids cgroup and its limit cap what it can spawn.
+    let own_pids = fs::read_to_string("/proc/self/cgroup")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, ctl, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (ctl == "pids").then(|| path.to_string())
+        })
+        .map(|p| {
+            let max = fs::read_to_string(
+                Path::new(CGROUP_ROOT)
+                    .join("pids")
+                    .join(p.trim_start_matches('/'))
+                    .join("pids.max"),
+            );
+            let max = max.map_or_else(
+                |_| "none (root cgroup)".to_string(),
+                |m| m.trim().to_string(),
+            );
+            format!("{p}, pids.max {max}")
+        })
+        .unwrap_or_else(|| "n/a".into());
+    println!("bench's pids cgroup: {own_pids}");
     println!();
     println!(
         "| extra processes | /proc entries | agent scan+report (median) | ps -eo pid,stat,cgroup (median) | ratio | agent peak RSS |"

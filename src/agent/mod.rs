@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 /// How long a `--once` run waits for the API server before printing without names.
 const ONCE_API_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the first scan waits for the pod reflector's initial list.
+const STORE_SYNC_WAIT: Duration = Duration::from_secs(10);
 /// Timeout of one ZombieReport apply or Node GET in the loop.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -299,7 +301,7 @@ fn pod_store(client: Client, node: &str, shutdown: CancellationToken) -> Store<P
                 pod.managed_fields_mut().clear();
                 pod.labels_mut().clear();
                 pod.annotations_mut()
-                    .retain(|k, _| k == report::ANNOTATION_CONFIG_HASH);
+                    .retain(|k, _| k == keys::ANNOTATION_CONFIG_HASH);
                 pod.spec = None;
             })
             .default_backoff(),
@@ -343,6 +345,8 @@ struct LoopState {
     first_seen: FirstSeen,
     node_uid: Option<String>,
     last_written: Option<(ZombieReportSpec, Instant)>,
+    /// The first scan waited for the pod reflector's initial list (once).
+    store_synced: bool,
 }
 
 async fn run_loop(args: Args, node: String) -> Result<()> {
@@ -387,6 +391,7 @@ async fn run_loop(args: Args, node: String) -> Result<()> {
         first_seen: FirstSeen::default(),
         node_uid: None,
         last_written: None,
+        store_synced: false,
     };
     let mut tick = tokio::time::interval(args.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -406,6 +411,14 @@ async fn run_loop(args: Args, node: String) -> Result<()> {
         };
         metrics.scan_duration.observe(took.as_secs_f64());
         log_scan(&scan, took);
+        if let (Some(store), false) = (&store, state.store_synced) {
+            // Give the first pod list a moment so the first report already carries names.
+            let synced = tokio::time::timeout(STORE_SYNC_WAIT, store.wait_until_ready()).await;
+            if !synced.is_ok_and(|r| r.is_ok()) {
+                tracing::warn!(wait = ?STORE_SYNC_WAIT, "pods not listed yet: reporting UIDs and IDs until they are");
+            }
+            state.store_synced = true;
+        }
         let index = store
             .as_ref()
             .map(|s| PodIndex::from_pods(s.state().iter().map(|p| p.as_ref())))

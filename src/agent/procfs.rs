@@ -58,9 +58,10 @@ impl Stat<'_> {
         self.state == 'Z'
     }
 
-    /// Kernel threads have no cgroup worth reading and belong to no pod.
+    /// Kernel threads (children of kthreadd, pid 2) have no cgroup worth reading and belong to
+    /// no pod. `PF_KTHREAD` decides: in another PID namespace pid 2 may be an ordinary process.
     pub fn is_kernel_thread(&self) -> bool {
-        self.flags & PF_KTHREAD != 0 || self.pid == 2 || self.ppid == 2
+        self.flags & PF_KTHREAD != 0 || (self.pid == 2 && self.ppid == 0)
     }
 }
 
@@ -455,6 +456,9 @@ mod tests {
         // A kernel thread re-parented elsewhere is still recognised by PF_KTHREAD.
         assert!(kthread(99, "kthread", 1, PF_KTHREAD));
         assert!(!kthread(1, "systemd", 0, 0x400100));
+        // Pid 2 of a container's PID namespace and its children are ordinary processes.
+        assert!(!kthread(2, "sh", 1, 0x400100));
+        assert!(!kthread(7, "sleep", 2, 0x400000));
         let idle = stat_line(58, "kworker/u4:2", 'I', 2, 0x4208060);
         assert_eq!(parse_stat(&idle).unwrap().state, 'I');
     }

@@ -9,9 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-/// The kubelet's annotation carrying a static pod's internal UID (the UID its cgroup is named
-/// after), set on the mirror pod whose `metadata.uid` differs.
-pub const ANNOTATION_CONFIG_HASH: &str = "kubernetes.io/config.hash";
+use crate::keys::ANNOTATION_CONFIG_HASH;
 
 /// Names of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
