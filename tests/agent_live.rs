@@ -1,213 +1,20 @@
 //! Live tests on this machine (root, cgroup v1 hybrid): real zombies held by a real parent that
 //! never waits, inside real cgroup directories shaped like kubelet pod cgroups; the agent scans
 //! the real /proc and must attribute them to the right pod and container.
-//!
-//! Every cgroup tree lives under a unique top directory (`reaper-agent-test-<pid>-<n>-<nanos>`),
-//! so parallel tests never collide, and is removed on drop (also on panic) after killing what is
-//! left in it. Every wait has a deadline.
+//! Helpers (cgroup trees, zombie parents, cleanup) are in `tests/agent_common/`.
 
+mod agent_common;
+
+use agent_common::{
+    CGROUP_ROOT, CgroupTree, DEADLINE, PARENT_COMM, Reaped, V1Pod, ids, output_within_deadline,
+    v1_pod, zombie_parent,
+};
 use reaper::agent::report::{self, FirstSeen, PodIndex, ReportInput};
 use reaper::agent::scan::{self, Pids};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-/// The name the zombies' parent runs under (a symlink to `sleep`: comm comes from the file name).
-const PARENT_COMM: &str = "zombie-parent";
-const DEADLINE: Duration = Duration::from_secs(15);
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A unique pod UID and container ID per call.
-fn ids() -> (String, String, String) {
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64;
-    let pid = std::process::id();
-    let seed = nanos ^ ((pid as u64) << 32) ^ n as u64;
-    let uid = format!(
-        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-        pid,
-        n & 0xffff,
-        (seed >> 8) & 0xfff,
-        (seed >> 20) & 0xfff,
-        seed & 0xffff_ffff_ffff
-    );
-    let cid = format!(
-        "{:016x}{:016x}{:016x}{:016x}",
-        seed,
-        seed.rotate_left(17),
-        seed.rotate_left(31) ^ 0x5bd1e995,
-        (pid as u64) << 16 | n as u64
-    );
-    let top = format!("reaper-agent-test-{pid}-{n}-{nanos}");
-    (uid, cid, top)
-}
-
-/// Cgroup directories created by a test, removed (deepest first) on drop.
-struct CgroupTree {
-    dirs: Vec<PathBuf>,
-}
-
-impl CgroupTree {
-    /// Create `base/rel` one level at a time.
-    fn create(base: &Path, rel: &str) -> Self {
-        let mut tree = Self { dirs: Vec::new() };
-        let mut dir = base.to_path_buf();
-        for segment in rel.split('/').filter(|s| !s.is_empty()) {
-            dir.push(segment);
-            fs::create_dir(&dir).unwrap_or_else(|e| {
-                panic!(
-                    "cannot create {} ({e}): these tests need root and a cgroup v1 pids hierarchy at {CGROUP_ROOT}/pids",
-                    dir.display()
-                )
-            });
-            tree.dirs.push(dir.clone());
-        }
-        tree
-    }
-
-    fn leaf(&self) -> &Path {
-        self.dirs.last().unwrap()
-    }
-}
-
-impl Drop for CgroupTree {
-    fn drop(&mut self) {
-        let deadline = Instant::now() + DEADLINE;
-        for dir in self.dirs.iter().rev() {
-            loop {
-                // Anything still inside is ours: kill it so the directory can go.
-                if let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in procs.split_whitespace() {
-                        let _ = Command::new("kill").args(["-9", pid]).status();
-                    }
-                }
-                match fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() > deadline => {
-                        eprintln!("could not remove {}: {e}", dir.display());
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
-    }
-}
-
-/// A process killed and waited for on drop.
-struct Reaped(Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start a parent in `cgroup_dirs` (it moves itself in before forking) that makes `n` children,
-/// then becomes `zombie-parent` (sleep) and never waits: `n` real zombies. The children exit only
-/// once the parent has exec'd (dash would reap children that exit earlier).
-fn zombie_parent(cgroup_dirs: &[&Path], n: u32, workdir: &Path) -> Reaped {
-    let parent_exe = workdir.join(PARENT_COMM);
-    if !parent_exe.exists() {
-        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .expect("sleep(1) is installed");
-        std::os::unix::fs::symlink(sleep, &parent_exe).unwrap();
-    }
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(
-            r#"for d in $DIRS; do echo $$ > "$d/cgroup.procs" || exit 97; done
-               i=0; while [ $i -lt "$N" ]; do
-                 (until read c < /proc/$$/comm && [ "$c" = "$COMM" ]; do :; done) &
-                 i=$((i+1))
-               done
-               exec "$PARENT" 600"#,
-        )
-        .env(
-            "DIRS",
-            cgroup_dirs
-                .iter()
-                .map(|d| d.to_str().unwrap())
-                .collect::<Vec<_>>()
-                .join(" "),
-        )
-        .env("N", n.to_string())
-        .env("PARENT", &parent_exe)
-        .env("COMM", PARENT_COMM)
-        .stdin(Stdio::null());
-    let child = Reaped(cmd.spawn().unwrap());
-    let pid = child.0.id();
-    // Wait until the parent has exec'd and holds all n zombies.
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let comm = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let zombies = zombie_children(pid);
-        if comm.trim() == PARENT_COMM && zombies == n {
-            return child;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "parent {pid} ({}) holds {zombies} of {n} zombies after {DEADLINE:?}",
-            comm.trim()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Zombie children of `pid`, counted by ps(1) (independent of the agent's parser).
-fn zombie_children(pid: u32) -> u32 {
-    let out = Command::new("ps")
-        .args(["-o", "stat=", "--ppid", &pid.to_string()])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.trim_start().starts_with('Z'))
-        .count() as u32
-}
-
-/// A burstable pod with a containerd container, cgroupfs driver, under the v1 pids hierarchy.
-struct V1Pod {
-    uid: String,
-    cid: String,
-    pod_dir: PathBuf,
-    // Field order is drop order: kill the parent before removing its cgroups.
-    parent: Reaped,
-    _tree: CgroupTree,
-    _work: tempfile::TempDir,
-}
-
-fn v1_pod(zombies: u32, pids_max: u64) -> V1Pod {
-    let (uid, cid, top) = ids();
-    let pids_root = Path::new(CGROUP_ROOT).join("pids");
-    let tree = CgroupTree::create(
-        &pids_root,
-        &format!("{top}/kubepods/burstable/pod{uid}/{cid}"),
-    );
-    let pod_dir = tree.dirs[tree.dirs.len() - 2].clone();
-    fs::write(pod_dir.join("pids.max"), pids_max.to_string()).unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let parent = zombie_parent(&[tree.leaf()], zombies, work.path());
-    V1Pod {
-        uid,
-        cid,
-        pod_dir,
-        parent,
-        _tree: tree,
-        _work: work,
-    }
-}
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 #[test]
 fn live_v1_cgroupfs_zombies_are_attributed_to_pod_and_container() {
@@ -355,24 +162,13 @@ fn once_json(wrapper: &[&str]) -> serde_json::Value {
         "--node-name",
         "live-node",
     ]);
-    let mut child = Command::new(argv[0])
-        .args(&argv[1..])
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("HOME", home.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("agent --once did not finish within {DEADLINE:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = output_within_deadline(
+        Command::new(argv[0])
+            .args(&argv[1..])
+            .env_remove("KUBECONFIG")
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env("HOME", home.path()),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -519,7 +315,10 @@ fn live_agent_loop_serves_metrics_and_stops_on_sigterm() {
 
     // Kill the parent: its zombies go to init and are reaped; the series must go away.
     let V1Pod {
-        uid, parent, _tree, ..
+        uid,
+        parent,
+        tree: _tree,
+        ..
     } = pod;
     drop(parent);
     let gone = format!(r#"pod="{uid}",container="#);
