@@ -413,7 +413,10 @@ async fn run_loop(args: Args, node: String) -> Result<()> {
         log_scan(&scan, took);
         if let (Some(store), false) = (&store, state.store_synced) {
             // Give the first pod list a moment so the first report already carries names.
-            let synced = tokio::time::timeout(STORE_SYNC_WAIT, store.wait_until_ready()).await;
+            let synced = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = tokio::time::timeout(STORE_SYNC_WAIT, store.wait_until_ready()) => r,
+            };
             if !synced.is_ok_and(|r| r.is_ok()) {
                 tracing::warn!(wait = ?STORE_SYNC_WAIT, "pods not listed yet: reporting UIDs and IDs until they are");
             }
