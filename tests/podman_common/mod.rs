@@ -280,7 +280,7 @@ impl Podman {
     }
 
     /// A fresh directory inside the session's temp dir (for build contexts).
-    fn scratch_dir(&self, what: &str) -> PathBuf {
+    pub fn scratch_dir(&self, what: &str) -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let d = self.dir.path().join(format!("{what}-{n}"));
         fs::create_dir_all(&d).expect("mkdir");
