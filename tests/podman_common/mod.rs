@@ -200,7 +200,22 @@ pub fn podman(test: &str) -> Option<Podman> {
     // From here on, anything that does not work is a failure, not a skip.
     reaper_binary();
     busybox();
-    Some(Podman::new())
+    let pm = Podman::new();
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| pm.sweep_dead_runs());
+    Some(pm)
+}
+
+/// The pid in a name made by an earlier run (`reaper-e2e-<pid>-...`, images under
+/// `localhost/`), if that run's process is gone.
+fn dead_run(name: &str) -> bool {
+    let name = name.strip_prefix("localhost/").unwrap_or(name);
+    name.strip_prefix("reaper-e2e-")
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| {
+            pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+        })
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -223,6 +238,52 @@ impl Podman {
             conf,
             prefix,
             created: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Removes what test runs killed before their guards ran (SIGKILL, a CI timeout) left
+    /// behind: names of this suite whose process is gone. Best effort, once per test binary.
+    fn sweep_dead_runs(&self) {
+        let list = |args: &[&str]| -> Vec<String> {
+            let mut c = self.command();
+            c.args(args);
+            try_run(c, CMD_TIMEOUT)
+                .map(|o| {
+                    o.stdout
+                        .lines()
+                        .map(str::to_owned)
+                        .filter(|n| dead_run(n))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let steps: [(&[&str], &[&str]); 4] = [
+            (
+                &["ps", "-a", "--format", "{{.Names}}"],
+                &["rm", "-f", "-i", "-t", "0"],
+            ),
+            (
+                &["pod", "ps", "--format", "{{.Name}}"],
+                &["pod", "rm", "-f", "-i", "-t", "0"],
+            ),
+            (
+                &["volume", "ls", "--format", "{{.Name}}"],
+                &["volume", "rm", "-f"],
+            ),
+            (
+                &["images", "--format", "{{.Repository}}:{{.Tag}}"],
+                &["rmi", "-f", "-i"],
+            ),
+        ];
+        for (ls, rm) in steps {
+            let stale = list(ls);
+            if stale.is_empty() {
+                continue;
+            }
+            eprintln!("removing leftovers of earlier podman test runs: {stale:?}");
+            let mut c = self.command();
+            c.args(rm).args(&stale);
+            let _ = try_run(c, CMD_TIMEOUT);
         }
     }
 
@@ -683,6 +744,14 @@ pub fn lingering_zombies(samples: &[(Duration, Vec<i32>)], min_age: Duration) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dead_runs_only() {
+        assert!(!dead_run(&format!("reaper-e2e-{}-0-x", std::process::id())));
+        assert!(!dead_run("reaper-e2e-1-0-x")); // pid 1 is alive
+        assert!(!dead_run("someone-else"));
+        assert!(dead_run("localhost/reaper-e2e-4000000-3-reaper:test")); // above pid_max
+    }
 
     #[test]
     fn stat_with_odd_command_name() {
