@@ -1,0 +1,309 @@
+//! `admission.k8s.io/v1` AdmissionReview on the wire: a strict decoder that names what is wrong
+//! (the 400 reasons) and the response encoder.
+//!
+//! Requests are decoded into a small envelope of our own first, keeping `request.object` as raw
+//! JSON, so malformed input gets a precise reason and non-Pod objects are never parsed. Responses
+//! are built with kube's [`AdmissionResponse`]; the patch is written base64-encoded, the encoding
+//! the API server documents for `[]byte` fields (kube serialises `Vec<u8>` as a number array).
+use base64::Engine;
+use k8s_openapi::api::core::v1::Pod;
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND, Operation,
+};
+use kube::core::{DynamicObject, GroupVersionKind, GroupVersionResource, TypeMeta};
+use serde::ser::SerializeStruct;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+/// Why a request body is not an AdmissionReview we can answer (HTTP 400, one line).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadReview {
+    #[error("request body is not valid UTF-8 (at byte {0})")]
+    NotUtf8(usize),
+    #[error("request body is not valid JSON: {0}")]
+    Json(String),
+    #[error("apiVersion is {0:?}, expected \"admission.k8s.io/v1\"")]
+    ApiVersion(String),
+    #[error("kind is {0:?}, expected \"AdmissionReview\"")]
+    Kind(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has no uid")]
+    NoUid,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    #[serde(default, borrow)]
+    api_version: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default, borrow)]
+    request: Option<WireRequest<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireRequest<'a> {
+    #[serde(default)]
+    uid: Option<String>,
+    #[serde(default)]
+    kind: Option<GroupVersionKind>,
+    #[serde(default)]
+    resource: Option<GroupVersionResource>,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    operation: Option<String>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+    #[serde(default, borrow)]
+    object: Option<&'a RawValue>,
+}
+
+/// A decoded request: its kube form (without the object) and, for a Pod CREATE, the pod.
+#[derive(Debug)]
+pub struct Review {
+    pub request: AdmissionRequest<DynamicObject>,
+    pub pod: PodObject,
+}
+
+/// What the request carries, as far as the webhook cares.
+#[derive(Debug)]
+pub enum PodObject {
+    /// A Pod being created.
+    Pod(Box<Pod>),
+    /// Not a Pod CREATE (other kind, operation or subresource): allowed unchanged.
+    NotApplicable,
+    /// A Pod CREATE whose object could not be decoded: admitted unchanged with a warning.
+    Undecodable(String),
+}
+
+/// Decode an AdmissionReview request body.
+pub fn decode(body: &[u8]) -> Result<Review, BadReview> {
+    let text = std::str::from_utf8(body).map_err(|e| BadReview::NotUtf8(e.valid_up_to()))?;
+    let wire: WireReview<'_> =
+        serde_json::from_str(text).map_err(|e| BadReview::Json(one_line(&e)))?;
+    let api_version = wire.api_version.as_deref().unwrap_or_default();
+    if api_version != META_API_VERSION_V1 {
+        return Err(BadReview::ApiVersion(api_version.to_string()));
+    }
+    let kind = wire.kind.as_deref().unwrap_or_default();
+    if kind != META_KIND {
+        return Err(BadReview::Kind(kind.to_string()));
+    }
+    let req = wire.request.ok_or(BadReview::NoRequest)?;
+    let uid = req.uid.filter(|u| !u.is_empty()).ok_or(BadReview::NoUid)?;
+    let gvk = req
+        .kind
+        .unwrap_or_else(|| GroupVersionKind::gvk("", "", ""));
+    let operation = match req.operation.as_deref() {
+        Some("CREATE") => Some(Operation::Create),
+        Some("UPDATE") => Some(Operation::Update),
+        Some("DELETE") => Some(Operation::Delete),
+        Some("CONNECT") => Some(Operation::Connect),
+        _ => None,
+    };
+    let is_pod_create = gvk.group.is_empty()
+        && gvk.version == "v1"
+        && gvk.kind == "Pod"
+        && operation == Some(Operation::Create)
+        && req.sub_resource.as_deref().unwrap_or_default().is_empty();
+    let pod = if !is_pod_create {
+        PodObject::NotApplicable
+    } else {
+        match req.object {
+            None => PodObject::Undecodable("the request has no object".to_string()),
+            Some(raw) => match serde_json::from_str::<Pod>(raw.get()) {
+                Ok(pod) => PodObject::Pod(Box::new(pod)),
+                Err(e) => PodObject::Undecodable(one_line(&e)),
+            },
+        }
+    };
+    let request = AdmissionRequest {
+        types: TypeMeta {
+            api_version: META_API_VERSION_V1.to_string(),
+            kind: META_KIND.to_string(),
+        },
+        uid,
+        kind: gvk,
+        resource: req
+            .resource
+            .unwrap_or_else(|| GroupVersionResource::gvr("", "", "")),
+        sub_resource: req.sub_resource,
+        request_kind: None,
+        request_resource: None,
+        request_sub_resource: None,
+        name: req.name.unwrap_or_default(),
+        namespace: req.namespace,
+        // Only the webhook's answer depends on the operation; an unknown one is not applicable.
+        operation: operation.unwrap_or(Operation::Connect),
+        user_info: Default::default(),
+        object: None,
+        old_object: None,
+        dry_run: req.dry_run.unwrap_or(false),
+        options: None,
+    };
+    Ok(Review { request, pod })
+}
+
+fn one_line(e: &dyn std::fmt::Display) -> String {
+    let s = e.to_string();
+    let s = s.lines().next().unwrap_or_default();
+    // Error texts echo input; keep the 400 body short.
+    s.chars().take(300).collect()
+}
+
+/// Serialise a response as the AdmissionReview the API server expects.
+pub fn encode(response: &AdmissionResponse) -> Vec<u8> {
+    // Serialising plain strings, bools and byte strings into a Vec cannot fail.
+    serde_json::to_vec(&Wire(response)).unwrap_or_default()
+}
+
+struct Wire<'a>(&'a AdmissionResponse);
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut review = s.serialize_struct("AdmissionReview", 3)?;
+        review.serialize_field("apiVersion", META_API_VERSION_V1)?;
+        review.serialize_field("kind", META_KIND)?;
+        review.serialize_field("response", &WireResponse(self.0))?;
+        review.end()
+    }
+}
+
+struct WireResponse<'a>(&'a AdmissionResponse);
+
+impl Serialize for WireResponse<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let r = self.0;
+        let mut out = s.serialize_struct("AdmissionResponse", 6)?;
+        out.serialize_field("uid", &r.uid)?;
+        out.serialize_field("allowed", &r.allowed)?;
+        if !r.allowed {
+            out.serialize_field("status", &r.result)?;
+        }
+        if let Some(patch) = &r.patch {
+            out.serialize_field(
+                "patch",
+                &base64::engine::general_purpose::STANDARD.encode(patch),
+            )?;
+            out.serialize_field("patchType", "JSONPatch")?;
+        }
+        if let Some(w) = r.warnings.as_ref().filter(|w| !w.is_empty()) {
+            out.serialize_field("warnings", w)?;
+        }
+        if !r.audit_annotations.is_empty() {
+            out.serialize_field("auditAnnotations", &r.audit_annotations)?;
+        }
+        out.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn review(request: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{request}}}"#
+        )
+    }
+
+    const POD: &str = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p"},"spec":{"containers":[{"name":"a","image":"x"}]}}"#;
+
+    fn pod_request(op: &str, object: &str) -> String {
+        review(&format!(
+            r#"{{"uid":"u-1","kind":{{"group":"","version":"v1","kind":"Pod"}},"resource":{{"group":"","version":"v1","resource":"pods"}},"operation":"{op}","namespace":"ns","object":{object}}}"#
+        ))
+    }
+
+    #[test]
+    fn decodes_a_pod_create() {
+        let r = decode(pod_request("CREATE", POD).as_bytes()).unwrap();
+        assert_eq!(r.request.uid, "u-1");
+        assert_eq!(r.request.namespace.as_deref(), Some("ns"));
+        match r.pod {
+            PodObject::Pod(p) => assert_eq!(p.metadata.name.as_deref(), Some("p")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn other_operations_and_kinds_are_not_applicable() {
+        let r = decode(pod_request("UPDATE", POD).as_bytes()).unwrap();
+        assert!(matches!(r.pod, PodObject::NotApplicable));
+        let body = review(
+            r#"{"uid":"u","kind":{"group":"apps","version":"v1","kind":"Deployment"},"operation":"CREATE","object":{"x":1}}"#,
+        );
+        assert!(matches!(
+            decode(body.as_bytes()).unwrap().pod,
+            PodObject::NotApplicable
+        ));
+        let body = review(
+            r#"{"uid":"u","kind":{"group":"","version":"v1","kind":"Pod"},"subResource":"ephemeralcontainers","operation":"CREATE","object":{}}"#,
+        );
+        assert!(matches!(
+            decode(body.as_bytes()).unwrap().pod,
+            PodObject::NotApplicable
+        ));
+    }
+
+    #[test]
+    fn an_undecodable_pod_is_reported_not_rejected() {
+        let r =
+            decode(pod_request("CREATE", r#"{"spec":{"containers":"nope"}}"#).as_bytes()).unwrap();
+        assert!(matches!(r.pod, PodObject::Undecodable(m) if m.contains("invalid type")));
+    }
+
+    #[test]
+    fn bad_reviews() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"\xff\xfe".to_vec(), "not valid UTF-8"),
+            (b"".to_vec(), "not valid JSON"),
+            (b"{\"apiVersion\":".to_vec(), "not valid JSON"),
+            (b"[1,2]".to_vec(), "not valid JSON"),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{"uid":"u"}}"#.to_vec(),
+                "apiVersion is \"admission.k8s.io/v1beta1\"",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#.to_vec(),
+                "kind is \"Pod\"",
+            ),
+            (
+                br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#.to_vec(),
+                "no request",
+            ),
+            (review(r#"{"kind":{"group":"","version":"v1","kind":"Pod"}}"#).into_bytes(), "no uid"),
+            (review(r#"{"uid":""}"#).into_bytes(), "no uid"),
+        ];
+        for (body, want) in cases {
+            let err = decode(&body).unwrap_err().to_string();
+            assert!(err.contains(want), "{err:?} should contain {want:?}");
+            assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn encodes_base64_patch_and_warnings() {
+        let r = decode(pod_request("CREATE", POD).as_bytes()).unwrap();
+        let mut resp = AdmissionResponse::from(&r.request)
+            .with_patch(json_patch::Patch(vec![]))
+            .unwrap();
+        resp.warnings = Some(vec!["w".into()]);
+        let v: serde_json::Value = serde_json::from_slice(&encode(&resp)).unwrap();
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(v["kind"], "AdmissionReview");
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], true);
+        assert_eq!(v["response"]["patch"], "W10="); // base64("[]")
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        assert_eq!(v["response"]["warnings"][0], "w");
+    }
+}
