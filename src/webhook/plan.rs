@@ -587,8 +587,9 @@ fn find_install(pod: &Pod, cfg: &Config) -> Option<ExistingInstall> {
         })
 }
 
-/// How a policy `entrypoints` entry or the image index describes a container's image.
-fn image_argv<'a>(
+/// How the governing policy's `entrypoints` (first glob match wins) or else the image index
+/// describe a container's image.
+pub fn image_argv<'a>(
     c: &Container,
     spec: &'a ReaperPolicySpec,
     images: &'a ImageIndex,
