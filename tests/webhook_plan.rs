@@ -33,7 +33,8 @@ struct Case {
 
 fn load(path: &Path) -> Case {
     let text = std::fs::read_to_string(path).unwrap();
-    let f: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let f: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut config = Config::new(REAPER_IMAGE);
     if let Some(m) = f["config"]["defaultMode"].as_str() {
         config.default_mode = m.parse::<Mode>().unwrap();
@@ -53,7 +54,10 @@ fn load(path: &Path) -> Case {
         };
         let entry = match c.get("error") {
             Some(e) => Err(e.as_str().unwrap().to_string()),
-            None => Ok(ImageConfig::new(strings(&c["entrypoint"]), strings(&c["cmd"]))),
+            None => Ok(ImageConfig::new(
+                strings(&c["entrypoint"]),
+                strings(&c["cmd"]),
+            )),
         };
         images.insert(image.clone(), entry);
     }
@@ -115,8 +119,14 @@ fn assert_restricted(c: &Value) {
     assert!(sc["capabilities"].get("add").is_none());
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(c["resources"]["requests"], json!({"cpu": "10m", "memory": "16Mi"}));
-    assert_eq!(c["resources"]["limits"], json!({"cpu": "100m", "memory": "64Mi"}));
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "10m", "memory": "16Mi"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "100m", "memory": "64Mi"})
+    );
 }
 
 fn check(c: &Case) {
@@ -126,16 +136,27 @@ fn check(c: &Case) {
     let patched = apply(&c.pod_json, &patch);
     let ctx = &c.name;
 
-    assert_eq!(p.result_label(), e["result"].as_str().unwrap(), "{ctx}: result");
+    assert_eq!(
+        p.result_label(),
+        e["result"].as_str().unwrap(),
+        "{ctx}: result"
+    );
     let want_annotation = e["annotation"].as_str();
-    assert_eq!(p.annotation().as_deref(), want_annotation, "{ctx}: annotation");
+    assert_eq!(
+        p.annotation().as_deref(),
+        want_annotation,
+        "{ctx}: annotation"
+    );
     assert_eq!(
         patched["metadata"]["annotations"]["reaper.dev/injected"].as_str(),
         want_annotation,
         "{ctx}: annotation in the patched pod"
     );
     if e["noPatch"] == true {
-        assert!(patch.0.is_empty(), "{ctx}: expected no patch, got {patch:?}");
+        assert!(
+            patch.0.is_empty(),
+            "{ctx}: expected no patch, got {patch:?}"
+        );
         assert!(p.warnings.is_empty(), "{ctx}: {:?}", p.warnings);
     }
     for w in e["warnings"].as_array().into_iter().flatten() {
@@ -151,7 +172,9 @@ fn check(c: &Case) {
     }
     if let Some(share) = e.get("shareProcessNamespace") {
         assert_eq!(
-            patched["spec"].get("shareProcessNamespace").unwrap_or(&Value::Null),
+            patched["spec"]
+                .get("shareProcessNamespace")
+                .unwrap_or(&Value::Null),
             share,
             "{ctx}: shareProcessNamespace"
         );
@@ -177,7 +200,11 @@ fn check(c: &Case) {
     }
     for name in e["unchanged"].as_array().into_iter().flatten() {
         let name = name.as_str().unwrap();
-        assert_eq!(find(&patched, name), find(&c.pod_json, name), "{ctx}: {name} changed");
+        assert_eq!(
+            find(&patched, name),
+            find(&c.pod_json, name),
+            "{ctx}: {name} changed"
+        );
     }
     for name in e["args_unchanged"].as_array().into_iter().flatten() {
         let name = name.as_str().unwrap();
@@ -192,7 +219,10 @@ fn check(c: &Case) {
         let init = patched["spec"]["initContainers"].as_array().unwrap();
         let install = &init[0];
         let install_name = e["installName"].as_str().unwrap_or("reaper-install");
-        assert_eq!(install["name"], install_name, "{ctx}: install container first");
+        assert_eq!(
+            install["name"], install_name,
+            "{ctx}: install container first"
+        );
         assert_eq!(install["image"], REAPER_IMAGE);
         assert_eq!(
             install["command"],
@@ -222,9 +252,15 @@ fn check(c: &Case) {
                     v["metadata"].as_object_mut().unwrap().remove("annotations");
                 }
             }
-            v["spec"].as_object_mut().unwrap().remove("shareProcessNamespace");
+            v["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("shareProcessNamespace");
         }
-        assert_eq!(a, b, "{ctx}: only the annotation and shareProcessNamespace may change");
+        assert_eq!(
+            a, b,
+            "{ctx}: only the annotation and shareProcessNamespace may change"
+        );
     }
     if let Some(order) = e.get("initOrder") {
         let names: Vec<&Value> = patched["spec"]["initContainers"]
@@ -239,8 +275,16 @@ fn check(c: &Case) {
     // Idempotent: planning the patched pod again changes nothing and says the same.
     let again: Pod = serde_json::from_value(patched.clone()).unwrap();
     let p2 = plan_case(c, &again);
-    assert!(p2.patch().0.is_empty(), "{ctx}: second pass patched {:?}", p2.patch());
-    assert_eq!(p2.annotation(), p.annotation(), "{ctx}: second pass annotation");
+    assert!(
+        p2.patch().0.is_empty(),
+        "{ctx}: second pass patched {:?}",
+        p2.patch()
+    );
+    assert_eq!(
+        p2.annotation(),
+        p.annotation(),
+        "{ctx}: second pass annotation"
+    );
 
     golden(c, &p, &patch, &patched);
 }
@@ -254,7 +298,9 @@ fn golden(c: &Case, p: &Plan, patch: &Patch, patched: &Value) {
         "patch": patch,
         "patched": patched,
     });
-    let path = fixtures_dir().join("expected").join(format!("{}.json", c.name));
+    let path = fixtures_dir()
+        .join("expected")
+        .join(format!("{}.json", c.name));
     let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
     if std::env::var_os("REAPER_UPDATE_FIXTURES").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -306,7 +352,10 @@ fn reinvocation_wraps_a_container_added_later() {
     assert_eq!(p.annotation().as_deref(), Some("inject:api,late"));
     let patched = apply(&later, &p.patch());
     // No second install container or volume.
-    assert_eq!(patched["spec"]["initContainers"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        patched["spec"]["initContainers"].as_array().unwrap().len(),
+        1
+    );
     assert_eq!(
         find(&patched, "late")["command"],
         json!(["/.reaper/reaper", "--", "/late"])

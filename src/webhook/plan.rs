@@ -856,11 +856,20 @@ fn inject_changes(
     let volume_name = match existing {
         Some(e) => e.volume.clone(),
         None => {
+            // Names mounted by containers count as taken even without a volume (an invalid
+            // pod), or a user's mount could end up pointing at our volume.
             let volumes: BTreeSet<&str> = spec
                 .and_then(|s| s.volumes.as_deref())
                 .unwrap_or_default()
                 .iter()
                 .map(|v| v.name.as_str())
+                .chain(spec.iter().flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .flat_map(|c| c.volume_mounts.iter().flatten())
+                        .map(|m| m.name.as_str())
+                }))
                 .collect();
             let containers: BTreeSet<&str> = spec
                 .iter()
