@@ -131,6 +131,7 @@ struct Inner {
     config: Config,
     sources: Sources,
     resolver: Arc<dyn ImageResolver>,
+    resolve_timeout: Duration,
     metrics: WebhookMetrics,
 }
 
@@ -146,9 +147,18 @@ impl AppState {
                 config,
                 sources,
                 resolver,
+                resolve_timeout: RESOLVE_TIMEOUT,
                 metrics,
             }),
         }
+    }
+
+    /// Bound image resolution by `timeout` instead of [`RESOLVE_TIMEOUT`].
+    pub fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.resolve_timeout = timeout;
+        }
+        self
     }
 }
 
@@ -312,7 +322,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
             let wanted = plan::images_to_resolve(pod, scope, &policies, &s.config);
             if !wanted.is_empty() {
                 match tokio::time::timeout(
-                    RESOLVE_TIMEOUT,
+                    s.resolve_timeout,
                     s.resolver.resolve(pod, namespace, &wanted),
                 )
                 .await
