@@ -181,9 +181,11 @@ fn input() -> impl Strategy<Value = Input> {
                             init_containers: inits,
                             containers: ContainerFilter {
                                 include: vec![],
-                                exclude: (exclude == 1)
-                                    .then(|| vec!["proxy".to_string()])
-                                    .unwrap_or_default(),
+                                exclude: if exclude == 1 {
+                                    vec!["proxy".to_string()]
+                                } else {
+                                    vec![]
+                                },
                             },
                             reaper: if flags {
                                 ReaperOptions {

@@ -47,7 +47,10 @@ async fn send(app: axum::Router, method: &str, path: &str, body: Vec<u8>) -> (St
         .await
         .unwrap();
     let status = res.status();
-    (status, res.into_body().collect().await.unwrap().to_bytes().to_vec())
+    (
+        status,
+        res.into_body().collect().await.unwrap().to_bytes().to_vec(),
+    )
 }
 
 fn review_with(f: impl FnOnce(&mut Value)) -> Vec<u8> {
@@ -65,7 +68,8 @@ fn response(body: &[u8]) -> Value {
 
 fn patched(body: &[u8]) -> Value {
     let r = response(body);
-    let mut pod: Value = serde_json::from_str::<Value>(REVIEW).unwrap()["request"]["object"].clone();
+    let mut pod: Value =
+        serde_json::from_str::<Value>(REVIEW).unwrap()["request"]["object"].clone();
     let raw = base64::engine::general_purpose::STANDARD
         .decode(r["patch"].as_str().expect("a patch"))
         .unwrap();
@@ -151,7 +155,10 @@ async fn bodies_over_4_mib_get_413() {
     big.resize(5 * 1024 * 1024, b' ');
     let (status, text) = send(app(), "POST", "/mutate", big).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(String::from_utf8(text).unwrap(), "request body exceeds 4 MiB\n");
+    assert_eq!(
+        String::from_utf8(text).unwrap(),
+        "request body exceeds 4 MiB\n"
+    );
     // Just under the limit is fine (whitespace after the JSON value).
     let mut ok = REVIEW.as_bytes().to_vec();
     ok.resize(4 * 1024 * 1024 - 1, b' ');
@@ -186,7 +193,12 @@ async fn an_unreadable_pod_is_admitted_with_a_warning() {
     let r = response(&body);
     assert_eq!(r["allowed"], true);
     assert!(r.get("patch").is_none());
-    assert!(r["warnings"][0].as_str().unwrap().contains("could not be read"));
+    assert!(
+        r["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("could not be read")
+    );
 }
 
 /// A resolver that knows one image and counts its calls.
@@ -287,5 +299,8 @@ async fn requests_are_counted() {
         text.contains(r#"reaper_webhook_requests_total{result="invalid",mode="none"} 1"#),
         "{text}"
     );
-    assert!(text.contains("reaper_webhook_request_duration_seconds_count 2"), "{text}");
+    assert!(
+        text.contains("reaper_webhook_request_duration_seconds_count 2"),
+        "{text}"
+    );
 }
