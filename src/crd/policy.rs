@@ -459,6 +459,68 @@ mod tests {
         assert!(ReaperOptions::default().to_flags().is_empty());
     }
 
+    fn named(
+        name: &str,
+        priority: i32,
+        pod_selector: Option<LabelSelector>,
+    ) -> std::sync::Arc<ReaperPolicy> {
+        let mut p = ReaperPolicy::new(
+            name,
+            ReaperPolicySpec {
+                priority,
+                pod_selector,
+                ..Default::default()
+            },
+        );
+        p.metadata.name = Some(name.to_string());
+        std::sync::Arc::new(p)
+    }
+
+    #[test]
+    fn policy_set_precedence() {
+        let app = |v: &str| LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_string(), v.to_string())])),
+            ..Default::default()
+        };
+        let invalid = LabelSelector {
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "Maybe".into(),
+                    values: None,
+                },
+            ]),
+            ..Default::default()
+        };
+        let set = PolicySet::new([
+            named("zeta", 5, None),
+            named("alpha", 5, None),
+            named("web-only", 10, Some(app("web"))),
+            named("broken", 100, Some(invalid)),
+            named("low", -1, None),
+        ]);
+        let names: Vec<_> = set
+            .entries()
+            .iter()
+            .map(|e| e.policy.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["broken", "web-only", "alpha", "zeta", "low"]);
+        assert!(set.entries()[0].invalid.is_some());
+        let ns = BTreeMap::new();
+        let web = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let db = BTreeMap::from([("app".to_string(), "db".to_string())]);
+        let winner = |l| set.winner(&ns, l).unwrap().metadata.name.clone().unwrap();
+        assert_eq!(winner(&web), "web-only");
+        // Ties go to the alphabetically first name; the invalid policy never matches.
+        assert_eq!(winner(&db), "alpha");
+        let all: Vec<_> = set
+            .matching(&ns, &db)
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(all, ["alpha", "zeta", "low"]);
+        assert!(PolicySet::default().winner(&ns, &web).is_none());
+    }
+
     #[test]
     fn container_filter() {
         let f = ContainerFilter {

@@ -620,7 +620,9 @@ pub fn images_to_resolve(
     let Stage::Go(p) = prepare(pod, scope, policies, cfg) else {
         return Vec::new();
     };
-    if p.mode == Mode::Share && !host_pid(pod) {
+    let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+    if (p.mode == Mode::Share || p.mode == Mode::Auto && shared) && !host_pid(pod) {
+        // The outcome is share whatever the images say.
         return Vec::new();
     }
     let mut out: Vec<String> = Vec::new();

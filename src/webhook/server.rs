@@ -66,7 +66,7 @@ impl WebhookMetrics {
         metrics.register(|r| {
             r.register(
                 "reaper_webhook_requests",
-                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, invalid, too_large) and requested mode",
+                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large) and requested mode",
                 m.requests.clone(),
             );
             r.register(
@@ -213,6 +213,18 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
             };
         }
     };
+    if !sources.is_synced() {
+        // Planning against an incomplete policy list could apply the wrong mode.
+        response.warnings = Some(vec![
+            "reaper: pod not mutated, the webhook has not synced its policies yet".to_string(),
+        ]);
+        return Answer {
+            body: review::encode(&response),
+            result: "not_synced",
+            mode: "none",
+            plan: None,
+        };
+    }
     let namespace = review
         .request
         .namespace
@@ -320,7 +332,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
                 namespace_labels: &ns.labels,
             };
             let wanted = plan::images_to_resolve(pod, scope, &policies, &s.config);
-            if !wanted.is_empty() {
+            if !wanted.is_empty() && s.sources.is_synced() {
                 match tokio::time::timeout(
                     s.resolve_timeout,
                     s.resolver.resolve(pod, namespace, &wanted),
@@ -353,4 +365,30 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
     }
     .instrument(span)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REVIEW: &[u8] =
+        include_bytes!("../../tests/fixtures/pods/reviews/deployment-3-containers.json");
+
+    #[test]
+    fn nothing_is_mutated_before_policies_are_synced() {
+        let config = Config::new("r:1");
+        let a = answer_sync(REVIEW, &config, &Sources::unsynced()).unwrap();
+        assert_eq!(a.result, "not_synced");
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        assert!(
+            v["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("not synced")
+        );
+        let a = answer_sync(REVIEW, &config, &Sources::fixed(Default::default())).unwrap();
+        assert_eq!(a.result, "inject");
+    }
 }

@@ -51,6 +51,13 @@ impl Sources {
         }
     }
 
+    /// No policies and not synced: what the cluster mode looks like before its first list.
+    pub fn unsynced() -> Self {
+        let s = Self::fixed(PolicySet::default());
+        s.synced.store(false, Ordering::Release);
+        s
+    }
+
     /// The current policy set.
     pub fn policies(&self) -> Arc<PolicySet> {
         self.policies.borrow().clone()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# HTTPS load benchmark of `reaper-controller webhook` against POST /mutate with a realistic 12 KB
+# AdmissionReview (tests/fixtures/pods/reviews/deployment-3-containers.json, 3 containers wrapped).
+#
+# Prints, from one run on this machine:
+#   - the in-process floor (decode + plan + encode per request, `cargo bench --bench webhook_floor`)
+#     and the ceiling it implies for 2 cores (2 / floor);
+#   - requests/s at saturation over HTTPS (oha, keep-alive HTTP/1.1, several connection counts),
+#     and that figure as a share of the ceiling (target >= 50 %);
+#   - p50/p99 latency at a fixed 1,000 requests/s with latency correction (target p99 <= 3 ms).
+# The load generator runs on the same 2 cores as the webhook, so saturation figures are a lower
+# bound. Needs: oha (`cargo install oha`), openssl, curl, jq.
+#
+# Usage: bench/webhook.sh            (DURATION=15 RATE=1000 CONNS="8 32" to change)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-15}
+RATE=${RATE:-1000}
+CONNS=${CONNS:-"8 32"}
+REVIEW=tests/fixtures/pods/reviews/deployment-3-containers.json
+for tool in oha openssl curl jq; do
+  command -v "$tool" >/dev/null || { echo "bench/webhook.sh needs $tool (oha: cargo install oha)" >&2; exit 1; }
+done
+
+echo "building (release)..." >&2
+cargo build -q --release --bin reaper-controller
+floor_line=$(cargo bench -q --bench webhook_floor -- --bench 2>/dev/null | tee /dev/stderr | grep '^floor_us=')
+floor_us=$(sed -E 's/^floor_us=([0-9.]+).*/\1/' <<<"$floor_line")
+ceiling=$(sed -E 's/.*ceiling_req_per_s_2_cores=([0-9]+).*/\1/' <<<"$floor_line")
+
+tmp=$(mktemp -d)
+pid=""
+cleanup() {
+  if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+  -keyout "$tmp/tls.key" -out "$tmp/tls.crt" -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" 2>/dev/null
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+port=$(free_port); admin=$(free_port)
+
+target/release/reaper-controller --log-level warn webhook \
+  --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+  --tls-cert "$tmp/tls.crt" --tls-key "$tmp/tls.key" \
+  --reaper-image registry.example.com/reaper:0.1.0 \
+  --policies bench/webhook-policies.yaml &
+pid=$!
+for _ in $(seq 100); do
+  curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -fs "http://127.0.0.1:$admin/readyz" >/dev/null || { echo "webhook did not become ready" >&2; exit 1; }
+
+url="https://127.0.0.1:$port/mutate"
+# Sanity: the review is answered with a patch.
+curl -fsk -H 'content-type: application/json' --data-binary "@$REVIEW" "$url" | jq -e '.response.patch' >/dev/null
+
+oha_json() { oha --no-tui --insecure --output-format json -m POST -T application/json -D "$REVIEW" "$@" "$url"; }
+oha_json -z 3s -c 16 >/dev/null   # warm-up
+
+echo "| measurement | value |"
+echo "|---|---|"
+echo "| review size | $(stat -c %s "$REVIEW") bytes |"
+echo "| in-process decode + plan + encode (floor) | ${floor_us} µs/request |"
+echo "| ceiling for 2 cores (2 / floor) | ${ceiling} req/s |"
+best=0
+for c in $CONNS; do
+  out=$(oha_json -z "${DURATION}s" -c "$c")
+  rps=$(jq -r '.summary.requestsPerSec | floor' <<<"$out")
+  ok=$(jq -r '.statusCodeDistribution["200"] // 0' <<<"$out")
+  total=$(jq -r '[.statusCodeDistribution[]] | add // 0' <<<"$out")
+  errors=$(jq -r '[.errorDistribution[]?] | add // 0' <<<"$out")
+  echo "| saturation, HTTPS keep-alive, $c connections | ${rps} req/s (${ok}/${total} 200, ${errors} errors) |"
+  (( rps > best )) && best=$rps
+done
+share=$(awk -v b="$best" -v c="$ceiling" 'BEGIN { printf "%.0f", 100 * b / c }')
+echo "| best saturation / ceiling (target >= 50 %) | ${share} % |"
+out=$(oha_json -z "${DURATION}s" -q "$RATE" -c 32 --latency-correction)
+p50=$(jq -r '.latencyPercentiles.p50 * 1000 | . * 1000 | round / 1000' <<<"$out")
+p99=$(jq -r '.latencyPercentiles.p99 * 1000 | . * 1000 | round / 1000' <<<"$out")
+rps=$(jq -r '.summary.requestsPerSec | floor' <<<"$out")
+echo "| at ${RATE} req/s (achieved ${rps}): p50 / p99 (target p99 <= 3 ms) | ${p50} ms / ${p99} ms |"
