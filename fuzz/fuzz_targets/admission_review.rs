@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
             .decode(patch)
             .expect("base64 patch");
         let patch: json_patch::Patch = serde_json::from_slice(&raw).expect("a JSONPatch");
-        let input: Value = serde_json::from_slice(data).expect("the request was JSON");
+        // serde_json's Value refuses some inputs the typed decoder skips (e.g. 1e400 in an
+        // unknown field); those cannot be checked this way.
+        let Ok(input) = serde_json::from_slice::<Value>(data) else {
+            return;
+        };
         let mut object = input["request"]["object"].clone();
         json_patch::patch(&mut object, &patch).expect("the patch applies to the request object");
     }
