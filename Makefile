@@ -7,7 +7,7 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 
-.PHONY: build reaper tools test unit lint fmt crds deploy demo clean bench-webhook fuzz-webhook
+.PHONY: build reaper bench-reaper tools test unit lint fmt crds deploy demo clean bench-webhook fuzz-webhook
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -16,6 +16,10 @@ build: reaper
 reaper:
 	$(CARGO) rustc --profile reaper --bin reaper -- $(REAPER_RUSTFLAGS)
 	@file $(REAPER_BIN) | grep -q 'statically linked' || { echo "$(REAPER_BIN) is not static" >&2; exit 1; }
+
+## The init against tini, tini-static, dumb-init and catatonit (root; prints a Markdown table).
+bench-reaper:
+	bench/reaper.sh
 
 ## kube-apiserver, etcd and helm built from Go modules into bin/ (cached by version).
 tools:
@@ -36,9 +40,16 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## Regenerate crds/ from the Rust types.
+## Regenerate crds/ (one <plural>.<group>.yaml per CRD) from the Rust types.
 crds:
-	$(CARGO) run -q --bin reaper-controller -- crds > crds/reaper.dev.yaml
+	rm -f crds/*.yaml
+	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
+
+## The whole system on a local control plane (same harness as the tests). Ctrl-C stops it;
+## DEMO_EXIT=1 exits 0 right after printing.
+demo: tools
+	$(CARGO) build --bin reaper-controller
+	$(CARGO) run --example demo
 
 ## Webhook HTTPS load benchmark against its in-process floor (needs oha: cargo install oha).
 bench-webhook:

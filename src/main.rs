@@ -24,14 +24,21 @@ enum Command {
     Operator(operator::Args),
     /// Node agent: counts zombies per pod and container, publishes a ZombieReport.
     Agent(agent::Args),
-    /// Print the CRDs (ReaperPolicy, ZombieReport) as a YAML stream.
+    /// Print the CRDs (ReaperPolicy, ZombieReport) as a YAML stream, or write them with --dir.
     Crds(crd::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::Crds(_) = cli.command {
-        print!("{}", crd::render_yaml().context("rendering CRDs")?);
+    if let Command::Crds(args) = &cli.command {
+        match &args.dir {
+            Some(dir) => {
+                for path in crd::write_dir(dir)? {
+                    eprintln!("wrote {}", path.display());
+                }
+            }
+            None => print!("{}", crd::render_yaml().context("rendering CRDs")?),
+        }
         return Ok(());
     }
     telemetry::init(&cli.log).context("invalid --log-level")?;
