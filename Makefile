@@ -51,7 +51,7 @@ demo: tools
 	$(CARGO) build --bin reaper-controller
 	$(CARGO) run --example demo
 
-## Webhook HTTPS load benchmark against its in-process floor (needs oha: cargo install oha).
+## Webhook HTTPS load benchmark (wrk) against its in-process floor.
 bench-webhook:
 	bench/webhook.sh
 

@@ -304,3 +304,36 @@ async fn requests_are_counted() {
         "{text}"
     );
 }
+
+/// Found by fuzzing: a pod object without `metadata` (or without spec / any name) decodes to a
+/// default Pod, but a patch adding `/metadata/annotations` would not apply to it. The API server
+/// rejects such pods anyway, so they are admitted untouched.
+#[tokio::test]
+async fn incomplete_pods_are_left_alone() {
+    for body in [
+        review_with(|v| {
+            v["request"]["object"]
+                .as_object_mut()
+                .unwrap()
+                .remove("metadata");
+        }),
+        review_with(|v| {
+            v["request"]["object"]
+                .as_object_mut()
+                .unwrap()
+                .remove("spec");
+        }),
+        review_with(|v| {
+            v["request"]["object"]["metadata"]
+                .as_object_mut()
+                .unwrap()
+                .remove("generateName");
+        }),
+    ] {
+        let (status, body) = send(app(), "POST", "/mutate", body).await;
+        assert_eq!(status, StatusCode::OK);
+        let r = response(&body);
+        assert_eq!(r["allowed"], true);
+        assert!(r.get("patch").is_none(), "{r}");
+    }
+}

@@ -112,6 +112,9 @@ pub struct Scope<'a> {
 /// Why a pod is left alone without even an annotation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IgnoreReason {
+    /// No `spec`, or neither `metadata.name` nor `metadata.generateName`: the API server rejects
+    /// such a pod after admission anyway, and a patch could not rely on those fields existing.
+    Incomplete,
     ExcludedNamespace,
     MirrorPod,
     OptedOut,
@@ -428,6 +431,14 @@ fn is_sidecar(c: &Container) -> bool {
 
 /// Steps common to [`images_to_resolve`] and [`plan`]: scope, policy, mode, targets.
 fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Config) -> Stage<'a> {
+    let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+    if pod.spec.is_none() || !(named(&pod.metadata.name) || named(&pod.metadata.generate_name)) {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::Incomplete,
+            None,
+            None,
+        )));
+    }
     if cfg.excluded_namespaces.contains(scope.namespace) {
         return Stage::Done(Box::new(Plan::ignored(
             IgnoreReason::ExcludedNamespace,
