@@ -13,6 +13,10 @@ use reaper::webhook::sources::{Sources, parse_policies};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+// The same allocator as reaper-controller, so the floor is comparable.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const REVIEW: &[u8] = include_bytes!("../tests/fixtures/pods/reviews/deployment-3-containers.json");
 const POLICIES: &str = include_str!("webhook-policies.yaml");
 

@@ -3,6 +3,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use reaper::{agent, crd, operator, telemetry, webhook};
 
+// glibc malloc spent ~20 % of the webhook's CPU under load (perf, bench/webhook.sh); mimalloc
+// handles the many short-lived allocations of JSON decoding far better.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "reaper-controller",

@@ -32,20 +32,22 @@ pub enum BadReview {
     NoUid,
 }
 
+/// The envelope, generic over how `request.object` is read: as raw JSON (`&RawValue`, any kind)
+/// or directly as a pod ([`WirePod`], the one-pass fast path).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WireReview<'a> {
-    #[serde(default, borrow)]
-    api_version: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    kind: Option<std::borrow::Cow<'a, str>>,
-    #[serde(default, borrow)]
-    request: Option<WireRequest<'a>>,
+struct WireReview<O> {
+    #[serde(default)]
+    api_version: Option<String>,
+    #[serde(default)]
+    kind: Option<String>,
+    #[serde(default = "none")]
+    request: Option<WireRequest<O>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct WireRequest<'a> {
+struct WireRequest<O> {
     #[serde(default)]
     uid: Option<String>,
     #[serde(default)]
@@ -62,8 +64,12 @@ struct WireRequest<'a> {
     operation: Option<String>,
     #[serde(default)]
     dry_run: Option<bool>,
-    #[serde(default, borrow)]
-    object: Option<&'a RawValue>,
+    #[serde(default = "none")]
+    object: Option<O>,
+}
+
+fn none<T>() -> Option<T> {
+    None
 }
 
 /// A Pod as the webhook reads it: the full `spec`, and of `metadata` only what the planner uses.
@@ -92,25 +98,29 @@ struct WireMeta {
     annotations: Option<std::collections::BTreeMap<String, String>>,
 }
 
+impl WirePod {
+    fn into_pod(self) -> Pod {
+        Pod {
+            metadata: match self.metadata {
+                None => Default::default(),
+                Some(m) => k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                    name: m.name,
+                    generate_name: m.generate_name,
+                    namespace: m.namespace,
+                    labels: m.labels,
+                    annotations: m.annotations,
+                    ..Default::default()
+                },
+            },
+            spec: self.spec,
+            status: None,
+        }
+    }
+}
+
 /// Decode a pod object the way [`decode`] does (exposed for tests and benchmarks).
 pub fn decode_pod(json: &str) -> Result<Pod, serde_json::Error> {
-    let wire: WirePod = serde_json::from_str(json)?;
-    let meta = wire.metadata;
-    Ok(Pod {
-        metadata: match meta {
-            None => Default::default(),
-            Some(m) => k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
-                name: m.name,
-                generate_name: m.generate_name,
-                namespace: m.namespace,
-                labels: m.labels,
-                annotations: m.annotations,
-                ..Default::default()
-            },
-        },
-        spec: wire.spec,
-        status: None,
-    })
+    serde_json::from_str::<WirePod>(json).map(WirePod::into_pod)
 }
 
 /// A decoded request: its kube form (without the object) and, for a Pod CREATE, the pod.
@@ -132,10 +142,25 @@ pub enum PodObject {
 }
 
 /// Decode an AdmissionReview request body.
+///
+/// One pass in the common case: the review is read with the object decoded straight into a pod.
+/// When that fails (another kind, a malformed pod, malformed JSON) it is read again with the
+/// object kept raw, which tells a bad review (400) from a pod that cannot be handled (admitted
+/// with a warning) and names the problem.
 pub fn decode(body: &[u8]) -> Result<Review, BadReview> {
     let text = std::str::from_utf8(body).map_err(|e| BadReview::NotUtf8(e.valid_up_to()))?;
-    let wire: WireReview<'_> =
+    if let Ok(wire) = serde_json::from_str::<WireReview<WirePod>>(text) {
+        return finish(wire, |pod| Ok(pod.into_pod()));
+    }
+    let wire: WireReview<&RawValue> =
         serde_json::from_str(text).map_err(|e| BadReview::Json(one_line(&e)))?;
+    finish(wire, |raw| decode_pod(raw.get()).map_err(|e| one_line(&e)))
+}
+
+fn finish<O>(
+    wire: WireReview<O>,
+    to_pod: impl FnOnce(O) -> Result<Pod, String>,
+) -> Result<Review, BadReview> {
     let api_version = wire.api_version.as_deref().unwrap_or_default();
     if api_version != META_API_VERSION_V1 {
         return Err(BadReview::ApiVersion(api_version.to_string()));
@@ -166,9 +191,9 @@ pub fn decode(body: &[u8]) -> Result<Review, BadReview> {
     } else {
         match req.object {
             None => PodObject::Undecodable("the request has no object".to_string()),
-            Some(raw) => match decode_pod(raw.get()) {
+            Some(object) => match to_pod(object) {
                 Ok(pod) => PodObject::Pod(Box::new(pod)),
-                Err(e) => PodObject::Undecodable(one_line(&e)),
+                Err(e) => PodObject::Undecodable(e),
             },
         }
     };
