@@ -6,10 +6,13 @@ wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/json"
 
+-- Each pause is drawn uniformly from [DELAY_MS/2, 3*DELAY_MS/2]: with a fixed pause every
+-- connection stays in phase with the others and requests arrive in bursts of one per connection.
 local delay_ms = tonumber(os.getenv("DELAY_MS") or "0")
 if delay_ms > 0 then
+  math.randomseed(os.time())
   function delay()
-    return delay_ms
+    return math.random(math.floor(delay_ms / 2), math.floor(delay_ms * 3 / 2))
   end
 end
 
