@@ -7,7 +7,7 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 
-.PHONY: build reaper bench-reaper tools test unit lint fmt crds deploy demo clean bench-webhook fuzz-webhook
+.PHONY: build reaper bench-reaper tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook fuzz-webhook
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -32,6 +32,11 @@ test: reaper tools lint
 ## Unit tests only (no root, no control plane): the quick loop.
 unit:
 	$(CARGO) test --lib --bins
+
+## Agent scan vs ps(1) with 1,000 and 10,000 processes, and agent RSS (root for realistic cgroups).
+bench-agent:
+	$(CARGO) build --release --bin reaper-controller --example agent_scan
+	target/release/examples/agent_scan 1000 10000
 
 lint:
 	$(CARGO) fmt --all -- --check

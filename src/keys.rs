@@ -20,6 +20,9 @@ pub const ANNOTATION_INJECTED: &str = "reaper.dev/injected";
 
 /// Annotation set on a mirror (static) pod by the kubelet.
 pub const ANNOTATION_MIRROR: &str = "kubernetes.io/config.mirror";
+/// Annotation the kubelet sets on a mirror pod: the static pod's internal UID (its config hash),
+/// which is what the pod's cgroup is named after.
+pub const ANNOTATION_CONFIG_HASH: &str = "kubernetes.io/config.hash";
 /// Label every namespace carries with its own name (used for `--policies` file mode).
 pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 /// Annotation `kubectl rollout restart` sets on a pod template.

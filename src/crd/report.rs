@@ -40,13 +40,14 @@ pub struct ZombieReportSpec {
     /// Zombies on the node.
     #[serde(default)]
     pub zombies: u64,
-    /// Zombies that belong to no pod (host processes).
+    /// Zombies that belong to no pod (host processes, or whose parent vanished mid-scan).
     #[serde(default)]
     pub unattributed_zombies: u64,
-    /// Containers holding zombies.
+    /// Containers holding zombies, most zombies first. Zombies in a pod's own cgroup (outside
+    /// any container) are only counted in `pods`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub containers: Vec<ContainerZombies>,
-    /// Pods whose task count is close to their `pids.max` limit, or that hold zombies.
+    /// Pods that hold zombies or use at least 80% of their `pids.max` limit.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pods: Vec<PodPids>,
 }
@@ -70,7 +71,8 @@ pub struct ContainerZombies {
     pub container: Option<String>,
     /// Zombies in this container.
     pub count: u32,
-    /// Seconds since the oldest of them was first seen.
+    /// Seconds since the oldest of them was first seen, as of `observedAt` (the report is not
+    /// rewritten just because ages grow).
     #[serde(default)]
     pub oldest_age_seconds: u64,
     /// The processes that fail to reap them, worst first.
@@ -103,7 +105,8 @@ pub struct PodPids {
     pub namespace: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
-    /// `pids.current` of the pod cgroup (zombies count too).
+    /// `pids.current` of the pod cgroup (zombies count too). Where the pod cgroup's pids files
+    /// cannot be read, the number of processes the agent found in the pod instead.
     pub current: u64,
     /// `pids.max` of the pod cgroup; absent when unlimited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
