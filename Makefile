@@ -7,7 +7,7 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 
-.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean
+.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook fuzz-webhook
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -59,6 +59,16 @@ crds:
 demo: tools
 	$(CARGO) build --bin reaper-controller
 	$(CARGO) run --example demo
+
+## Webhook HTTPS load benchmark (wrk) against its in-process floor.
+bench-webhook:
+	bench/webhook.sh
+
+## Fuzz the webhook's decode + plan (nightly + cargo-fuzz); FUZZ_SECONDS per target (default 60).
+fuzz-webhook:
+	fuzz/seed.sh
+	cd fuzz && for t in admission_review plan_pod; do \
+	  $(CARGO) +nightly fuzz run $$t corpus/$$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
 
 clean:
 	$(CARGO) clean

@@ -4,9 +4,11 @@
 
 mod policy;
 mod report;
+pub mod selector;
 
 pub use policy::*;
 pub use report::*;
+pub use selector::{SelectorError, selector_matches, validate_selector};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResourceExt, core::crd::merge_crds};

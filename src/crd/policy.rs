@@ -1,10 +1,12 @@
 // kube-derive repeats `type_ = "..."` across printcolumns, which clippy mistakes for duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+use super::selector::{SelectorError, matches_valid, validate_selector};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -319,6 +321,97 @@ pub struct Offender {
     pub age_seconds: u64,
 }
 
+fn policy_selects(
+    spec: &ReaperPolicySpec,
+    namespace_labels: &BTreeMap<String, String>,
+    pod_labels: &BTreeMap<String, String>,
+) -> bool {
+    spec.namespace_selector
+        .as_ref()
+        .is_none_or(|s| matches_valid(s, namespace_labels))
+        && spec
+            .pod_selector
+            .as_ref()
+            .is_none_or(|s| matches_valid(s, pod_labels))
+}
+
+/// Every policy a component knows, in precedence order: highest `priority` first, ties broken by
+/// name. Selectors are checked once here; a policy with an invalid selector never matches (the
+/// operator reports it as `InvalidSelector`).
+#[derive(Clone, Debug, Default)]
+pub struct PolicySet {
+    entries: Vec<PolicyEntry>,
+}
+
+/// One policy of a [`PolicySet`] and, when one of its selectors is invalid, why.
+#[derive(Clone, Debug)]
+pub struct PolicyEntry {
+    pub policy: std::sync::Arc<ReaperPolicy>,
+    pub invalid: Option<SelectorError>,
+}
+
+impl PolicySet {
+    pub fn new(policies: impl IntoIterator<Item = std::sync::Arc<ReaperPolicy>>) -> Self {
+        let mut entries: Vec<PolicyEntry> = policies
+            .into_iter()
+            .map(|policy| {
+                let invalid = [&policy.spec.namespace_selector, &policy.spec.pod_selector]
+                    .into_iter()
+                    .flatten()
+                    .find_map(|s| validate_selector(s).err());
+                PolicyEntry { policy, invalid }
+            })
+            .collect();
+        entries.sort_by(|a, b| {
+            b.policy
+                .spec
+                .priority
+                .cmp(&a.policy.spec.priority)
+                .then_with(|| a.policy.metadata.name.cmp(&b.policy.metadata.name))
+        });
+        Self { entries }
+    }
+
+    /// All policies in precedence order.
+    pub fn entries(&self) -> &[PolicyEntry] {
+        &self.entries
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Policies selecting a pod with these labels in a namespace with these labels, winner first.
+    pub fn matching<'a>(
+        &'a self,
+        namespace_labels: &'a BTreeMap<String, String>,
+        pod_labels: &'a BTreeMap<String, String>,
+    ) -> impl Iterator<Item = &'a std::sync::Arc<ReaperPolicy>> + 'a {
+        self.entries
+            .iter()
+            .filter(|e| e.invalid.is_none())
+            .filter(move |e| policy_selects(&e.policy.spec, namespace_labels, pod_labels))
+            .map(|e| &e.policy)
+    }
+
+    /// The policy governing a pod: the first of [`PolicySet::matching`].
+    pub fn winner(
+        &self,
+        namespace_labels: &BTreeMap<String, String>,
+        pod_labels: &BTreeMap<String, String>,
+    ) -> Option<&std::sync::Arc<ReaperPolicy>> {
+        self.entries
+            .iter()
+            .filter(|e| e.invalid.is_none())
+            .find(|e| policy_selects(&e.policy.spec, namespace_labels, pod_labels))
+            .map(|e| &e.policy)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +457,68 @@ mod tests {
             ]
         );
         assert!(ReaperOptions::default().to_flags().is_empty());
+    }
+
+    fn named(
+        name: &str,
+        priority: i32,
+        pod_selector: Option<LabelSelector>,
+    ) -> std::sync::Arc<ReaperPolicy> {
+        let mut p = ReaperPolicy::new(
+            name,
+            ReaperPolicySpec {
+                priority,
+                pod_selector,
+                ..Default::default()
+            },
+        );
+        p.metadata.name = Some(name.to_string());
+        std::sync::Arc::new(p)
+    }
+
+    #[test]
+    fn policy_set_precedence() {
+        let app = |v: &str| LabelSelector {
+            match_labels: Some(BTreeMap::from([("app".to_string(), v.to_string())])),
+            ..Default::default()
+        };
+        let invalid = LabelSelector {
+            match_expressions: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                    key: "app".into(),
+                    operator: "Maybe".into(),
+                    values: None,
+                },
+            ]),
+            ..Default::default()
+        };
+        let set = PolicySet::new([
+            named("zeta", 5, None),
+            named("alpha", 5, None),
+            named("web-only", 10, Some(app("web"))),
+            named("broken", 100, Some(invalid)),
+            named("low", -1, None),
+        ]);
+        let names: Vec<_> = set
+            .entries()
+            .iter()
+            .map(|e| e.policy.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(names, ["broken", "web-only", "alpha", "zeta", "low"]);
+        assert!(set.entries()[0].invalid.is_some());
+        let ns = BTreeMap::new();
+        let web = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        let db = BTreeMap::from([("app".to_string(), "db".to_string())]);
+        let winner = |l| set.winner(&ns, l).unwrap().metadata.name.clone().unwrap();
+        assert_eq!(winner(&web), "web-only");
+        // Ties go to the alphabetically first name; the invalid policy never matches.
+        assert_eq!(winner(&db), "alpha");
+        let all: Vec<_> = set
+            .matching(&ns, &db)
+            .map(|p| p.metadata.name.clone().unwrap())
+            .collect();
+        assert_eq!(all, ["alpha", "zeta", "low"]);
+        assert!(PolicySet::default().winner(&ns, &web).is_none());
     }
 
     #[test]

@@ -1,18 +1,444 @@
-//! Mutating admission webhook (issue: webhook).
+//! Mutating admission webhook: fixes PID 1 of opted-in pods by sharing the PID namespace or by
+//! wrapping container entrypoints with the `reaper` init.
+//!
+//! - [`plan`]: the pure decision (pod + policies + images → plan → JSONPatch)
+//! - [`argv`]: effective argv and wrapping rules; [`images`]: image configs and the resolver trait
+//! - [`review`]: AdmissionReview decoding/encoding; [`server`]: the axum router and handler
+//! - [`tls`]: reloading certificate resolver and the HTTPS accept loop; [`sources`]: policies
+//!   and namespace labels from a file or the cluster
+pub mod argv;
+pub mod files;
+pub mod images;
+pub mod plan;
+pub mod review;
+pub mod server;
+pub mod sources;
+pub mod tls;
+
+use crate::crd::Mode;
+use crate::{admin, metrics::Metrics};
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight requests get to finish after SIGTERM.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the certificate pair (and `--policies` file) are checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Flags of `reaper-controller webhook`.
-#[derive(clap::Args, Clone, Debug, Default)]
-pub struct Args {}
+#[derive(clap::Args, Clone, Debug)]
+pub struct Args {
+    /// HTTPS address for AdmissionReview requests (`POST /mutate`).
+    #[arg(long, env = "REAPER_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// PEM certificate (chain) for the HTTPS port; reloaded when it changes.
+    #[arg(long, env = "REAPER_TLS_CERT")]
+    pub tls_cert: PathBuf,
+    /// PEM private key for the HTTPS port; reloaded when it changes.
+    #[arg(long, env = "REAPER_TLS_KEY")]
+    pub tls_key: PathBuf,
+    /// Plain-HTTP address for /metrics, /livez and /readyz.
+    #[arg(long, env = "REAPER_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
+    pub admin_listen: SocketAddr,
+    /// Image whose `/reaper` is the static init, copied into pods by the injected init container.
+    #[arg(long, env = "REAPER_REAPER_IMAGE")]
+    pub reaper_image: String,
+    /// Where wrapped containers see the reaper binary (`<mount-path>/reaper`).
+    #[arg(long, env = "REAPER_MOUNT_PATH", default_value = "/.reaper")]
+    pub mount_path: String,
+    /// Mode for pods no ReaperPolicy matches: auto, inject, share or off.
+    #[arg(long, env = "REAPER_DEFAULT_MODE", default_value = "auto")]
+    pub default_mode: Mode,
+    /// Namespaces never mutated (comma-separated). `POD_NAMESPACE` (the webhook's own) is always added.
+    #[arg(
+        long,
+        env = "REAPER_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "kube-system,kube-public,kube-node-lease"
+    )]
+    pub excluded_namespaces: Vec<String>,
+    /// YAML stream of ReaperPolicy objects; with it the webhook needs no API server
+    /// (namespaceSelector then sees only the `kubernetes.io/metadata.name` label).
+    #[arg(long, env = "REAPER_POLICIES")]
+    pub policies: Option<PathBuf>,
+    /// UID (and GID) of the injected `reaper-install` init container.
+    #[arg(long, env = "REAPER_INSTALL_RUN_AS_USER", default_value_t = 65532)]
+    pub install_run_as_user: i64,
+    /// CPU request of the injected init container.
+    #[arg(long, env = "REAPER_INSTALL_CPU_REQUEST", default_value = "10m")]
+    pub install_cpu_request: String,
+    /// Memory request of the injected init container.
+    #[arg(long, env = "REAPER_INSTALL_MEMORY_REQUEST", default_value = "16Mi")]
+    pub install_memory_request: String,
+    /// CPU limit of the injected init container.
+    #[arg(long, env = "REAPER_INSTALL_CPU_LIMIT", default_value = "100m")]
+    pub install_cpu_limit: String,
+    /// Memory limit of the injected init container.
+    #[arg(long, env = "REAPER_INSTALL_MEMORY_LIMIT", default_value = "64Mi")]
+    pub install_memory_limit: String,
+    /// sizeLimit of the `reaper-bin` emptyDir.
+    #[arg(long, env = "REAPER_VOLUME_SIZE_LIMIT", default_value = "8Mi")]
+    pub volume_size_limit: String,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the webhook is not implemented yet")]
-    NotImplemented,
+    #[error(
+        "--mount-path {0:?} must be an absolute path other than / without '..' (e.g. /.reaper)"
+    )]
+    MountPath(String),
+    #[error("--{flag} {value:?} is not a Kubernetes quantity (e.g. 10m, 0.5, 16Mi, 1Gi)")]
+    Quantity { flag: &'static str, value: String },
+    #[error("--{limit_flag} {limit} is below --{request_flag} {request}; raise the limit")]
+    LimitBelowRequest {
+        limit_flag: &'static str,
+        limit: String,
+        request_flag: &'static str,
+        request: String,
+    },
+    #[error("--reaper-image is empty: name the image that holds /reaper")]
+    NoImage,
+    #[error("--install-run-as-user must be a non-zero UID (Pod Security \"restricted\")")]
+    RootInstall,
+    #[error("reading policies file {path}: {source}")]
+    PoliciesRead {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policies file, document {document}: {reason}")]
+    Policies { document: usize, reason: String },
+    #[error("binding {addr}: {source} (is another process using the port?)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(
+        "connecting to the Kubernetes API: {0} (run in a cluster, set KUBECONFIG, or use --policies FILE)"
+    )]
+    Kube(#[source] kube::Error),
+    #[error("admin server: {0}")]
+    Admin(#[source] std::io::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A Kubernetes quantity's value (e.g. `10m` → 0.01, `16Mi` → 16777216), or `None` if malformed.
+fn quantity_value(q: &str) -> Option<f64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    if num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
+        return None;
+    }
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+impl Args {
+    /// The planner's configuration; `own_namespace` is `POD_NAMESPACE`, always excluded.
+    pub fn config(&self, own_namespace: Option<&str>) -> Result<plan::Config> {
+        let mount = self.mount_path.trim_end_matches('/');
+        if !mount.starts_with('/') || mount.is_empty() || mount.split('/').any(|p| p == "..") {
+            return Err(Error::MountPath(self.mount_path.clone()));
+        }
+        if self.reaper_image.trim().is_empty() {
+            return Err(Error::NoImage);
+        }
+        if self.install_run_as_user <= 0 {
+            return Err(Error::RootInstall);
+        }
+        let check = |flag: &'static str, value: &str| {
+            quantity_value(value).ok_or_else(|| Error::Quantity {
+                flag,
+                value: value.to_string(),
+            })
+        };
+        for (req_flag, req, lim_flag, lim) in [
+            (
+                "install-cpu-request",
+                &self.install_cpu_request,
+                "install-cpu-limit",
+                &self.install_cpu_limit,
+            ),
+            (
+                "install-memory-request",
+                &self.install_memory_request,
+                "install-memory-limit",
+                &self.install_memory_limit,
+            ),
+        ] {
+            if check(lim_flag, lim)? < check(req_flag, req)? {
+                return Err(Error::LimitBelowRequest {
+                    limit_flag: lim_flag,
+                    limit: lim.clone(),
+                    request_flag: req_flag,
+                    request: req.clone(),
+                });
+            }
+        }
+        check("volume-size-limit", &self.volume_size_limit)?;
+        let mut excluded: BTreeSet<String> = self
+            .excluded_namespaces
+            .iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if let Some(own) = own_namespace.filter(|n| !n.is_empty()) {
+            excluded.insert(own.to_string());
+        }
+        Ok(plan::Config {
+            reaper_image: self.reaper_image.trim().to_string(),
+            mount_path: mount.to_string(),
+            default_mode: self.default_mode,
+            excluded_namespaces: excluded,
+            install: plan::InstallSettings {
+                run_as_user: self.install_run_as_user,
+                cpu_request: self.install_cpu_request.clone(),
+                memory_request: self.install_memory_request.clone(),
+                cpu_limit: self.install_cpu_limit.clone(),
+                memory_limit: self.install_memory_limit.clone(),
+                volume_size_limit: self.volume_size_limit.clone(),
+            },
+        })
+    }
+}
+
 /// Run until SIGTERM/SIGINT.
-pub async fn run(_args: Args) -> Result<()> {
-    Err(Error::NotImplemented)
+pub async fn run(args: Args) -> Result<()> {
+    run_with(args, Arc::new(images::NoImageResolver), shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the webhook");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// Run with a given image resolver until `stop` resolves (the registry lookup plugs in here).
+pub async fn run_with(
+    args: Args,
+    resolver: Arc<dyn images::ImageResolver>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let own_namespace = std::env::var("POD_NAMESPACE").ok();
+    let config = args.config(own_namespace.as_deref())?;
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let wm = server::WebhookMetrics::new(&metrics);
+    let ready = admin::Readiness::default();
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: args.listen,
+            source,
+        })?;
+
+    let sources = match &args.policies {
+        Some(path) => {
+            let m = wm.clone();
+            sources::from_file(path.clone(), shutdown.clone(), move |n| m.set_policies(n)).await?
+        }
+        None => {
+            let client = kube::Client::try_default().await.map_err(Error::Kube)?;
+            let m = wm.clone();
+            sources::from_cluster(client, shutdown.clone(), move |n| m.set_policies(n))
+        }
+    };
+
+    let certs = Arc::new(tls::CertStore::new());
+    let m = wm.clone();
+    let watch = tokio::spawn(tls::watch_pair(
+        certs.clone(),
+        args.tls_cert.clone(),
+        args.tls_key.clone(),
+        RELOAD_INTERVAL,
+        shutdown.clone(),
+        move |r| m.cert_loaded(r),
+    ));
+
+    // Ready once a certificate pair is loaded and policies are synced.
+    let (c, s, r, stop_ready) = (
+        certs.clone(),
+        sources.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    );
+    tokio::spawn(async move {
+        loop {
+            if c.is_loaded() && s.is_synced() {
+                r.set(true);
+                tracing::info!("ready");
+                return;
+            }
+            tokio::select! {
+                _ = stop_ready.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    });
+
+    let admin = tokio::spawn(admin::serve(
+        args.admin_listen,
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    ));
+
+    let state = server::AppState::new(config, sources, resolver, wm);
+    tracing::info!(addr = %args.listen, "webhook listening (HTTPS)");
+    let serving = tokio::spawn(tls::serve(
+        listener,
+        tls::server_config(certs),
+        server::router(state),
+        shutdown.clone(),
+        DRAIN_TIMEOUT,
+    ));
+
+    let admin_failed = tokio::select! {
+        _ = stop => { tracing::info!("shutting down"); None }
+        r = admin => Some(r),
+    };
+    ready.set(false);
+    shutdown.cancel();
+    let _ = serving.await;
+    let _ = watch.await;
+    match admin_failed {
+        Some(Ok(Err(e))) => Err(Error::Admin(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(extra: &[&str]) -> Args {
+        let mut argv = vec![
+            "x",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--reaper-image",
+            "r:1",
+        ];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).unwrap().args
+    }
+
+    #[test]
+    fn defaults_and_own_namespace() {
+        let a = parse(&[]);
+        assert_eq!(a.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(a.admin_listen.to_string(), "0.0.0.0:8080");
+        let c = a.config(Some("reaper-system")).unwrap();
+        assert_eq!(c.mount_path, "/.reaper");
+        assert_eq!(c.default_mode, Mode::Auto);
+        assert_eq!(
+            c.excluded_namespaces
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            [
+                "kube-node-lease",
+                "kube-public",
+                "kube-system",
+                "reaper-system"
+            ]
+        );
+        let c = parse(&[
+            "--excluded-namespaces",
+            "a, b",
+            "--default-mode",
+            "SHARE",
+            "--mount-path",
+            "/x/",
+        ])
+        .config(None)
+        .unwrap();
+        assert_eq!(c.excluded_namespaces.len(), 2);
+        assert_eq!(c.default_mode, Mode::Share);
+        assert_eq!(c.reaper_path(), "/x/reaper");
+    }
+
+    #[test]
+    fn bad_flags_say_what_to_do() {
+        for (extra, want) in [
+            (&["--mount-path", "rel"][..], "absolute"),
+            (&["--mount-path", "/"][..], "absolute"),
+            (&["--mount-path", "/a/../b"][..], "absolute"),
+            (
+                &["--install-cpu-limit", "lots"][..],
+                "not a Kubernetes quantity",
+            ),
+            (&["--install-memory-limit", "8Mi"][..], "raise the limit"),
+            (&["--install-run-as-user", "0"][..], "non-zero UID"),
+            (&["--volume-size-limit", "1Zi"][..], "quantity"),
+        ] {
+            let err = parse(extra).config(None).unwrap_err().to_string();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
+        assert!(
+            Cli::try_parse_from([
+                "x",
+                "--tls-cert",
+                "c",
+                "--tls-key",
+                "k",
+                "--reaper-image",
+                "r",
+                "--default-mode",
+                "sometimes"
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn quantities() {
+        assert_eq!(quantity_value("10m"), Some(0.01));
+        assert_eq!(quantity_value("16Mi"), Some(16.0 * 1024.0 * 1024.0));
+        assert_eq!(quantity_value("0.5"), Some(0.5));
+        assert_eq!(quantity_value("1"), Some(1.0));
+        for bad in ["", "m", ".5", "1.2.3", "5x", "-1"] {
+            assert_eq!(quantity_value(bad), None, "{bad}");
+        }
+    }
 }

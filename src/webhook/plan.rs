@@ -1,0 +1,1056 @@
+//! The webhook's decision, as a pure function: pod + policies + resolved images → [`Plan`] →
+//! RFC 6902 JSONPatch. No I/O here; the handler decodes, calls [`plan`], and encodes.
+//!
+//! The planner is *convergent*: it recognises every piece of its own earlier work (a container
+//! whose `command[0]` is the reaper path, the install init container and its volume, a shared PID
+//! namespace, the annotation) and only adds what is missing. So `mutate(mutate(p)) == mutate(p)`,
+//! and a reinvocation after another webhook added a container wraps just that container.
+use super::argv::{Argv, ImageArgv, plan_argv};
+use super::images::{ImageIndex, image_matches};
+use crate::crd::{Enforcement, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
+use crate::keys;
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, Pod, ResourceRequirements, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Base name of the emptyDir holding the reaper binary (suffixed `-1`, `-2`, ... when taken).
+pub const VOLUME_NAME: &str = "reaper-bin";
+/// Base name of the init container that copies the reaper binary into the volume.
+pub const INSTALL_CONTAINER_NAME: &str = "reaper-install";
+/// Path of the static init inside `--reaper-image`.
+pub const IMAGE_REAPER_PATH: &str = "/reaper";
+/// Warnings past this many are summarised (the API server truncates long warning lists anyway).
+const MAX_WARNINGS: usize = 12;
+
+/// Settings that shape every plan (from the webhook's flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Image whose `/reaper` is the static init (`--reaper-image`).
+    pub reaper_image: String,
+    /// Where the volume is mounted in wrapped containers (`--mount-path`), absolute, no trailing `/`.
+    pub mount_path: String,
+    /// Mode when no policy matches (`--default-mode`).
+    pub default_mode: Mode,
+    /// Namespaces never touched (`--excluded-namespaces` plus the webhook's own).
+    pub excluded_namespaces: BTreeSet<String>,
+    /// The injected init container and volume.
+    pub install: InstallSettings,
+}
+
+/// Resources and identity of the injected `reaper-install` container and its volume.
+#[derive(Clone, Debug)]
+pub struct InstallSettings {
+    pub run_as_user: i64,
+    pub cpu_request: String,
+    pub memory_request: String,
+    pub cpu_limit: String,
+    pub memory_limit: String,
+    /// `sizeLimit` of the `reaper-bin` emptyDir.
+    pub volume_size_limit: String,
+}
+
+impl Default for InstallSettings {
+    fn default() -> Self {
+        Self {
+            run_as_user: 65532,
+            cpu_request: "10m".into(),
+            memory_request: "16Mi".into(),
+            cpu_limit: "100m".into(),
+            memory_limit: "64Mi".into(),
+            // The static reaper is ~1 MB; 8Mi leaves room for a larger build without letting the
+            // volume become scratch space.
+            volume_size_limit: "8Mi".into(),
+        }
+    }
+}
+
+impl Config {
+    /// A config with defaults for everything but the image (tests, benchmarks, fuzzing).
+    pub fn new(reaper_image: impl Into<String>) -> Self {
+        Self {
+            reaper_image: reaper_image.into(),
+            mount_path: "/.reaper".into(),
+            default_mode: Mode::Auto,
+            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            install: InstallSettings::default(),
+        }
+    }
+
+    /// `<mount-path>/reaper`: argv[0] of every wrapped container.
+    pub fn reaper_path(&self) -> String {
+        format!("{}/reaper", self.mount_path)
+    }
+
+    /// The exact command of the install container; also how a later pass recognises it.
+    fn install_command(&self) -> Vec<String> {
+        vec![
+            IMAGE_REAPER_PATH.to_string(),
+            "--install".to_string(),
+            self.reaper_path(),
+        ]
+    }
+}
+
+/// Where the pod is being created.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    /// The request's namespace (a pod's own `metadata.namespace` may be empty at CREATE).
+    pub namespace: &'a str,
+    /// Labels of that namespace (only `kubernetes.io/metadata.name` in `--policies` mode).
+    pub namespace_labels: &'a BTreeMap<String, String>,
+}
+
+/// Why a pod is left alone without even an annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// No `spec`, or neither `metadata.name` nor `metadata.generateName`: the API server rejects
+    /// such a pod after admission anyway, and a patch could not rely on those fields existing.
+    Incomplete,
+    ExcludedNamespace,
+    MirrorPod,
+    OptedOut,
+    ModeOff,
+}
+
+/// Why an in-scope pod is left alone (recorded as `skipped:<reason>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `spec.os.name: windows` (or a `kubernetes.io/os: windows` node selector).
+    Windows,
+    /// The filters (policy containers, `initContainers`, `reaper.dev/containers`) left nothing.
+    NoTargets,
+    /// Every target container already runs an init.
+    AlreadyInit,
+    /// No target container could be wrapped (unknown argv, mount path taken) and sharing the PID
+    /// namespace was not an option.
+    NotWrappable,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Windows => "windows",
+            SkipReason::NoTargets => "no-targets",
+            SkipReason::AlreadyInit => "already-init",
+            SkipReason::NotWrappable => "not-wrappable",
+        }
+    }
+}
+
+/// What the webhook decided for a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ignored(IgnoreReason),
+    Skipped(SkipReason),
+    /// `shareProcessNamespace: true`.
+    Share,
+    /// These containers run under reaper (newly wrapped or already), in spec order.
+    Inject(Vec<String>),
+}
+
+/// A container's position in the pod spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Slot {
+    pub list: List,
+    pub index: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum List {
+    Init,
+    Regular,
+}
+
+impl List {
+    fn field(self) -> &'static str {
+        match self {
+            List::Init => "initContainers",
+            List::Regular => "containers",
+        }
+    }
+}
+
+/// One container's rewrite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wrap {
+    pub slot: Slot,
+    /// New `command` (`None`: already wrapped, only the mount may be missing).
+    pub command: Option<Vec<String>>,
+    /// New `args` (`None`: keep the pod's).
+    pub args: Option<Vec<String>>,
+    /// Mount to add (`None`: already there).
+    pub mount: Option<VolumeMount>,
+    /// Whether the container already has a `volumeMounts` list.
+    had_mounts: bool,
+}
+
+/// The injected volume and init container, when the pod does not have them yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Install {
+    pub volume: Volume,
+    pub container: Container,
+}
+
+/// Spec changes of a plan (all empty for ignored, skipped and audited pods).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub share_process_namespace: bool,
+    pub install: Option<Install>,
+    /// Index of our existing install container, to move to the front of `initContainers` because
+    /// a wrapped init container now runs before it.
+    pub move_install_from: Option<usize>,
+    pub wraps: Vec<Wrap>,
+    had_volumes: bool,
+    had_init_containers: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.share_process_namespace
+            && self.install.is_none()
+            && self.move_install_from.is_none()
+            && self.wraps.is_empty()
+    }
+}
+
+/// The decision for one pod and everything needed to turn it into a patch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub outcome: Outcome,
+    /// The mode asked for (annotation, else policy, else `--default-mode`); `None` when the pod
+    /// was ignored before a mode was chosen.
+    pub mode: Option<Mode>,
+    /// Name of the governing policy, if any.
+    pub policy: Option<String>,
+    /// `Audit` enforcement: annotate only.
+    pub audit: bool,
+    /// Shown by `kubectl` (AdmissionResponse `warnings`).
+    pub warnings: Vec<String>,
+    pub changes: Changes,
+    /// New value of `reaper.dev/injected`, when it differs from the pod's.
+    pub set_annotation: Option<String>,
+    had_annotations: bool,
+}
+
+impl Plan {
+    fn ignored(reason: IgnoreReason, mode: Option<Mode>, policy: Option<String>) -> Self {
+        Self {
+            outcome: Outcome::Ignored(reason),
+            mode,
+            policy,
+            audit: false,
+            warnings: Vec::new(),
+            changes: Changes::default(),
+            set_annotation: None,
+            had_annotations: false,
+        }
+    }
+
+    /// The `reaper.dev/injected` value this outcome stands for (`None` for ignored pods).
+    pub fn annotation(&self) -> Option<String> {
+        let what = match &self.outcome {
+            Outcome::Ignored(_) => return None,
+            Outcome::Skipped(r) => return Some(format!("skipped:{}", r.as_str())),
+            Outcome::Share => "share".to_string(),
+            Outcome::Inject(names) => format!("inject:{}", names.join(",")),
+        };
+        Some(if self.audit {
+            format!("audit:{what}")
+        } else {
+            what
+        })
+    }
+
+    /// Short name of the outcome for metrics and logs.
+    pub fn result_label(&self) -> &'static str {
+        match (&self.outcome, self.audit) {
+            (Outcome::Ignored(_), _) => "ignored",
+            (Outcome::Skipped(_), _) => "skipped",
+            (_, true) => "audit",
+            (Outcome::Share, false) => "share",
+            (Outcome::Inject(_), false) => "inject",
+        }
+    }
+
+    /// The RFC 6902 patch that applies this plan to the pod it was made from (empty when the pod
+    /// already is as planned).
+    pub fn patch(&self) -> Patch {
+        let mut ops = Vec::new();
+        let c = &self.changes;
+        // Container rewrites first: they use the original indices, before the install container
+        // is inserted or moved at the front of initContainers.
+        for w in &c.wraps {
+            let base = ["spec", w.slot.list.field()];
+            let idx = w.slot.index.to_string();
+            if let Some(command) = &w.command {
+                ops.push(add(
+                    ptr(&[base[0], base[1], &idx, "command"]),
+                    strings(command),
+                ));
+            }
+            if let Some(args) = &w.args {
+                ops.push(add(ptr(&[base[0], base[1], &idx, "args"]), strings(args)));
+            }
+            if let Some(mount) = &w.mount {
+                let value = to_value(mount);
+                if w.had_mounts {
+                    ops.push(add(
+                        ptr(&[base[0], base[1], &idx, "volumeMounts", "-"]),
+                        value,
+                    ));
+                } else {
+                    ops.push(add(
+                        ptr(&[base[0], base[1], &idx, "volumeMounts"]),
+                        Value::Array(vec![value]),
+                    ));
+                }
+            }
+        }
+        if let Some(install) = &c.install {
+            let volume = to_value(&install.volume);
+            if c.had_volumes {
+                ops.push(add(ptr(&["spec", "volumes", "-"]), volume));
+            } else {
+                ops.push(add(ptr(&["spec", "volumes"]), Value::Array(vec![volume])));
+            }
+            let container = to_value(&install.container);
+            if c.had_init_containers {
+                ops.push(add(ptr(&["spec", "initContainers", "0"]), container));
+            } else {
+                ops.push(add(
+                    ptr(&["spec", "initContainers"]),
+                    Value::Array(vec![container]),
+                ));
+            }
+        }
+        if let Some(from) = c.move_install_from {
+            ops.push(PatchOperation::Move(MoveOperation {
+                from: ptr(&["spec", "initContainers", &from.to_string()]),
+                path: ptr(&["spec", "initContainers", "0"]),
+            }));
+        }
+        if c.share_process_namespace {
+            ops.push(add(
+                ptr(&["spec", "shareProcessNamespace"]),
+                Value::Bool(true),
+            ));
+        }
+        if let Some(value) = &self.set_annotation {
+            if self.had_annotations {
+                ops.push(add(
+                    ptr(&["metadata", "annotations", keys::ANNOTATION_INJECTED]),
+                    Value::String(value.clone()),
+                ));
+            } else {
+                let mut map = serde_json::Map::new();
+                map.insert(
+                    keys::ANNOTATION_INJECTED.to_string(),
+                    Value::String(value.clone()),
+                );
+                ops.push(add(ptr(&["metadata", "annotations"]), Value::Object(map)));
+            }
+        }
+        Patch(ops)
+    }
+}
+
+fn ptr(tokens: &[&str]) -> PointerBuf {
+    PointerBuf::from_tokens(tokens.iter().copied())
+}
+
+fn add(path: PointerBuf, value: Value) -> PatchOperation {
+    // `add` on an object member replaces it, so it works whether or not the field exists.
+    PatchOperation::Add(AddOperation { path, value })
+}
+
+fn strings(v: &[String]) -> Value {
+    Value::Array(v.iter().cloned().map(Value::String).collect())
+}
+
+fn to_value<T: serde::Serialize>(v: &T) -> Value {
+    // k8s-openapi types always serialise to JSON (string keys, no floats that could be NaN).
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+/// What the planner found out before looking at images.
+struct Prepared<'a> {
+    spec: std::borrow::Cow<'a, ReaperPolicySpec>,
+    policy: Option<String>,
+    mode: Mode,
+    audit: bool,
+    targets: Vec<(Slot, &'a Container)>,
+    install: Option<ExistingInstall>,
+    warnings: Vec<String>,
+}
+
+/// Our install container and volume from an earlier pass.
+struct ExistingInstall {
+    index: usize,
+    volume: String,
+}
+
+enum Stage<'a> {
+    Done(Box<Plan>),
+    Go(Box<Prepared<'a>>),
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn is_windows(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    let by_os = spec
+        .os
+        .as_ref()
+        .is_some_and(|os| os.name.eq_ignore_ascii_case("windows"));
+    let by_selector = spec
+        .node_selector
+        .as_ref()
+        .and_then(|s| s.get("kubernetes.io/os"))
+        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
+    by_os || by_selector
+}
+
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Steps common to [`images_to_resolve`] and [`plan`]: scope, policy, mode, targets.
+fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Config) -> Stage<'a> {
+    let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+    if pod.spec.is_none() || !(named(&pod.metadata.name) || named(&pod.metadata.generate_name)) {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::Incomplete,
+            None,
+            None,
+        )));
+    }
+    if cfg.excluded_namespaces.contains(scope.namespace) {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::ExcludedNamespace,
+            None,
+            None,
+        )));
+    }
+    if annotation(pod, keys::ANNOTATION_MIRROR).is_some() {
+        return Stage::Done(Box::new(Plan::ignored(IgnoreReason::MirrorPod, None, None)));
+    }
+    let empty = BTreeMap::new();
+    let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    if pod_labels.get(keys::LABEL_INJECT).map(String::as_str) == Some(keys::INJECT_DISABLED) {
+        return Stage::Done(Box::new(Plan::ignored(IgnoreReason::OptedOut, None, None)));
+    }
+    let mut warnings = Vec::new();
+    let winner: Option<&'a ReaperPolicy> = policies
+        .winner(scope.namespace_labels, pod_labels)
+        .map(|p| p.as_ref());
+    let policy_name = winner.map(|p| p.metadata.name.clone().unwrap_or_default());
+    let spec = match winner {
+        Some(p) => std::borrow::Cow::Borrowed(&p.spec),
+        None => std::borrow::Cow::Owned(ReaperPolicySpec {
+            mode: cfg.default_mode,
+            ..Default::default()
+        }),
+    };
+    let mode = match annotation(pod, keys::ANNOTATION_MODE) {
+        None => spec.mode,
+        Some(raw) => match raw.parse::<Mode>() {
+            Ok(m) => m,
+            Err(_) => {
+                let source = match &policy_name {
+                    Some(p) => format!("policy {p}"),
+                    None => "--default-mode".to_string(),
+                };
+                warnings.push(format!(
+                    "reaper: annotation {} {raw:?} is not auto, inject, share or off; using {} from {source}",
+                    keys::ANNOTATION_MODE,
+                    spec.mode
+                ));
+                spec.mode
+            }
+        },
+    };
+    if mode == Mode::Off {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::ModeOff,
+            Some(mode),
+            policy_name,
+        )));
+    }
+    let audit = spec.enforcement == Enforcement::Audit;
+    let had_annotations = pod.metadata.annotations.is_some();
+    if is_windows(pod) {
+        warnings.push("reaper: Windows pod left unchanged".to_string());
+        return Stage::Done(Box::new(finish(
+            pod,
+            Outcome::Skipped(SkipReason::Windows),
+            Some(mode),
+            policy_name,
+            audit,
+            warnings,
+            Changes::default(),
+            had_annotations,
+        )));
+    }
+    let install = find_install(pod, cfg);
+    let only: Option<BTreeSet<&str>> = annotation(pod, keys::ANNOTATION_CONTAINERS).map(|raw| {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let spec_ref = pod.spec.as_ref();
+    let init = spec_ref
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let regular = spec_ref
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    if let Some(only) = &only {
+        for name in only {
+            if !init.iter().chain(regular).any(|c| c.name == *name) {
+                warnings.push(format!(
+                    "reaper: annotation {} names {name:?}, which is not a container of this pod",
+                    keys::ANNOTATION_CONTAINERS
+                ));
+            }
+        }
+    }
+    let wanted = |c: &Container| {
+        spec.containers.allows(&c.name) && only.as_ref().is_none_or(|o| o.contains(c.name.as_str()))
+    };
+    let mut targets = Vec::new();
+    for (index, c) in init.iter().enumerate() {
+        let ours = install.as_ref().is_some_and(|i| i.index == index);
+        if !ours && (is_sidecar(c) || spec.init_containers) && wanted(c) {
+            targets.push((
+                Slot {
+                    list: List::Init,
+                    index,
+                },
+                c,
+            ));
+        }
+    }
+    for (index, c) in regular.iter().enumerate() {
+        if wanted(c) {
+            targets.push((
+                Slot {
+                    list: List::Regular,
+                    index,
+                },
+                c,
+            ));
+        }
+    }
+    Stage::Go(Box::new(Prepared {
+        spec,
+        policy: policy_name,
+        mode,
+        audit,
+        targets,
+        install,
+        warnings,
+    }))
+}
+
+/// Our install container: the exact install command, mounting an emptyDir of the pod at the
+/// mount path.
+fn find_install(pod: &Pod, cfg: &Config) -> Option<ExistingInstall> {
+    let spec = pod.spec.as_ref()?;
+    let command = cfg.install_command();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .enumerate()
+        .find_map(|(index, c)| {
+            if c.command.as_ref() != Some(&command) {
+                return None;
+            }
+            let mount = c
+                .volume_mounts
+                .iter()
+                .flatten()
+                .find(|m| m.mount_path.trim_end_matches('/') == cfg.mount_path)?;
+            let is_empty_dir = spec
+                .volumes
+                .iter()
+                .flatten()
+                .any(|v| v.name == mount.name && v.empty_dir.is_some());
+            is_empty_dir.then(|| ExistingInstall {
+                index,
+                volume: mount.name.clone(),
+            })
+        })
+}
+
+/// How the governing policy's `entrypoints` (first glob match wins) or else the image index
+/// describe a container's image.
+pub fn image_argv<'a>(
+    c: &Container,
+    spec: &'a ReaperPolicySpec,
+    images: &'a ImageIndex,
+) -> ImageArgv<'a> {
+    let image = c.image.as_deref().unwrap_or_default();
+    if let Some(e) = spec
+        .entrypoints
+        .iter()
+        .find(|e| image_matches(&e.image, image))
+    {
+        return ImageArgv::Policy(e);
+    }
+    match images.get(image) {
+        Some(Ok(config)) => ImageArgv::Resolved(config),
+        Some(Err(why)) => ImageArgv::Failed(why),
+        None => ImageArgv::Unknown,
+    }
+}
+
+/// Images the planner would like to know the config of: those of target containers without a
+/// `command` and without a matching policy entrypoint. Empty for ignored pods.
+pub fn images_to_resolve(
+    pod: &Pod,
+    scope: Scope<'_>,
+    policies: &PolicySet,
+    cfg: &Config,
+) -> Vec<String> {
+    let Stage::Go(p) = prepare(pod, scope, policies, cfg) else {
+        return Vec::new();
+    };
+    let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+    if (p.mode == Mode::Share || p.mode == Mode::Auto && shared) && !host_pid(pod) {
+        // The outcome is share whatever the images say.
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (_, c) in &p.targets {
+        let has_command = c.command.as_ref().is_some_and(|v| !v.is_empty());
+        let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        if !has_command
+            && !p
+                .spec
+                .entrypoints
+                .iter()
+                .any(|e| image_matches(&e.image, image))
+            && !out.iter().any(|i| i == image)
+        {
+            out.push(image.to_string());
+        }
+    }
+    out
+}
+
+fn host_pid(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_pid) == Some(true)
+}
+
+/// Decide what to do with `pod`.
+pub fn plan(
+    pod: &Pod,
+    scope: Scope<'_>,
+    policies: &PolicySet,
+    images: &ImageIndex,
+    cfg: &Config,
+) -> Plan {
+    let p = match prepare(pod, scope, policies, cfg) {
+        Stage::Done(plan) => return *plan,
+        Stage::Go(p) => *p,
+    };
+    let Prepared {
+        spec,
+        policy,
+        mode,
+        audit,
+        targets,
+        install,
+        mut warnings,
+    } = p;
+    let had_annotations = pod.metadata.annotations.is_some();
+    let already_shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+    let host_pid = host_pid(pod);
+
+    let share = |warnings: Vec<String>| {
+        let changes = Changes {
+            share_process_namespace: !already_shared && !audit,
+            ..Default::default()
+        };
+        finish(
+            pod,
+            Outcome::Share,
+            Some(mode),
+            policy.clone(),
+            audit,
+            warnings,
+            changes,
+            had_annotations,
+        )
+    };
+    // A pod whose PID namespace is already shared (by its author or an earlier pass) is protected
+    // by the pause container; `auto` leaves it at that.
+    if mode == Mode::Share && !host_pid || mode == Mode::Auto && already_shared {
+        return share(warnings);
+    }
+
+    let reaper_path = cfg.reaper_path();
+    let flags = spec.reaper.to_flags();
+    // Classify every target.
+    let mut wrapped: Vec<(Slot, &Container, Option<Argv>)> = Vec::new();
+    let mut unwrappable: Vec<String> = Vec::new();
+    let mut with_init: Vec<(String, String)> = Vec::new();
+    let install_volume = install.as_ref().map(|i| i.volume.as_str());
+    for (slot, c) in &targets {
+        let argv = plan_argv(c, image_argv(c, &spec, images), &reaper_path, &flags);
+        match argv {
+            Argv::Wrapped => wrapped.push((*slot, c, None)),
+            Argv::HasInit(init) => with_init.push((c.name.clone(), init)),
+            Argv::Unknown(why) => {
+                unwrappable.push(format!("container {:?}: cannot wrap, {why}", c.name))
+            }
+            wrap @ Argv::Wrap { .. } => match mount_conflict(c, &cfg.mount_path, install_volume) {
+                Some(other) => unwrappable.push(format!(
+                    "container {:?}: cannot wrap, its volumeMount {other:?} already uses {}",
+                    c.name, cfg.mount_path
+                )),
+                None => wrapped.push((*slot, c, Some(wrap))),
+            },
+        }
+    }
+
+    let reasons =
+        |w: &mut Vec<String>| w.extend(unwrappable.iter().map(|u| format!("reaper: {u}")));
+    let init_notes =
+        |w: &mut Vec<String>| {
+            w.extend(with_init.iter().map(|(c, init)| {
+                format!("reaper: container {c:?} already runs {init}; left as is")
+            }))
+        };
+    let skipped = |mut warnings: Vec<String>, reason: SkipReason| {
+        warnings.push(match reason {
+            SkipReason::NoTargets => {
+                "reaper: no container left to wrap after the policy and reaper.dev/containers filters; pod unchanged".to_string()
+            }
+            SkipReason::AlreadyInit => {
+                "reaper: every target container already runs an init; pod unchanged".to_string()
+            }
+            _ => "reaper: no container could be wrapped; pod unchanged".to_string(),
+        });
+        finish(
+            pod,
+            Outcome::Skipped(reason),
+            Some(mode),
+            policy.clone(),
+            audit,
+            warnings,
+            Changes::default(),
+            had_annotations,
+        )
+    };
+
+    if mode == Mode::Share {
+        // Only reached with hostPID.
+        warnings.push(
+            "reaper: shareProcessNamespace cannot be combined with hostPID; injecting reaper instead"
+                .to_string(),
+        );
+    } else if mode == Mode::Auto && !unwrappable.is_empty() {
+        if !host_pid {
+            reasons(&mut warnings);
+            warnings.push(
+                "reaper: falling back to shareProcessNamespace because not every container can be wrapped"
+                    .to_string(),
+            );
+            return share(warnings);
+        }
+        warnings.push(
+            "reaper: shareProcessNamespace is impossible with hostPID; wrapping the containers that can be"
+                .to_string(),
+        );
+    }
+    reasons(&mut warnings);
+    if wrapped.is_empty() {
+        let reason = if targets.is_empty() {
+            SkipReason::NoTargets
+        } else if unwrappable.is_empty() {
+            SkipReason::AlreadyInit
+        } else {
+            init_notes(&mut warnings);
+            SkipReason::NotWrappable
+        };
+        return skipped(warnings, reason);
+    }
+    init_notes(&mut warnings);
+    let names: Vec<String> = wrapped.iter().map(|(_, c, _)| c.name.clone()).collect();
+    let changes = if audit {
+        Changes::default()
+    } else {
+        inject_changes(pod, cfg, install.as_ref(), &wrapped)
+    };
+    finish(
+        pod,
+        Outcome::Inject(names),
+        Some(mode),
+        policy,
+        audit,
+        warnings,
+        changes,
+        had_annotations,
+    )
+}
+
+/// A mount of this container at or under the mount path that is not our volume.
+fn mount_conflict<'a>(c: &'a Container, mount_path: &str, ours: Option<&str>) -> Option<&'a str> {
+    c.volume_mounts.iter().flatten().find_map(|m| {
+        let path = m.mount_path.trim_end_matches('/');
+        let under = path == mount_path
+            || path
+                .strip_prefix(mount_path)
+                .is_some_and(|rest| rest.starts_with('/'));
+        let is_ours = path == mount_path && Some(m.name.as_str()) == ours;
+        (under && !is_ours).then_some(m.name.as_str())
+    })
+}
+
+fn has_our_mount(c: &Container, mount_path: &str, volume: &str) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == volume && m.mount_path.trim_end_matches('/') == mount_path)
+}
+
+fn has_mount_at(c: &Container, mount_path: &str) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path.trim_end_matches('/') == mount_path)
+}
+
+/// First of `base`, `base-1`, `base-2`, ... not in `taken`.
+fn free_name(base: &str, taken: &BTreeSet<&str>) -> String {
+    if !taken.contains(base) {
+        return base.to_string();
+    }
+    (1..)
+        .map(|i| format!("{base}-{i}"))
+        .find(|n| !taken.contains(n.as_str()))
+        .unwrap_or_else(|| base.to_string())
+}
+
+fn inject_changes(
+    pod: &Pod,
+    cfg: &Config,
+    existing: Option<&ExistingInstall>,
+    wrapped: &[(Slot, &Container, Option<Argv>)],
+) -> Changes {
+    let spec = pod.spec.as_ref();
+    let init = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let mut changes = Changes {
+        had_volumes: spec.is_some_and(|s| s.volumes.is_some()),
+        had_init_containers: spec.is_some_and(|s| s.init_containers.is_some()),
+        ..Default::default()
+    };
+    let volume_name = match existing {
+        Some(e) => e.volume.clone(),
+        None => {
+            // Names mounted by containers count as taken even without a volume (an invalid
+            // pod), or a user's mount could end up pointing at our volume.
+            let volumes: BTreeSet<&str> = spec
+                .and_then(|s| s.volumes.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.name.as_str())
+                .chain(spec.iter().flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .flat_map(|c| c.volume_mounts.iter().flatten())
+                        .map(|m| m.name.as_str())
+                }))
+                .collect();
+            let containers: BTreeSet<&str> = spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .map(|c| c.name.as_str())
+                        .chain(
+                            s.ephemeral_containers
+                                .iter()
+                                .flatten()
+                                .map(|c| c.name.as_str()),
+                        )
+                })
+                .collect();
+            let volume = free_name(VOLUME_NAME, &volumes);
+            let container = free_name(INSTALL_CONTAINER_NAME, &containers);
+            changes.install = Some(Install {
+                volume: install_volume(cfg, &volume),
+                container: install_container(cfg, &container, &volume),
+            });
+            volume
+        }
+    };
+    let mount = VolumeMount {
+        name: volume_name.clone(),
+        mount_path: cfg.mount_path.clone(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    for (slot, c, argv) in wrapped {
+        let mount = if has_our_mount(c, &cfg.mount_path, &volume_name)
+            || (argv.is_none() && has_mount_at(c, &cfg.mount_path))
+        {
+            None
+        } else {
+            Some(mount.clone())
+        };
+        let (command, args) = match argv {
+            Some(Argv::Wrap { command, args }) => (Some(command.clone()), args.clone()),
+            _ => (None, None),
+        };
+        if command.is_none() && mount.is_none() {
+            continue;
+        }
+        changes.wraps.push(Wrap {
+            slot: *slot,
+            command,
+            args,
+            mount,
+            had_mounts: c.volume_mounts.is_some(),
+        });
+    }
+    // Our install container must run before every wrapped init container.
+    if let Some(e) = existing {
+        let first_wrapped_init = wrapped
+            .iter()
+            .filter(|(s, _, _)| s.list == List::Init)
+            .map(|(s, _, _)| s.index)
+            .min();
+        if e.index > 0 && first_wrapped_init.is_some_and(|i| i < e.index) && e.index < init.len() {
+            changes.move_install_from = Some(e.index);
+        }
+    }
+    changes
+}
+
+fn install_volume(cfg: &Config, name: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: None,
+            size_limit: Some(Quantity(cfg.install.volume_size_limit.clone())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The init container that copies reaper into the volume. It passes Pod Security "restricted".
+fn install_container(cfg: &Config, name: &str, volume: &str) -> Container {
+    let s = &cfg.install;
+    let q = |v: &str| Quantity(v.to_string());
+    Container {
+        name: name.to_string(),
+        image: Some(cfg.reaper_image.clone()),
+        command: Some(cfg.install_command()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: volume.to_string(),
+            mount_path: cfg.mount_path.clone(),
+            ..Default::default()
+        }]),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), q(&s.cpu_request)),
+                ("memory".to_string(), q(&s.memory_request)),
+            ])),
+            limits: Some(BTreeMap::from([
+                ("cpu".to_string(), q(&s.cpu_limit)),
+                ("memory".to_string(), q(&s.memory_limit)),
+            ])),
+            ..Default::default()
+        }),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(s.run_as_user),
+            run_as_group: Some(s.run_as_user),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_string()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_string(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        termination_message_policy: Some("FallbackToLogsOnError".to_string()),
+        ..Default::default()
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    pod: &Pod,
+    outcome: Outcome,
+    mode: Option<Mode>,
+    policy: Option<String>,
+    audit: bool,
+    mut warnings: Vec<String>,
+    changes: Changes,
+    had_annotations: bool,
+) -> Plan {
+    let mut plan = Plan {
+        outcome,
+        mode,
+        policy,
+        audit,
+        warnings: Vec::new(),
+        changes,
+        set_annotation: None,
+        had_annotations,
+    };
+    if audit {
+        let what = match &plan.outcome {
+            Outcome::Share => Some("set shareProcessNamespace".to_string()),
+            Outcome::Inject(names) => Some(format!("inject reaper into {}", names.join(","))),
+            _ => None,
+        };
+        if let Some(what) = what {
+            let by = plan.policy.as_deref().unwrap_or("--default-mode");
+            warnings.push(format!(
+                "reaper: audit ({by}): would {what}; pod not changed"
+            ));
+        }
+    }
+    let desired = plan.annotation();
+    if desired.as_deref() != annotation(pod, keys::ANNOTATION_INJECTED) {
+        plan.set_annotation = desired;
+    }
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - (MAX_WARNINGS - 1);
+        warnings.truncate(MAX_WARNINGS - 1);
+        warnings.push(format!("reaper: {more} more warnings not shown"));
+    }
+    plan.warnings = warnings;
+    plan
+}

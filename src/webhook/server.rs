@@ -1,0 +1,394 @@
+//! The HTTP contract: `POST /mutate` (AdmissionReview in, AdmissionReview out), 404 elsewhere,
+//! 413 over 4 MiB, 400 with a one-line reason for bodies that are not an AdmissionReview.
+//!
+//! The handler decodes, asks the image resolver about images the pod does not spell out, calls
+//! the pure planner and encodes. A pod the webhook cannot handle is admitted unchanged with a
+//! warning: the webhook never blocks a pod on its own error.
+use super::images::{ImageIndex, ImageResolver};
+use super::plan::{self, Config, Plan, Scope};
+use super::review::{self, BadReview, PodObject, Review};
+use super::sources::Sources;
+use crate::metrics::Metrics;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State, rejection::BytesRejection};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use kube::core::admission::AdmissionResponse;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{Instrument, field};
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// How long the handler waits for the image resolver before planning without its answers.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    result: &'static str,
+    mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+/// The webhook's metric families.
+#[derive(Clone)]
+pub struct WebhookMetrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Histogram,
+    cert_reloads: Family<ResultLabel, Counter>,
+    cert_expiry: Gauge,
+    policies: Gauge,
+}
+
+impl WebhookMetrics {
+    pub fn new(metrics: &Metrics) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            // 50 µs .. ~3.3 s
+            duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.00005, 2.0, 17,
+            )),
+            cert_reloads: Family::default(),
+            cert_expiry: Gauge::default(),
+            policies: Gauge::default(),
+        };
+        metrics.register(|r| {
+            r.register(
+                "reaper_webhook_requests",
+                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large) and requested mode",
+                m.requests.clone(),
+            );
+            r.register(
+                "reaper_webhook_request_duration_seconds",
+                "Time to answer an admission request",
+                m.duration.clone(),
+            );
+            r.register(
+                "reaper_webhook_certificate_reloads",
+                "TLS certificate pair loads by result (success, error)",
+                m.cert_reloads.clone(),
+            );
+            r.register(
+                "reaper_webhook_certificate_expiry_timestamp_seconds",
+                "notAfter of the serving certificate in use (Unix seconds)",
+                m.cert_expiry.clone(),
+            );
+            r.register(
+                "reaper_webhook_policies",
+                "ReaperPolicies known to the webhook",
+                m.policies.clone(),
+            );
+        });
+        m
+    }
+
+    /// Record a certificate load.
+    pub fn cert_loaded(&self, result: Result<Option<i64>, &super::tls::PairError>) {
+        let label = match result {
+            Ok(expiry) => {
+                if let Some(e) = expiry {
+                    self.cert_expiry.set(e);
+                }
+                "success"
+            }
+            Err(_) => "error",
+        };
+        self.cert_reloads
+            .get_or_create(&ResultLabel { result: label })
+            .inc();
+    }
+
+    pub fn set_policies(&self, n: usize) {
+        self.policies.set(n as i64);
+    }
+
+    fn observe(&self, result: &'static str, mode: &'static str, elapsed: Duration) {
+        self.requests
+            .get_or_create(&RequestLabels { result, mode })
+            .inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: Config,
+    sources: Sources,
+    resolver: Arc<dyn ImageResolver>,
+    resolve_timeout: Duration,
+    metrics: WebhookMetrics,
+}
+
+impl AppState {
+    pub fn new(
+        config: Config,
+        sources: Sources,
+        resolver: Arc<dyn ImageResolver>,
+        metrics: WebhookMetrics,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                sources,
+                resolver,
+                resolve_timeout: RESOLVE_TIMEOUT,
+                metrics,
+            }),
+        }
+    }
+
+    /// Bound image resolution by `timeout` instead of [`RESOLVE_TIMEOUT`].
+    pub fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.resolve_timeout = timeout;
+        }
+        self
+    }
+}
+
+/// `POST /mutate`; everything else 404.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .fallback(|| async { (StatusCode::NOT_FOUND, "not found: POST /mutate\n") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// The answer to one admission request.
+pub struct Answer {
+    /// JSON AdmissionReview.
+    pub body: Vec<u8>,
+    /// `result` label.
+    pub result: &'static str,
+    /// `mode` label.
+    pub mode: &'static str,
+    pub plan: Option<Plan>,
+}
+
+/// Decode + plan + encode with no I/O and no image resolution (fuzzing, the benchmark's floor).
+pub fn answer_sync(body: &[u8], config: &Config, sources: &Sources) -> Result<Answer, BadReview> {
+    let review = review::decode(body)?;
+    Ok(respond(review, config, sources, &ImageIndex::default()))
+}
+
+/// Plan a decoded request and encode the response.
+pub fn respond(review: Review, config: &Config, sources: &Sources, images: &ImageIndex) -> Answer {
+    let mut response = AdmissionResponse::from(&review.request);
+    let pod = match review.pod {
+        PodObject::Pod(pod) => pod,
+        PodObject::NotApplicable => {
+            return Answer {
+                body: review::encode(&response),
+                result: "allowed",
+                mode: "none",
+                plan: None,
+            };
+        }
+        PodObject::Undecodable(why) => {
+            response.warnings = Some(vec![format!(
+                "reaper: pod not mutated, its spec could not be read: {why}"
+            )]);
+            return Answer {
+                body: review::encode(&response),
+                result: "error",
+                mode: "none",
+                plan: None,
+            };
+        }
+    };
+    if !sources.is_synced() {
+        // Planning against an incomplete policy list could apply the wrong mode.
+        response.warnings = Some(vec![
+            "reaper: pod not mutated, the webhook has not synced its policies yet".to_string(),
+        ]);
+        return Answer {
+            body: review::encode(&response),
+            result: "not_synced",
+            mode: "none",
+            plan: None,
+        };
+    }
+    let namespace = review
+        .request
+        .namespace
+        .as_deref()
+        .or(pod.metadata.namespace.as_deref())
+        .unwrap_or_default();
+    let ns = sources.namespace_labels(namespace);
+    let policies = sources.policies();
+    let scope = Scope {
+        namespace,
+        namespace_labels: &ns.labels,
+    };
+    let mut plan = plan::plan(&pod, scope, &policies, images, config);
+    if let Some(w) = ns.warning
+        && !matches!(plan.outcome, plan::Outcome::Ignored(_))
+    {
+        plan.warnings.insert(0, w);
+    }
+    let patch = plan.patch();
+    if !patch.0.is_empty() {
+        response = match response.with_patch(patch) {
+            Ok(r) => r,
+            // Cannot happen for a Vec of JSON values; admit unchanged rather than fail the pod.
+            Err(e) => {
+                let mut r = AdmissionResponse::from(&review.request);
+                r.warnings = Some(vec![format!("reaper: pod not mutated: {e}")]);
+                r
+            }
+        };
+    }
+    if !plan.warnings.is_empty() {
+        response.warnings = Some(plan.warnings.clone());
+    }
+    Answer {
+        body: review::encode(&response),
+        result: plan.result_label(),
+        mode: plan.mode.map_or("none", |m| m.as_str()),
+        plan: Some(plan),
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejection>) -> Response {
+    let started = Instant::now();
+    let s = &state.inner;
+    let span = tracing::info_span!(
+        "admission",
+        uid = field::Empty,
+        namespace = field::Empty,
+        pod = field::Empty,
+        result = field::Empty,
+    );
+    async move {
+        let body = match body {
+            Ok(b) => b,
+            Err(rejection) => {
+                let status = rejection.status();
+                let (result, text) = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ("too_large", format!("request body exceeds {} MiB\n", MAX_BODY_BYTES >> 20))
+                } else {
+                    ("invalid", format!("cannot read request body: {}\n", rejection.body_text()))
+                };
+                tracing::Span::current().record("result", result);
+                tracing::warn!("{}", text.trim_end());
+                s.metrics.observe(result, "none", started.elapsed());
+                return plain(status, text);
+            }
+        };
+        let review = match review::decode(&body) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::Span::current().record("result", "invalid");
+                tracing::warn!(error = %e, "bad AdmissionReview");
+                s.metrics.observe("invalid", "none", started.elapsed());
+                return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
+            }
+        };
+        let span = tracing::Span::current();
+        span.record("uid", review.request.uid.as_str());
+        if let Some(ns) = &review.request.namespace {
+            span.record("namespace", ns.as_str());
+        }
+        let mut images = ImageIndex::default();
+        if let PodObject::Pod(pod) = &review.pod {
+            let name = pod
+                .metadata
+                .name
+                .clone()
+                .or_else(|| pod.metadata.generate_name.as_ref().map(|g| format!("{g}*")))
+                .unwrap_or_default();
+            span.record("pod", name.as_str());
+            let namespace = review.request.namespace.as_deref().unwrap_or_default();
+            let ns = s.sources.namespace_labels(namespace);
+            let policies = s.sources.policies();
+            let scope = Scope {
+                namespace,
+                namespace_labels: &ns.labels,
+            };
+            let wanted = plan::images_to_resolve(pod, scope, &policies, &s.config);
+            if !wanted.is_empty() && s.sources.is_synced() {
+                match tokio::time::timeout(
+                    s.resolve_timeout,
+                    s.resolver.resolve(pod, namespace, &wanted),
+                )
+                .await
+                {
+                    Ok(found) => images = found,
+                    Err(_) => tracing::warn!(images = ?wanted, "image resolution timed out; planning without it"),
+                }
+            }
+        }
+        let answer = respond(review, &s.config, &s.sources, &images);
+        span.record("result", answer.result);
+        match &answer.plan {
+            Some(p) if !matches!(p.outcome, plan::Outcome::Ignored(_)) => tracing::info!(
+                annotation = p.annotation().as_deref().unwrap_or_default(),
+                policy = p.policy.as_deref().unwrap_or_default(),
+                warnings = p.warnings.len(),
+                "admitted"
+            ),
+            _ => tracing::debug!("admitted unchanged"),
+        }
+        s.metrics.observe(answer.result, answer.mode, started.elapsed());
+        (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            answer.body,
+        )
+            .into_response()
+    }
+    .instrument(span)
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REVIEW: &[u8] =
+        include_bytes!("../../tests/fixtures/pods/reviews/deployment-3-containers.json");
+
+    #[test]
+    fn nothing_is_mutated_before_policies_are_synced() {
+        let config = Config::new("r:1");
+        let a = answer_sync(REVIEW, &config, &Sources::unsynced()).unwrap();
+        assert_eq!(a.result, "not_synced");
+        let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+        assert_eq!(v["response"]["allowed"], true);
+        assert!(v["response"].get("patch").is_none());
+        assert!(
+            v["response"]["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("not synced")
+        );
+        let a = answer_sync(REVIEW, &config, &Sources::fixed(Default::default())).unwrap();
+        assert_eq!(a.result, "inject");
+    }
+}

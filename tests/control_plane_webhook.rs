@@ -1,0 +1,482 @@
+//! Integration suite, part 3: the webhook binary registered with a real kube-apiserver through a
+//! MutatingWebhookConfiguration (tests/support/control_plane.rs). Pods are created through the API
+//! (no kubelet: they stay Pending, which is all admission needs) and read back as stored.
+//!
+//! Each test starts its own `reaper-controller webhook` (cluster mode: reflectors over
+//! ReaperPolicies and Namespaces) and its own registration, scoped by a per-test namespace label,
+//! so tests run in parallel without seeing each other's pods.
+mod support;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use reaper::crd::{
+    Enforcement, EntrypointOverride, Mode, ReaperOptions, ReaperPolicy, ReaperPolicySpec,
+};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::control_plane::{
+    self, ChildGuard, ControlPlane, TestCa, reaper_controller_bin, unique_name,
+};
+
+const REAPER_IMAGE: &str = "registry.example.com/reaper/reaper:0.1.0";
+const TEST_LABEL: &str = "reaper.dev/test-webhook";
+
+/// A running webhook process and its registration.
+struct Webhook {
+    _child: ChildGuard,
+    id: String,
+    admin: u16,
+    log: PathBuf,
+    client: Client,
+    mwc: String,
+}
+
+impl Webhook {
+    async fn start(cp: &ControlPlane, client: &Client) -> Self {
+        cp.install_crds(client).await;
+        let id = unique_name("wh");
+        let dir = cp.dir().join(&id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = TestCa::new("reaper webhook test CA");
+        let pair = ca.issue_server(&["127.0.0.1", "localhost"]);
+        std::fs::write(dir.join("tls.crt"), &pair.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &pair.key_pem).unwrap();
+        let (port, admin) = (control_plane::free_port(), control_plane::free_port());
+        let log = dir.join("webhook.log");
+        let mut cmd = cp.command(reaper_controller_bin());
+        cmd.args([
+            "--log-level",
+            "info,reaper=debug",
+            "webhook",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--tls-cert",
+            dir.join("tls.crt").to_str().unwrap(),
+            "--tls-key",
+            dir.join("tls.key").to_str().unwrap(),
+            "--reaper-image",
+            REAPER_IMAGE,
+        ])
+        .env("POD_NAMESPACE", "reaper-system")
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(dir.join("webhook.err")).unwrap());
+        let child = ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller webhook");
+        let w = Self {
+            _child: child,
+            id: id.clone(),
+            admin,
+            log: dir.join("webhook.err"),
+            client: client.clone(),
+            mwc: format!("reaper-{id}"),
+        };
+        w.wait_ready().await;
+        w.register(port, &ca.cert_pem()).await;
+        w
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook not ready within 60 s; its log:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The registration the chart will ship, scoped to this test's namespaces.
+    async fn register(&self, port: u16, ca_pem: &str) {
+        let mwc = MutatingWebhookConfiguration {
+            metadata: kube::api::ObjectMeta {
+                name: Some(self.mwc.clone()),
+                ..Default::default()
+            },
+            webhooks: Some(vec![MutatingWebhook {
+                name: "pods.reaper.dev".into(),
+                admission_review_versions: vec!["v1".into()],
+                side_effects: "None".into(),
+                // Fail in tests so a broken webhook shows up as a failed create.
+                failure_policy: Some("Fail".into()),
+                reinvocation_policy: Some("IfNeeded".into()),
+                timeout_seconds: Some(10),
+                client_config: WebhookClientConfig {
+                    url: Some(format!("https://127.0.0.1:{port}/mutate")),
+                    ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                    service: None,
+                },
+                rules: Some(vec![RuleWithOperations {
+                    operations: Some(vec!["CREATE".into()]),
+                    api_groups: Some(vec!["".into()]),
+                    api_versions: Some(vec!["v1".into()]),
+                    resources: Some(vec!["pods".into()]),
+                    scope: Some("Namespaced".into()),
+                }]),
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([
+                        ("reaper.dev/inject".to_string(), "enabled".to_string()),
+                        (TEST_LABEL.to_string(), self.id.clone()),
+                    ])),
+                    match_expressions: None,
+                }),
+                object_selector: Some(LabelSelector {
+                    match_labels: None,
+                    match_expressions: Some(vec![LabelSelectorRequirement {
+                        key: "reaper.dev/inject".into(),
+                        operator: "NotIn".into(),
+                        values: Some(vec!["disabled".into()]),
+                    }]),
+                }),
+                match_policy: None,
+                match_conditions: None,
+            }]),
+        };
+        Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .create(&PostParams::default(), &mwc)
+            .await
+            .expect("creating the MutatingWebhookConfiguration");
+    }
+
+    /// An opted-in namespace for this webhook, with extra labels.
+    async fn namespace(&self, cp: &ControlPlane, prefix: &str, extra: &[(&str, &str)]) -> String {
+        let mut labels = vec![
+            ("reaper.dev/inject", "enabled"),
+            (TEST_LABEL, self.id.as_str()),
+        ];
+        labels.extend_from_slice(extra);
+        cp.ns_with_labels(&self.client, prefix, &labels).await
+    }
+
+    async fn stop(self) {
+        let _ = Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .delete(&self.mwc, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn pod(name: &str, spec: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// A container that passes Pod Security "restricted" on its own.
+fn restricted(name: &str, image: &str, command: Option<&[&str]>) -> Value {
+    let mut c = json!({
+        "name": name, "image": image,
+        "securityContext": {
+            "runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+            "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+        }
+    });
+    if let Some(cmd) = command {
+        c["command"] = json!(cmd);
+    }
+    c
+}
+
+async fn create(client: &Client, ns: &str, p: &Pod, dry_run: bool) -> Pod {
+    let pp = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&pp, p)
+        .await
+        .unwrap_or_else(|e| panic!("creating pod in {ns}: {e}"))
+}
+
+fn annotation(p: &Pod) -> Option<&str> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("reaper.dev/injected"))
+        .map(String::as_str)
+}
+
+fn container<'a>(p: &'a Pod, name: &str) -> &'a k8s_openapi::api::core::v1::Container {
+    let spec = p.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// Create (dry-run) until the webhook's reflector has caught up with a policy change.
+async fn eventually_annotated(client: &Client, ns: &str, p: &Pod, want: &str) -> Pod {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = create(client, ns, p, true).await;
+        if annotation(&got) == Some(want) {
+            return got;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {:?} instead of {want:?} after 30 s",
+            annotation(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn apply_policy(client: &Client, name: &str, spec: ReaperPolicySpec) {
+    let p = ReaperPolicy::new(name, spec);
+    Api::<ReaperPolicy>::all(client.clone())
+        .create(&PostParams::default(), &p)
+        .await
+        .expect("creating a ReaperPolicy");
+}
+
+fn only_namespace(ns: &str) -> Option<LabelSelector> {
+    Some(LabelSelector {
+        match_labels: Some(BTreeMap::from([(
+            "kubernetes.io/metadata.name".to_string(),
+            ns.to_string(),
+        )])),
+        match_expressions: None,
+    })
+}
+
+#[tokio::test]
+async fn wrapped_pod_passes_pod_security_restricted() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w
+        .namespace(
+            cp,
+            "restricted",
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await;
+    let mut proxy = restricted("proxy", "envoyproxy/envoy:v1.30", Some(&["envoy"]));
+    proxy["restartPolicy"] = json!("Always");
+    let spec = json!({
+        "containers": [restricted("app", "ghcr.io/acme/app:1", Some(&["/app", "--serve"]))],
+        "initContainers": [
+            restricted("migrate", "ghcr.io/acme/app:1", Some(&["/app", "migrate"])),
+            proxy,
+        ]
+    });
+    // Stored for real: Pod Security admission checked the mutated pod.
+    let got = create(&client, &ns, &pod("web", spec), false).await;
+    assert_eq!(annotation(&got), Some("inject:proxy,app"), "{}", w.logs());
+    let s = got.spec.as_ref().unwrap();
+    let init: Vec<&str> = s
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(init, ["reaper-install", "migrate", "proxy"]);
+    let install = container(&got, "reaper-install");
+    assert_eq!(install.image.as_deref(), Some(REAPER_IMAGE));
+    assert_eq!(
+        install.command.as_deref().unwrap(),
+        ["/reaper", "--install", "/.reaper/reaper"]
+    );
+    assert_eq!(
+        container(&got, "app").command.as_deref().unwrap(),
+        ["/.reaper/reaper", "--", "/app", "--serve"]
+    );
+    assert_eq!(
+        container(&got, "proxy").command.as_deref().unwrap(),
+        ["/.reaper/reaper", "--", "envoy"]
+    );
+    assert_eq!(
+        container(&got, "migrate").command.as_deref().unwrap(),
+        ["/app", "migrate"]
+    );
+    let vol = s
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "reaper-bin")
+        .expect("reaper-bin volume");
+    assert!(vol.empty_dir.is_some());
+    // The service account token volume the API server added is still there.
+    assert!(
+        s.volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name.starts_with("kube-api-access-"))
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn auto_shares_when_argv_is_unknown_and_respects_opt_outs() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w.namespace(cp, "auto", &[]).await;
+
+    let got = create(
+        &client,
+        &ns,
+        &pod(
+            "nginx",
+            json!({"containers": [{"name": "nginx", "image": "nginx:1.27"}]}),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(annotation(&got), Some("share"), "{}", w.logs());
+    assert_eq!(
+        got.spec.as_ref().unwrap().share_process_namespace,
+        Some(true)
+    );
+
+    // Opted out by label: the objectSelector keeps the webhook out entirely.
+    let mut out = pod(
+        "out",
+        json!({"containers": [{"name": "a", "image": "x:1", "command": ["/a"]}]}),
+    );
+    out.metadata.labels = Some(BTreeMap::from([(
+        "reaper.dev/inject".to_string(),
+        "disabled".to_string(),
+    )]));
+    let got = create(&client, &ns, &out, false).await;
+    assert_eq!(annotation(&got), None);
+    assert_eq!(container(&got, "a").command.as_deref().unwrap(), ["/a"]);
+
+    // hostPID + share asked by annotation: injected instead.
+    let mut hp = pod(
+        "hostpid",
+        json!({"hostPID": true, "containers": [{"name": "a", "image": "x:1", "command": ["/a"]}]}),
+    );
+    hp.metadata.annotations = Some(BTreeMap::from([(
+        "reaper.dev/mode".to_string(),
+        "share".to_string(),
+    )]));
+    let got = create(&client, &ns, &hp, false).await;
+    assert_eq!(annotation(&got), Some("inject:a"));
+    assert_eq!(got.spec.as_ref().unwrap().share_process_namespace, None);
+
+    // A namespace that is not opted in is never sent to the webhook.
+    let plain = cp.ns(&client, "plain").await;
+    let got = create(
+        &client,
+        &plain,
+        &pod(
+            "p",
+            json!({"containers": [{"name": "a", "image": "x:1", "command": ["/a"]}]}),
+        ),
+        false,
+    )
+    .await;
+    assert_eq!(annotation(&got), None);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn policies_from_the_cluster_are_followed() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w.namespace(cp, "policy", &[]).await;
+    let nginx = pod(
+        "nginx",
+        json!({"containers": [{"name": "nginx", "image": "nginx:1.27", "args": ["-g", "daemon off;"]}]}),
+    );
+    // No policy yet: auto shares (argv unknown).
+    assert_eq!(
+        annotation(&create(&client, &ns, &nginx, true).await),
+        Some("share")
+    );
+
+    let policy = unique_name("entrypoints");
+    apply_policy(
+        &client,
+        &policy,
+        ReaperPolicySpec {
+            namespace_selector: only_namespace(&ns),
+            mode: Mode::Inject,
+            reaper: ReaperOptions {
+                grace: Some("5s".into()),
+                ..Default::default()
+            },
+            entrypoints: vec![EntrypointOverride {
+                image: "nginx:*".into(),
+                command: vec!["/docker-entrypoint.sh".into()],
+                args: vec!["nginx".into(), "-g".into(), "daemon off;".into()],
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    eventually_annotated(&client, &ns, &nginx, "inject:nginx").await;
+    let got = create(&client, &ns, &nginx, false).await;
+    let c = container(&got, "nginx");
+    assert_eq!(
+        c.command.as_deref().unwrap(),
+        [
+            "/.reaper/reaper",
+            "--grace=5s",
+            "--",
+            "/docker-entrypoint.sh"
+        ]
+    );
+    assert_eq!(c.args.as_deref().unwrap(), ["-g", "daemon off;"]);
+
+    // A higher-priority Audit policy for the same namespace wins: annotate only.
+    let audit = unique_name("audit");
+    apply_policy(
+        &client,
+        &audit,
+        ReaperPolicySpec {
+            priority: 100,
+            namespace_selector: only_namespace(&ns),
+            enforcement: Enforcement::Audit,
+            ..Default::default()
+        },
+    )
+    .await;
+    let app = pod(
+        "app",
+        json!({"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}),
+    );
+    eventually_annotated(&client, &ns, &app, "audit:inject:app").await;
+    let got = create(&client, &ns, &app, false).await;
+    assert_eq!(container(&got, "app").command.as_deref().unwrap(), ["/app"]);
+    assert!(got.spec.as_ref().unwrap().init_containers.is_none());
+
+    for name in [policy, audit] {
+        let _ = Api::<ReaperPolicy>::all(client.clone())
+            .delete(&name, &DeleteParams::default())
+            .await;
+    }
+    w.stop().await;
+}
