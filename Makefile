@@ -7,7 +7,7 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 
-.PHONY: build reaper bench-reaper tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook fuzz-webhook
+.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook fuzz-webhook
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -20,6 +20,10 @@ reaper:
 ## The init against tini, tini-static, dumb-init and catatonit (root; prints a Markdown table).
 bench-reaper:
 	bench/reaper.sh
+
+## Container start time and stop latency per init through podman --init-path (root; Markdown table).
+bench-podman:
+	bench/podman.sh
 
 ## kube-apiserver, etcd and helm built from Go modules into bin/ (cached by version).
 tools:
