@@ -1,4 +1,5 @@
 //! Operator: ReaperPolicy status, Events, restarts, leader election, webhook certificates.
+pub mod certs;
 pub mod status;
 
 /// Flags of `reaper-controller operator`.
