@@ -405,6 +405,11 @@ pub fn bundle_expiries(bundle: &str) -> Vec<i64> {
         .collect()
 }
 
+/// Expiry (Unix seconds) of the first certificate in `pem`.
+pub fn cert_expiry(pem: &str) -> Option<i64> {
+    bundle_expiries(pem).first().copied()
+}
+
 /// The PEM certificates of a bundle.
 pub fn bundle_certs(bundle: &str) -> Vec<String> {
     pem_blocks(bundle)
@@ -477,6 +482,16 @@ mod shell {
                 cert_secret,
                 webhook_config,
             }
+        }
+
+        /// `--cert-secret`.
+        pub fn cert_secret(&self) -> &str {
+            &self.cert_secret
+        }
+
+        /// `--webhook-config`.
+        pub fn webhook_config(&self) -> &str {
+            &self.webhook_config
         }
 
         /// One pass: read, [`rotate`], write what changed. Returns the steps taken and when to
