@@ -718,7 +718,7 @@ mod tests {
             ]
         );
         let ca1 = c.stored.ca_cert.clone();
-        assert_eq!(c.bundle(), [ca1.clone()]);
+        assert_eq!(c.bundle(), std::slice::from_ref(&ca1));
         assert!(issued_by(&c.stored.cert, &ca1));
         let serving = parse_cert(&c.stored.cert).unwrap();
         assert_eq!(
@@ -784,7 +784,7 @@ mod tests {
         // t=70: the old CA leaves the bundle.
         let r = c.at(70);
         assert_eq!(r.steps, [Step::OldCasDropped]);
-        assert_eq!(c.bundle(), [ca2.clone()]);
+        assert_eq!(c.bundle(), std::slice::from_ref(&ca2));
         assert_eq!(r.next_check, t(85), "serving (until 95) renews at 85");
     }
 
@@ -818,7 +818,7 @@ mod tests {
         c.stored.bundle.clear();
         let r = c.at(1);
         assert_eq!(r.steps, [Step::BundleRepaired]);
-        assert_eq!(c.bundle(), [good.ca_cert.clone()]);
+        assert_eq!(c.bundle(), std::slice::from_ref(&good.ca_cert));
         assert_eq!(c.stored.cert, good.cert);
 
         // A key that does not match its certificate: reissued at once.

@@ -16,7 +16,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PartialObjectMeta};
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -50,10 +50,15 @@ pub enum Error {
         "writing status of ReaperPolicy {policy}: {source} (does the operator's role allow patch on reaperpolicies/status?)"
     )]
     Status { policy: String, source: kube::Error },
-    #[error("recording an Event on {object}: {source} (does the role allow create/patch on events.k8s.io events?)")]
+    #[error(
+        "recording an Event on {object}: {source} (does the role allow create/patch on events.k8s.io events?)"
+    )]
     Event { object: String, source: kube::Error },
     #[error("restarting {workload}: {source} (does the role allow get/patch on it?)")]
-    Restart { workload: String, source: kube::Error },
+    Restart {
+        workload: String,
+        source: kube::Error,
+    },
 }
 
 impl Error {
@@ -121,7 +126,11 @@ impl Stores {
 
 fn pod_info(
     meta: &kube::api::ObjectMeta,
-    rs_owners: &impl Fn(&str, &str) -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+    rs_owners: &impl Fn(
+        &str,
+        &str,
+    )
+        -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
 ) -> Option<PodInfo> {
     let namespace = meta.namespace.clone()?;
     let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
@@ -237,16 +246,33 @@ async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue
         tracing::debug!(policy = %name, pod = %format!("{}/{}", pod.namespace, pod.name), reason = ?why, "not restarting");
     }
     let mut first_error = None;
+    let mut next_due = outcome.next_due;
     for action in outcome.actions.iter().filter(|a| a.policy() == name) {
-        if let Err(e) = execute(ctx, action, now).await {
-            tracing::warn!(policy = %name, error = %e, "action failed; retrying later");
-            first_error.get_or_insert(e);
+        match execute(ctx, action, now).await {
+            // Look again when the same action may be due next (zombies that stay are reported
+            // again after the interval, restarted again after the cooldown).
+            Ok(()) => {
+                let again = match action {
+                    Action::Event { .. } => ctx.settings.event_interval,
+                    Action::Restart { cooldown, .. } => *cooldown,
+                };
+                let at = now
+                    .checked_add(
+                        jiff::SignedDuration::try_from(again).unwrap_or(jiff::SignedDuration::MAX),
+                    )
+                    .unwrap_or(Timestamp::MAX);
+                next_due = Some(next_due.map_or(at, |d| d.min(at)));
+            }
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "action failed; retrying later");
+                first_error.get_or_insert(e);
+            }
         }
     }
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(match outcome.next_due {
+    Ok(match next_due {
         Some(at) => {
             let wait: Duration = at.duration_since(now).try_into().unwrap_or_default();
             Requeue::requeue(wait.max(Duration::from_secs(1)))
@@ -298,7 +324,14 @@ async fn execute(ctx: &Context, action: &Action, now: Timestamp) -> Result<()> {
                 uid: Some(pod.uid.clone()),
                 ..Default::default()
             };
-            publish(ctx, keys::REASON_ZOMBIES_DETECTED, "DetectZombies", note, &reference).await?;
+            publish(
+                ctx,
+                keys::REASON_ZOMBIES_DETECTED,
+                "DetectZombies",
+                note,
+                &reference,
+            )
+            .await?;
             ctx.log().events.insert(pod.uid.clone(), now);
             tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), "{note}");
             Ok(())
@@ -416,7 +449,14 @@ async fn restart(
         uid: live.metadata.uid.clone(),
         ..Default::default()
     };
-    publish(ctx, keys::REASON_ZOMBIE_RESTART, "Restart", &note, &reference).await
+    publish(
+        ctx,
+        keys::REASON_ZOMBIE_RESTART,
+        "Restart",
+        &note,
+        &reference,
+    )
+    .await
 }
 
 fn error_policy(_policy: Arc<ReaperPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
@@ -572,10 +612,22 @@ pub async fn run(
     ));
     tracing::info!("policy controller starting");
     controller
-        .watches_stream(throttle(ns_stream, batch_window), all_policies(policies.clone()))
-        .watches_stream(throttle(pod_stream, batch_window), all_policies(policies.clone()))
-        .watches_stream(throttle(rs_stream, batch_window), all_policies(policies.clone()))
-        .watches_stream(throttle(report_stream, batch_window), all_policies(policies))
+        .watches_stream(
+            throttle(ns_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(pod_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(rs_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(report_stream, batch_window),
+            all_policies(policies),
+        )
         .with_config(ControllerConfig::default().concurrency(2))
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -597,10 +649,10 @@ mod tests {
     use super::*;
     use crate::crd::{ContainerZombies, ReaperPolicySpec, ZombieAction, ZombieReportSpec};
     use http::{Method, Request, Response};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::api::ObjectMeta;
     use kube::client::Body;
     use kube::core::PartialObjectMetaExt;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use reflector::store::Writer;
     use serde_json::{Value, json};
     use std::pin::pin;
@@ -779,8 +831,7 @@ mod tests {
         b
     }
 
-    const STATUS_PATH: &str =
-        "/apis/reaper.dev/v1alpha1/reaperpolicies/web/status?&force=true&fieldManager=reaper-operator";
+    const STATUS_PATH: &str = "/apis/reaper.dev/v1alpha1/reaperpolicies/web/status?&force=true&fieldManager=reaper-operator";
     const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events?";
     const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
 
@@ -843,7 +894,10 @@ mod tests {
         let text = {
             let m = crate::metrics::Metrics::new();
             let om = OperatorMetrics::register(&m);
-            om.set_policies(&BTreeMap::from([("web".to_string(), ReaperPolicyStatus::default())]));
+            om.set_policies(&BTreeMap::from([(
+                "web".to_string(),
+                ReaperPolicyStatus::default(),
+            )]));
             m.encode()
         };
         assert!(text.contains("reaper_policy_zombies{policy=\"web\"} 0"));
@@ -871,7 +925,10 @@ mod tests {
             json!({"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "shop", "uid": "pod-uid-1"})
         );
         let note = event["note"].as_str().unwrap();
-        assert!(note.starts_with("4 zombie processes (threshold 3, policy web)"), "{note}");
+        assert!(
+            note.starts_with("4 zombie processes (threshold 3, policy web)"),
+            "{note}"
+        );
         // Requeued for when the next Event would be allowed.
         let action = run.await.unwrap().unwrap();
         assert_eq!(action, Requeue::requeue(Duration::from_secs(15 * 60)));
@@ -915,7 +972,12 @@ mod tests {
             event["regarding"],
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "shop", "uid": "deploy-uid"})
         );
-        assert!(event["note"].as_str().unwrap().contains("pod shop/web-1 holds 3 zombie processes"));
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("pod shop/web-1 holds 3 zombie processes")
+        );
         run.await.unwrap().unwrap();
         assert_eq!(ctx.metrics.restarts.get(), 1);
 

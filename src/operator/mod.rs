@@ -378,17 +378,23 @@ async fn cert_loop(
 ) {
     let ns = manager.settings.namespace.clone();
     let by_name = |name: &str| watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let (secret, mwc) = (manager.cert_secret().to_string(), manager.webhook_config().to_string());
+    let (secret, mwc) = (
+        manager.cert_secret().to_string(),
+        manager.webhook_config().to_string(),
+    );
     let secrets = Api::<Secret>::namespaced(client.clone(), &ns);
     let changes = futures::stream::select_all([
         watcher(secrets.clone(), by_name(&secret))
             .default_backoff()
             .map(|e| e.is_ok())
             .boxed(),
-        watcher(secrets, by_name(&certs::CertSettings::ca_secret_name(&secret)))
-            .default_backoff()
-            .map(|e| e.is_ok())
-            .boxed(),
+        watcher(
+            secrets,
+            by_name(&certs::CertSettings::ca_secret_name(&secret)),
+        )
+        .default_backoff()
+        .map(|e| e.is_ok())
+        .boxed(),
         watcher(
             Api::<MutatingWebhookConfiguration>::all(client),
             by_name(&mwc),
@@ -502,7 +508,10 @@ mod tests {
         ]);
         let c = a.config(Some("ns")).unwrap();
         let (s, secret, mwc) = c.certs.unwrap();
-        assert_eq!((secret.as_str(), mwc.as_str()), ("reaper-webhook-tls", "reaper"));
+        assert_eq!(
+            (secret.as_str(), mwc.as_str()),
+            ("reaper-webhook-tls", "reaper")
+        );
         assert_eq!(s.namespace, "other", "--namespace wins over POD_NAMESPACE");
         assert_eq!(s.dns_names()[2], "reaper-webhook.other.svc");
 
