@@ -95,6 +95,9 @@ impl Stores {
                     .map_err(|_| Error::StoreNotReady($name))?
             };
         }
+        // The controller starts reconciling while its own store is still being listed: a
+        // policy computed against a partial policy set would miss conflicts (or itself).
+        ready!(self.policies, "reaperpolicy");
         ready!(self.namespaces, "namespace");
         ready!(self.pods, "pod");
         ready!(self.replica_sets, "replicaset");
