@@ -22,11 +22,13 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use reaper::crd::{ReaperPolicy, ZombieReport};
 use reaper::keys;
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 use support::control_plane::{self, ChildGuard, ControlPlane, free_port, unique_name};
@@ -46,13 +48,23 @@ struct Operator {
 }
 
 impl Operator {
-    fn spawn(cp: &ControlPlane, name: &str, namespace: &str, args: &[&str]) -> Self {
+    /// Runs as the ServiceAccount of `identity` (kubeconfig), in `namespace`.
+    fn spawn(
+        cp: &ControlPlane,
+        identity: &Path,
+        name: &str,
+        namespace: &str,
+        args: &[&str],
+    ) -> Self {
         let admin = free_port();
         let log = tempfile::NamedTempFile::new().unwrap();
+        let log_level = std::env::var("REAPER_TEST_OPERATOR_LOG")
+            .unwrap_or_else(|_| "info,kube=warn".to_string());
         let mut cmd = cp.command(control_plane::reaper_controller_bin());
-        cmd.env_remove("KUBERNETES_SERVICE_HOST")
+        cmd.env("KUBECONFIG", identity)
+            .env_remove("KUBERNETES_SERVICE_HOST")
             .env("POD_NAME", name)
-            .args(["--log-level", "info,kube=warn", "operator"])
+            .args(["--log-level", &log_level, "operator"])
             .args(["--namespace", namespace, "--batch-window", "200ms"])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .args(args)
@@ -111,10 +123,90 @@ impl Operator {
     /// No line of its log reports a refused API call or a failed reconcile.
     fn assert_clean_log(&self) {
         let logs = self.logs();
-        for bad in ["403", "forbidden", "reconcile failed", "panicked"] {
-            assert!(!logs.contains(bad), "{bad:?} in the log\n{logs}");
+        let lower = logs.to_lowercase();
+        for bad in [
+            "forbidden",
+            "reconcile failed",
+            "failed; retrying",
+            "panicked",
+        ] {
+            assert!(!lower.contains(bad), "{bad:?} in the log\n{logs}");
         }
     }
+}
+
+/// The operator's minimal permissions, exactly as the README's RBAC table lists them, bound to
+/// ServiceAccount `reaper-operator` in `home`; returns a kubeconfig with its token. With
+/// `webhook_config`, the certificate rules (that MWC by name, Secrets in `home`) are included.
+async fn operator_identity(
+    cp: &ControlPlane,
+    admin: &Client,
+    home: &str,
+    webhook_config: Option<&str>,
+) -> PathBuf {
+    let sa = "reaper-operator";
+    create::<k8s_openapi::api::core::v1::ServiceAccount>(
+        &Api::namespaced(admin.clone(), home),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": home}}),
+    )
+    .await;
+    let mut cluster_rules = vec![
+        json!({"apiGroups": ["reaper.dev"], "resources": ["reaperpolicies"], "verbs": ["get", "list", "watch"]}),
+        json!({"apiGroups": ["reaper.dev"], "resources": ["reaperpolicies/status"], "verbs": ["patch"]}),
+        json!({"apiGroups": ["reaper.dev"], "resources": ["zombiereports"], "verbs": ["list", "watch"]}),
+        json!({"apiGroups": [""], "resources": ["namespaces", "pods"], "verbs": ["list", "watch"]}),
+        json!({"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch"]}),
+        json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "patch"]}),
+        json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+    ];
+    let mut ns_rules = vec![json!({
+        "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+        "verbs": ["get", "create", "update", "patch"]
+    })];
+    if let Some(mwc) = webhook_config {
+        cluster_rules.push(json!({
+            "apiGroups": ["admissionregistration.k8s.io"], "resources": ["mutatingwebhookconfigurations"],
+            "resourceNames": [mwc], "verbs": ["get", "list", "watch", "patch"]
+        }));
+        ns_rules.push(json!({
+            "apiGroups": [""], "resources": ["secrets"],
+            "verbs": ["get", "list", "watch", "create", "update"]
+        }));
+    }
+    let role = unique_name("reaper-operator");
+    let subjects = json!([{"kind": "ServiceAccount", "name": sa, "namespace": home}]);
+    create::<ClusterRole>(
+        &Api::all(admin.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+               "metadata": {"name": role}, "rules": cluster_rules}),
+    )
+    .await;
+    create::<ClusterRoleBinding>(
+        &Api::all(admin.clone()),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+               "metadata": {"name": role},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+               "subjects": subjects}),
+    )
+    .await;
+    create::<Role>(
+        &Api::namespaced(admin.clone(), home),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+               "metadata": {"name": "reaper-operator", "namespace": home}, "rules": ns_rules}),
+    )
+    .await;
+    create::<RoleBinding>(
+        &Api::namespaced(admin.clone(), home),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "reaper-operator", "namespace": home},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "reaper-operator"},
+               "subjects": subjects}),
+    )
+    .await;
+    let token = cp
+        .service_account_token(admin, home, sa, Duration::from_secs(3600))
+        .await;
+    cp.write_token_kubeconfig(sa, &token)
 }
 
 /// Polls `probe` until it returns `Some`, failing with `what` and `context()` after [`API_WAIT`].
@@ -281,9 +373,10 @@ async fn one_leader_and_failover_within_the_lease_duration() {
     let ns = cp.ns(&admin, "op-lease").await;
     const LEASE: Duration = Duration::from_secs(4);
     let lease_args = ["--lease-duration", "4s", "--lease-grace", "2s"];
+    let identity = operator_identity(cp, &admin, &ns, None).await;
     let mut ops = [
-        Operator::spawn(cp, "op-a", &ns, &lease_args),
-        Operator::spawn(cp, "op-b", &ns, &lease_args),
+        Operator::spawn(cp, &identity, "op-a", &ns, &lease_args),
+        Operator::spawn(cp, &identity, "op-b", &ns, &lease_args),
     ];
     let leases: Api<Lease> = Api::namespaced(admin.clone(), &ns);
     let both_logs = |ops: &[Operator; 2]| format!("{}\n{}", ops[0].logs(), ops[1].logs());
@@ -462,7 +555,14 @@ async fn policy_status_counts_conditions_and_observed_generation() {
     )
     .await;
 
-    let op = Operator::spawn(cp, "op-status", &home, &["--leader-election=false"]);
+    let identity = operator_identity(cp, &admin, &home, None).await;
+    let op = Operator::spawn(
+        cp,
+        &identity,
+        "op-status",
+        &home,
+        &["--leader-election=false"],
+    );
     let logs = || op.logs();
     let p = wait_policy(&admin, &web, "web status", logs, |s| {
         s["matchedPods"] == 2 && s["protectedPods"] == 1
@@ -636,8 +736,10 @@ async fn agent_reports_become_status_and_one_zombies_detected_event() {
         .stdout(Stdio::null())
         .stderr(agent_log.reopen().unwrap());
     let _agent = ChildGuard::spawn(&mut cmd).unwrap();
+    let identity = operator_identity(cp, &admin, &home, None).await;
     let op = Operator::spawn(
         cp,
+        &identity,
         "op-zombies",
         &home,
         &["--leader-election=false", "--event-interval", "1h"],
@@ -868,7 +970,14 @@ async fn restart_patches_the_deployment_template_once_per_cooldown() {
     let reports: Api<ZombieReport> = Api::all(admin.clone());
     create(&reports, report(3)).await;
 
-    let op = Operator::spawn(cp, "op-restart", &home, &["--leader-election=false"]);
+    let identity = operator_identity(cp, &admin, &home, None).await;
+    let op = Operator::spawn(
+        cp,
+        &identity,
+        "op-restart",
+        &home,
+        &["--leader-election=false"],
+    );
     let logs = || op.logs();
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
     let first = eventually("stale restarted", logs, async || {
@@ -1000,8 +1109,10 @@ async fn self_managed_certificates_rotate_without_failed_handshakes() {
     // Short lifetimes: CA 30 s (replaced with 20 s left), serving 12 s (renewed with 4 s left),
     // 3 s overlap. A whole CA rotation (add, switch, drop) happens within ~20 s.
     let secret_name = "reaper-webhook-tls";
+    let identity = operator_identity(cp, &admin, &home, Some(&mwc_name)).await;
     let op = Operator::spawn(
         cp,
+        &identity,
         "op-certs",
         &home,
         &[

@@ -162,6 +162,8 @@ pub struct Context {
     pub log: Mutex<ActionLog>,
     pub recorder: Recorder,
     pub metrics: OperatorMetrics,
+    /// Set once every store has completed its first list.
+    ready: tokio::sync::OnceCell<()>,
     /// Injectable for tests.
     pub clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
 }
@@ -188,6 +190,7 @@ impl Context {
             log: Mutex::default(),
             recorder,
             metrics,
+            ready: tokio::sync::OnceCell::new(),
             clock: Box::new(Timestamp::now),
         }
     }
@@ -213,7 +216,12 @@ pub async fn reconcile(policy: Arc<ReaperPolicy>, ctx: Arc<Context>) -> Result<R
 }
 
 async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue> {
-    ctx.stores.wait_until_ready().await?;
+    // One waiter only: kube-runtime's `Store::wait_until_ready` keeps a single waker, so two
+    // reconciles waiting on it at once can lose the wake-up and hang. The OnceCell lets one
+    // task wait while the others queue on the cell.
+    ctx.ready
+        .get_or_try_init(|| ctx.stores.wait_until_ready())
+        .await?;
     let name = policy.name_any();
     let now = (ctx.clock)();
     let policies = PolicySet::new(ctx.stores.policies.state());
