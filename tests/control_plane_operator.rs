@@ -427,6 +427,7 @@ async fn one_leader_and_failover_within_the_lease_duration() {
     )
     .await;
     let took = killed.elapsed();
+    eprintln!("takeover {took:?} after the leader was killed (lease 4 s)");
     // At most one lease duration after the last renewal, plus a second of polling slack.
     assert!(
         took <= LEASE + Duration::from_secs(2),
@@ -1290,6 +1291,10 @@ async fn self_managed_certificates_rotate_without_failed_handshakes() {
         &bundle
     ));
     assert!(ok > 20, "only {ok} requests");
+    eprintln!(
+        "{ok} handshakes, none failed, over a CA rotation in {:?} (bundle sizes {bundle_sizes:?})",
+        started.elapsed()
+    );
     let m = op.metrics().await.unwrap();
     for step in ["new_ca", "serving_issued", "old_cas_dropped"] {
         assert!(
