@@ -428,9 +428,11 @@ async fn one_leader_and_failover_within_the_lease_duration() {
     .await;
     let took = killed.elapsed();
     eprintln!("takeover {took:?} after the leader was killed (lease 4 s)");
-    // At most one lease duration after the last renewal, plus a second of polling slack.
+    // The Lease expires at most one lease duration after the leader's last renewal (before the
+    // kill); kube-lease-manager then clears it and waits a random 0.1-1 s before taking it (so
+    // followers do not collide); plus this test's polling and a loaded machine's slack.
     assert!(
-        took <= LEASE + Duration::from_secs(2),
+        took <= LEASE + Duration::from_secs(3),
         "takeover took {took:?}"
     );
     eventually(
