@@ -161,7 +161,7 @@ async fn operator_identity(
     ];
     let mut ns_rules = vec![json!({
         "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-        "verbs": ["get", "create", "update", "patch"]
+        "verbs": ["get", "create", "patch"]
     })];
     if let Some(mwc) = webhook_config {
         cluster_rules.push(json!({
