@@ -415,6 +415,20 @@ async fn one_leader_and_failover_within_the_lease_duration() {
         both_logs(&ops)
     );
 
+    // The follower stayed idle: it never started the policy controller.
+    assert!(
+        !ops[follower]
+            .logs()
+            .contains("starting the policy controller"),
+        "follower reconciled\n{}",
+        both_logs(&ops)
+    );
+    assert!(
+        ops[leader]
+            .logs()
+            .contains("starting the policy controller")
+    );
+
     // SIGKILL (no release): the other takes over once the Lease expires.
     let killed = Instant::now();
     ops[leader].child.0.kill().unwrap();
