@@ -67,10 +67,13 @@ fn metric(m: &Metrics, sample: &str) -> f64 {
 const SUCCESS: &str = "reaper_registry_lookups_total{result=\"success\"}";
 const HITS: &str = "reaper_registry_cache_hits_total";
 
+/// Image name, ENTRYPOINT, CMD.
+type Case<'a> = (&'a str, Option<&'a [&'a str]>, Option<&'a [&'a str]>);
+
 #[tokio::test]
 async fn single_platform_entrypoint_and_cmd() {
     let reg = TestRegistry::start();
-    let cases: &[(&str, Option<&[&str]>, Option<&[&str]>)] = &[
+    let cases: &[Case] = &[
         ("both", Some(&["/entry", "--flag"]), Some(&["serve", "-v"])),
         ("cmd-only", None, Some(&["nginx", "-g", "daemon off;"])),
         ("entrypoint-only", Some(&["/bin/app"]), None),
@@ -96,7 +99,10 @@ async fn single_platform_entrypoint_and_cmd() {
         (v(&["/bin/app"]), vec![]),
         (vec![], vec![]),
         (vec![], v(&["sh"])),
-        (v(&["/bin/sh", "-c", "echo $(HOME) $$ ${X}"]), v(&["$(ARG)"])),
+        (
+            v(&["/bin/sh", "-c", "echo $(HOME) $$ ${X}"]),
+            v(&["$(ARG)"]),
+        ),
     ];
     for (image, (e, c)) in images.iter().zip(want) {
         assert_eq!(*ok(&idx, image), ImageConfig::new(e, c), "{image}");
@@ -146,7 +152,10 @@ async fn image_indexes_skip_attestations_and_keep_differing_platforms() {
     );
     let idx = resolve(&r, &[&same_i, &differ_i, &no_amd]).await;
     // All platforms agree: one config, whatever the attestations say.
-    assert_eq!(*ok(&idx, &same_i), ImageConfig::new(v(&["/app"]), v(&["run"])));
+    assert_eq!(
+        *ok(&idx, &same_i),
+        ImageConfig::new(v(&["/app"]), v(&["run"]))
+    );
     let d = ok(&idx, &differ_i);
     assert_eq!(d.entrypoint, ["/amd64"], "linux/amd64 goes after --");
     assert_eq!(
@@ -176,14 +185,20 @@ async fn digests_skip_the_tag_step_and_are_cached() {
         !reqs.iter().any(|l| l.contains("/manifests/1 ")),
         "no tag request for a digest: {reqs:?}"
     );
-    assert!(reqs.iter().any(|l| l.starts_with(&format!("GET /v2/app/manifests/{digest}"))));
+    assert!(
+        reqs.iter()
+            .any(|l| l.starts_with(&format!("GET /v2/app/manifests/{digest}")))
+    );
     // Tag and digest together: the digest wins, as in the kubelet.
     let both = format!("{}/app:nope@{digest}", proxy.addr);
     assert_eq!(ok(&resolve(&r, &[&both]).await, &both).entrypoint, ["/app"]);
     // By tag: one HEAD for the digest, whose config is known already.
     let before = proxy.requests().len();
     let tagged = proxy.image("app", "1");
-    assert_eq!(ok(&resolve(&r, &[&tagged]).await, &tagged).entrypoint, ["/app"]);
+    assert_eq!(
+        ok(&resolve(&r, &[&tagged]).await, &tagged).entrypoint,
+        ["/app"]
+    );
     let new: Vec<String> = proxy.requests()[before..]
         .iter()
         .filter(|l| l.contains("/manifests/") || l.contains("/blobs/"))
@@ -196,7 +211,9 @@ async fn digests_skip_the_tag_step_and_are_cached() {
 async fn missing_images_fail_and_failures_are_cached_briefly() {
     let reg = TestRegistry::start();
     let proxy = DelayProxy::start(&reg.addr).await;
-    let (r, m) = resolver(&[&proxy.addr], |a| a.negative_ttl = Duration::from_millis(800));
+    let (r, m) = resolver(&[&proxy.addr], |a| {
+        a.negative_ttl = Duration::from_millis(800)
+    });
     let image = proxy.image("later", "1");
     let idx = resolve(&r, &[&image]).await;
     assert!(err(&idx, &image).contains("has no such image"), "{idx:?}");
@@ -212,7 +229,10 @@ async fn missing_images_fail_and_failures_are_cached_briefly() {
     // Pushed meanwhile: found once the failure expired.
     reg.push_image("later", "1", &ImageSpec::new(Some(&["/later"]), None));
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(ok(&resolve(&r, &[&image]).await, &image).entrypoint, ["/later"]);
+    assert_eq!(
+        ok(&resolve(&r, &[&image]).await, &image).entrypoint,
+        ["/later"]
+    );
     // An invalid reference and an unreachable registry say so.
     let idx = resolve(&r, &["UPPER/Case:1", "127.0.0.1:1/x:1"]).await;
     assert!(err(&idx, "UPPER/Case:1").contains("not a valid image reference"));
@@ -253,16 +273,27 @@ async fn basic_auth_and_credentials_do_not_share_answers() {
     assert_eq!(metric(&m, HITS), 1.0);
 }
 
-#[tokio::test]
+// The token server runs on the runtime's workers while skopeo blocks the test thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bearer_token_flow() {
     let tokens = TokenServer::start("bob", "pw").await;
     let reg = TestRegistry::start_token(tokens.config.clone(), "bob:pw");
-    reg.push_image("team/app", "2", &ImageSpec::new(Some(&["/tok"]), Some(&["x"])));
+    reg.push_image(
+        "team/app",
+        "2",
+        &ImageSpec::new(Some(&["/tok"]), Some(&["x"])),
+    );
     let (r, _) = resolver(&[&reg.addr], |_| {});
     let reference = reg.image("team/app", "2").parse().unwrap();
     let ttl = Duration::from_secs(60);
-    let c = r.lookup(&reference, Some(&cred("bob", "pw")), ttl).await.unwrap();
-    assert_eq!((c.entrypoint.clone(), c.cmd.clone()), (v(&["/tok"]), v(&["x"])));
+    let c = r
+        .lookup(&reference, Some(&cred("bob", "pw")), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        (c.entrypoint.clone(), c.cmd.clone()),
+        (v(&["/tok"]), v(&["x"]))
+    );
     assert!(
         tokens
             .seen
@@ -295,7 +326,10 @@ async fn slow_registry_times_out_within_budget_and_warms_the_cache() {
     let started = Instant::now();
     let idx = resolve(&r, &[&image]).await;
     let took = started.elapsed();
-    assert!(err(&idx, &image).contains("--lookup-timeout 300ms"), "{idx:?}");
+    assert!(
+        err(&idx, &image).contains("--lookup-timeout 300ms"),
+        "{idx:?}"
+    );
     assert!(
         took >= budget && took < budget + Duration::from_millis(250),
         "answered after {took:?} for a {budget:?} budget"
@@ -309,7 +343,11 @@ async fn slow_registry_times_out_within_budget_and_warms_the_cache() {
     let started = Instant::now();
     let idx = resolve(&r, &[&image]).await;
     assert_eq!(ok(&idx, &image).entrypoint, ["/slow"]);
-    assert!(started.elapsed() < Duration::from_millis(100), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
     assert_eq!(metric(&m, SUCCESS), 1.0);
     assert_eq!(metric(&m, HITS), 1.0);
 }
@@ -320,7 +358,10 @@ async fn a_moved_tag_is_seen_after_the_ttl() {
     reg.push_image("moving", "v1", &ImageSpec::new(Some(&["/one"]), None));
     let (r, _) = resolver(&[&reg.addr], |a| a.tag_ttl = Duration::from_secs(1));
     let image = reg.image("moving", "v1");
-    assert_eq!(ok(&resolve(&r, &[&image]).await, &image).entrypoint, ["/one"]);
+    assert_eq!(
+        ok(&resolve(&r, &[&image]).await, &image).entrypoint,
+        ["/one"]
+    );
     reg.push_image("moving", "v1", &ImageSpec::new(Some(&["/two"]), None));
     assert_eq!(
         ok(&resolve(&r, &[&image]).await, &image).entrypoint,
@@ -328,7 +369,10 @@ async fn a_moved_tag_is_seen_after_the_ttl() {
         "within the TTL the cached digest is used"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(ok(&resolve(&r, &[&image]).await, &image).entrypoint, ["/two"]);
+    assert_eq!(
+        ok(&resolve(&r, &[&image]).await, &image).entrypoint,
+        ["/two"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +381,9 @@ async fn concurrent_lookups_share_one_fetch() {
     reg.push_image("popular", "1", &ImageSpec::new(Some(&["/pop"]), None));
     let proxy = DelayProxy::start(&reg.addr).await;
     proxy.set_delay(Duration::from_millis(100));
-    let (r, m) = resolver(&[&proxy.addr], |a| a.lookup_timeout = Duration::from_secs(10));
+    let (r, m) = resolver(&[&proxy.addr], |a| {
+        a.lookup_timeout = Duration::from_secs(10)
+    });
     let image = proxy.image("popular", "1");
     const N: usize = 8;
     let tasks: Vec<_> = (0..N)

@@ -57,6 +57,8 @@ pub enum AuthMode {
 
 /// Registry flags of `reaper-controller webhook`.
 #[derive(clap::Args, Clone, Debug)]
+// Flattened into the webhook's own `Args`: a group of the same name would clash.
+#[group(id = "registry_args")]
 pub struct Args {
     /// Registry credentials: `anonymous`, or `pull-secrets` (the pod's and its ServiceAccount's
     /// imagePullSecrets, read through the API server).

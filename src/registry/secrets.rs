@@ -33,11 +33,13 @@ pub struct PullSecrets {
     cache: Mutex<LruCache<Key, (Instant, Value)>>,
 }
 
+type Parser = fn(&[u8]) -> Result<ParsedConfig, auth::ConfigError>;
+
 /// The credentials a secret holds, or why it holds none (for a debug log).
 pub fn parse_secret(secret: &Secret) -> Result<ParsedConfig, String> {
     let ty = secret.type_.as_deref().unwrap_or_default();
     let data = secret.data.as_ref();
-    let (field, parse): (&str, fn(&[u8]) -> Result<ParsedConfig, auth::ConfigError>) = match ty {
+    let (field, parse): (&str, Parser) = match ty {
         TYPE_DOCKERCONFIGJSON => (".dockerconfigjson", auth::parse_dockerconfigjson),
         TYPE_DOCKERCFG => (".dockercfg", auth::parse_dockercfg),
         other => {

@@ -29,7 +29,10 @@ pub const MT_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 pub enum Auth {
     None,
     /// htpasswd basic auth with one user.
-    Basic { user: String, password: String },
+    Basic {
+        user: String,
+        password: String,
+    },
     /// Bearer tokens from [`TokenServer`].
     Token(TokenConfig),
 }
@@ -154,7 +157,12 @@ impl TestRegistry {
     /// pushed digest (the layout's own: `--preserve-digests`).
     pub fn push(&self, layout: &Layout, name: &str, tag: &str) -> String {
         let mut cmd = Command::new("skopeo");
-        cmd.args(["copy", "--all", "--preserve-digests", "--dest-tls-verify=false"]);
+        cmd.args([
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+        ]);
         if let Some(c) = &self.push_creds {
             cmd.arg(format!("--dest-creds={c}"));
         }
@@ -340,7 +348,11 @@ impl Layout {
     fn write_index(&self) {
         let refs = self.refs.lock().unwrap();
         let index = json!({"schemaVersion": 2, "manifests": *refs});
-        std::fs::write(self.dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
+        std::fs::write(
+            self.dir.join("index.json"),
+            serde_json::to_vec(&index).unwrap(),
+        )
+        .unwrap();
     }
 
     fn tag(&self, tag: &str, mut desc: Value) {
@@ -591,7 +603,11 @@ async fn token(
         .unwrap_or_default()
         .split('&')
         .filter_map(|kv| kv.strip_prefix("scope="))
-        .map(|v| v.replace("%3A", ":").replace("%2F", "/").replace("%2C", ","))
+        .map(|v| {
+            v.replace("%3A", ":")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+        })
         .collect();
     let user = match &basic {
         Some(b) => {
@@ -603,7 +619,10 @@ async fn token(
         }
         None => String::new(),
     };
-    s.seen.lock().unwrap().push((user.clone(), scopes.join(" ")));
+    s.seen
+        .lock()
+        .unwrap()
+        .push((user.clone(), scopes.join(" ")));
     let access: Vec<Value> = if user.is_empty() {
         Vec::new()
     } else {
