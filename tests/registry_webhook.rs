@@ -5,14 +5,10 @@
 //! `REAPER_PLATFORM_ARGV` the webhook produced.
 mod support;
 
-use base64::Engine as _;
 use serde_json::{Value, json};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use support::control_plane::{ChildGuard, TestCa, free_port};
-use support::registry::{DelayProxy, ImageSpec, TestRegistry, kube_expand};
+use support::registry::{DelayProxy, ImageSpec, TestRegistry, Webhook, kube_expand};
 
-const REAPER_IMAGE: &str = "registry.example.com/reaper/reaper:0.1.0";
 const POLICIES: &str = r#"
 apiVersion: reaper.dev/v1alpha1
 kind: ReaperPolicy
@@ -25,134 +21,6 @@ spec:
     command: ["/from-policy"]
     args: ["p"]
 "#;
-
-/// A running `reaper-controller webhook`.
-struct Webhook {
-    _child: ChildGuard,
-    _dir: tempfile::TempDir,
-    port: u16,
-    admin: u16,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Webhook {
-    async fn start(extra: &[&str]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = TestCa::new("reaper registry test CA");
-        let pair = ca.issue_server(&["127.0.0.1", "localhost"]);
-        let p = |n: &str| dir.path().join(n);
-        std::fs::write(p("tls.crt"), &pair.cert_pem).unwrap();
-        std::fs::write(p("tls.key"), &pair.key_pem).unwrap();
-        std::fs::write(p("policies.yaml"), POLICIES).unwrap();
-        let (port, admin) = (free_port(), free_port());
-        let log = p("webhook.err");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reaper-controller"));
-        cmd.args(["--log-level", "info,reaper=debug", "webhook"])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
-            .args(["--tls-cert", p("tls.crt").to_str().unwrap()])
-            .args(["--tls-key", p("tls.key").to_str().unwrap()])
-            .args(["--reaper-image", REAPER_IMAGE])
-            .args(["--policies", p("policies.yaml").to_str().unwrap()])
-            .args(extra)
-            .env("POD_NAMESPACE", "reaper-system")
-            .stdout(std::fs::File::create(p("webhook.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller webhook");
-        let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap();
-        let w = Self {
-            _child: child,
-            _dir: dir,
-            port,
-            admin,
-            log,
-            http,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "webhook not ready within 30 s:\n{}",
-                w.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        w
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn metrics(&self) -> String {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn metric(&self, sample: &str) -> f64 {
-        self.metrics()
-            .await
-            .lines()
-            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
-    }
-
-    /// Admit `pod` in namespace `apps`: (the pod as patched, the warnings).
-    async fn admit(&self, pod: Value) -> (Value, Vec<String>) {
-        let review = json!({
-            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-            "request": {
-                "uid": "7e1f0c2a-0000-4000-8000-000000000001",
-                "kind": {"group": "", "version": "v1", "kind": "Pod"},
-                "resource": {"group": "", "version": "v1", "resource": "pods"},
-                "namespace": "apps", "operation": "CREATE",
-                "userInfo": {"username": "test"},
-                "object": pod.clone(), "oldObject": null, "dryRun": false
-            }
-        });
-        let r = self
-            .http
-            .post(format!("https://localhost:{}/mutate", self.port))
-            .json(&review)
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("POST /mutate: {e}\n{}", self.logs()));
-        assert_eq!(r.status(), 200);
-        let v: Value = r.json().await.unwrap();
-        assert_eq!(v["response"]["allowed"], true, "{v}");
-        let mut patched = pod;
-        if let Some(p) = v["response"]["patch"].as_str() {
-            let raw = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
-            let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
-            json_patch::patch(&mut patched, &patch).unwrap();
-        }
-        let warnings = v["response"]["warnings"]
-            .as_array()
-            .map(|w| {
-                w.iter()
-                    .map(|s| s.as_str().unwrap_or_default().to_string())
-                    .collect()
-            })
-            .unwrap_or_default();
-        (patched, warnings)
-    }
-}
 
 fn pod(containers: Value) -> Value {
     json!({
@@ -212,21 +80,24 @@ async fn containers_without_command_run_their_image_argv_under_reaper() {
     );
     reg.push_image("neither", "1", &ImageSpec::new(None, None));
     reg.push_image("overridden", "1", &ImageSpec::new(Some(&["/image"]), None));
-    let w = Webhook::start(&["--insecure-registries", &reg.addr]).await;
+    let w = Webhook::start(POLICIES, &["--insecure-registries", &reg.addr]).await;
 
     let (p, warnings) = w
-        .admit(pod(json!([
-            container("a", &reg.image("both", "1")),
-            container("b", &reg.image("cmd-only", "1")),
-            container("c", &reg.image("ep-only", "1")),
-            container("d", &reg.image("dollars", "1")),
-            // Pod args replace the image's CMD.
-            {"name": "e", "image": reg.image("both", "1"), "args": ["$(POD_ARG)"]},
-            // A pod command makes the image irrelevant.
-            {"name": "f", "image": reg.image("both", "1"), "command": ["/mine"]},
-            // The policy's entrypoint wins over the registry's.
-            container("g", &reg.image("overridden", "1")),
-        ])))
+        .admit(
+            "apps",
+            pod(json!([
+                container("a", &reg.image("both", "1")),
+                container("b", &reg.image("cmd-only", "1")),
+                container("c", &reg.image("ep-only", "1")),
+                container("d", &reg.image("dollars", "1")),
+                // Pod args replace the image's CMD.
+                {"name": "e", "image": reg.image("both", "1"), "args": ["$(POD_ARG)"]},
+                // A pod command makes the image irrelevant.
+                {"name": "f", "image": reg.image("both", "1"), "command": ["/mine"]},
+                // The policy's entrypoint wins over the registry's.
+                container("g", &reg.image("overridden", "1")),
+            ])),
+        )
         .await;
     assert_eq!(injected(&p), "inject:a,b,c,d,e,f,g", "{p}\n{warnings:?}");
     let r = "/.reaper/reaper";
@@ -269,7 +140,10 @@ async fn containers_without_command_run_their_image_argv_under_reaper() {
     // An image with neither ENTRYPOINT nor CMD cannot be wrapped: auto mode shares the PID
     // namespace instead, and says why.
     let (p, warnings) = w
-        .admit(pod(json!([container("n", &reg.image("neither", "1"))])))
+        .admit(
+            "apps",
+            pod(json!([container("n", &reg.image("neither", "1"))])),
+        )
         .await;
     assert!(injected(&p).starts_with("share"), "{p}");
     assert_eq!(p["spec"]["shareProcessNamespace"], true);
@@ -277,7 +151,10 @@ async fn containers_without_command_run_their_image_argv_under_reaper() {
 
     // Admitted again: every answer from the cache, no new round trip.
     let (p, _) = w
-        .admit(pod(json!([container("a", &reg.image("both", "1"))])))
+        .admit(
+            "apps",
+            pod(json!([container("a", &reg.image("both", "1"))])),
+        )
         .await;
     assert_eq!(injected(&p), "inject:a");
     assert_eq!(w.metric(SUCCESS).await, 5.0);
@@ -309,10 +186,13 @@ async fn multi_arch_images_and_the_reaper_picks_its_platform() {
         ],
         true,
     );
-    let w = Webhook::start(&["--insecure-registries", &reg.addr]).await;
+    let w = Webhook::start(POLICIES, &["--insecure-registries", &reg.addr]).await;
 
     let (p, _) = w
-        .admit(pod(json!([container("s", &reg.image("same", "1"))])))
+        .admit(
+            "apps",
+            pod(json!([container("s", &reg.image("same", "1"))])),
+        )
         .await;
     assert_eq!(
         argv(&p, 0),
@@ -321,10 +201,13 @@ async fn multi_arch_images_and_the_reaper_picks_its_platform() {
     assert!(p["spec"]["containers"][0]["env"].is_null(), "{p}");
 
     let (p, _) = w
-        .admit(pod(json!([{
-            "name": "d", "image": reg.image("differ", "1"),
-            "env": [{"name": "KEEP", "value": "1"}]
-        }])))
+        .admit(
+            "apps",
+            pod(json!([{
+                "name": "d", "image": reg.image("differ", "1"),
+                "env": [{"name": "KEEP", "value": "1"}]
+            }])),
+        )
         .await;
     let c = &p["spec"]["containers"][0];
     let (cmd, args) = argv(&p, 0);
@@ -384,14 +267,17 @@ async fn multi_arch_images_and_the_reaper_picks_its_platform() {
 
     // A pod pinned to arm64 by its nodeSelector only considers that platform: no table.
     let (p, _) = w
-        .admit(json!({
-            "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": "p", "namespace": "apps"},
-            "spec": {
-                "nodeSelector": {"kubernetes.io/arch": "arm64"},
-                "containers": [container("d", &reg.image("differ", "1"))]
-            }
-        }))
+        .admit(
+            "apps",
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "namespace": "apps"},
+                "spec": {
+                    "nodeSelector": {"kubernetes.io/arch": "arm64"},
+                    "containers": [container("d", &reg.image("differ", "1"))]
+                }
+            }),
+        )
         .await;
     assert_eq!(
         argv(&p, 0).0,
@@ -405,19 +291,22 @@ async fn failed_lookups_fall_back_without_blocking_admission() {
     let reg = TestRegistry::start();
     let private = TestRegistry::start_basic("alice", "s3cret");
     private.push_image("app", "1", &ImageSpec::new(Some(&["/app"]), None));
-    let w = Webhook::start(&[
-        "--insecure-registries",
-        &format!("{},{}", reg.addr, private.addr),
-        "--negative-ttl",
-        "1h",
-    ])
+    let w = Webhook::start(
+        POLICIES,
+        &[
+            "--insecure-registries",
+            &format!("{},{}", reg.addr, private.addr),
+            "--negative-ttl",
+            "1h",
+        ],
+    )
     .await;
     for (image, why) in [
         (reg.image("missing", "1"), "has no such image"),
         (private.image("app", "1"), "refused access"),
         ("127.0.0.1:1/gone:1".to_string(), "cannot reach registry"),
     ] {
-        let (p, warnings) = w.admit(pod(json!([container("c", &image)]))).await;
+        let (p, warnings) = w.admit("apps", pod(json!([container("c", &image)]))).await;
         assert!(injected(&p).starts_with("share"), "{image}: {p}");
         assert!(
             warnings.iter().any(|w| w.contains(why)),
@@ -436,7 +325,7 @@ async fn failed_lookups_fall_back_without_blocking_admission() {
     // inject mode (pod annotation): the container that cannot be resolved is skipped.
     let mut p = pod(json!([container("c", &reg.image("missing", "1"))]));
     p["metadata"]["annotations"] = json!({"reaper.dev/mode": "inject"});
-    let (p, warnings) = w.admit(p).await;
+    let (p, warnings) = w.admit("apps", p).await;
     assert!(injected(&p).starts_with("skipped:"), "{p}");
     assert!(!warnings.is_empty());
     // Failures are cached (--negative-ttl): no new round trip for the second admission.
@@ -449,16 +338,19 @@ async fn a_slow_registry_costs_one_budget_and_warms_the_cache() {
     reg.push_image("slow", "1", &ImageSpec::new(Some(&["/slow"]), None));
     let proxy = DelayProxy::start(&reg.addr).await;
     proxy.set_delay(Duration::from_millis(700));
-    let w = Webhook::start(&[
-        "--insecure-registries",
-        &proxy.addr,
-        "--lookup-timeout",
-        "400ms",
-    ])
+    let w = Webhook::start(
+        POLICIES,
+        &[
+            "--insecure-registries",
+            &proxy.addr,
+            "--lookup-timeout",
+            "400ms",
+        ],
+    )
     .await;
     let image = proxy.image("slow", "1");
     let started = Instant::now();
-    let (p, warnings) = w.admit(pod(json!([container("c", &image)]))).await;
+    let (p, warnings) = w.admit("apps", pod(json!([container("c", &image)]))).await;
     let took = started.elapsed();
     assert!(injected(&p).starts_with("share"), "{p}");
     assert!(
@@ -483,7 +375,7 @@ async fn a_slow_registry_costs_one_budget_and_warms_the_cache() {
     }
     // ...and the next pod is wrapped from the cache, well within the budget.
     let started = Instant::now();
-    let (p, _) = w.admit(pod(json!([container("c", &image)]))).await;
+    let (p, _) = w.admit("apps", pod(json!([container("c", &image)]))).await;
     assert!(started.elapsed() < Duration::from_millis(400));
     assert_eq!(
         argv(&p, 0),
@@ -499,12 +391,15 @@ async fn concurrent_admissions_of_one_image_make_one_fetch() {
     let proxy = DelayProxy::start(&reg.addr).await;
     proxy.set_delay(Duration::from_millis(150));
     let w = std::sync::Arc::new(
-        Webhook::start(&[
-            "--insecure-registries",
-            &proxy.addr,
-            "--lookup-timeout",
-            "10s",
-        ])
+        Webhook::start(
+            POLICIES,
+            &[
+                "--insecure-registries",
+                &proxy.addr,
+                "--lookup-timeout",
+                "10s",
+            ],
+        )
         .await,
     );
     let image = proxy.image("popular", "1");
@@ -512,7 +407,7 @@ async fn concurrent_admissions_of_one_image_make_one_fetch() {
     let admissions: Vec<_> = (0..N)
         .map(|_| {
             let (w, image) = (w.clone(), image.clone());
-            tokio::spawn(async move { w.admit(pod(json!([container("c", &image)]))).await })
+            tokio::spawn(async move { w.admit("apps", pod(json!([container("c", &image)]))).await })
         })
         .collect();
     for a in admissions {
@@ -533,24 +428,28 @@ async fn concurrent_admissions_of_one_image_make_one_fetch() {
 async fn a_moved_tag_is_followed_after_tag_ttl() {
     let reg = TestRegistry::start();
     reg.push_image("moving", "v1", &ImageSpec::new(Some(&["/one"]), None));
-    let w = Webhook::start(&["--insecure-registries", &reg.addr, "--tag-ttl", "1s"]).await;
+    let w = Webhook::start(
+        POLICIES,
+        &["--insecure-registries", &reg.addr, "--tag-ttl", "1s"],
+    )
+    .await;
     let image = reg.image("moving", "v1");
     let entry = |p: &Value| argv(p, 0).0[2].clone();
-    let (p, _) = w.admit(pod(json!([container("c", &image)]))).await;
+    let (p, _) = w.admit("apps", pod(json!([container("c", &image)]))).await;
     assert_eq!(entry(&p), "/one");
     reg.push_image("moving", "v1", &ImageSpec::new(Some(&["/two"]), None));
-    let (p, _) = w.admit(pod(json!([container("c", &image)]))).await;
+    let (p, _) = w.admit("apps", pod(json!([container("c", &image)]))).await;
     assert_eq!(
         entry(&p),
         "/one",
         "the tag's digest is reused within the TTL"
     );
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (p, _) = w.admit(pod(json!([container("c", &image)]))).await;
+    let (p, _) = w.admit("apps", pod(json!([container("c", &image)]))).await;
     assert_eq!(entry(&p), "/two");
     // Digest-pinned references need no tag step at all.
     let digest = reg.push_image("moving", "v1", &ImageSpec::new(Some(&["/three"]), None));
     let pinned = format!("{}/moving@{digest}", reg.addr);
-    let (p, _) = w.admit(pod(json!([container("c", &pinned)]))).await;
+    let (p, _) = w.admit("apps", pod(json!([container("c", &pinned)]))).await;
     assert_eq!(entry(&p), "/three");
 }

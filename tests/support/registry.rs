@@ -5,7 +5,7 @@
 //! that counts the HTTP requests passing through.
 #![allow(dead_code)]
 
-use super::control_plane::ChildGuard;
+use super::control_plane::{ChildGuard, TestCa, free_port};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+/// `--reaper-image` of the webhooks started here.
+pub const REAPER_IMAGE: &str = "registry.example.com/reaper/reaper:0.1.0";
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 const PUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -709,4 +711,148 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let mut f = std::fs::File::create(&p).unwrap();
     f.write_all(bytes).unwrap();
     p
+}
+
+/// A running `reaper-controller webhook` (the binary under test) with its own CA and ports.
+pub struct Webhook {
+    _child: ChildGuard,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+    pub admin: u16,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Webhook {
+    /// File mode with `policies` (YAML), or cluster mode with `policies: None` (then `KUBECONFIG`
+    /// must be set through `kubeconfig`).
+    pub async fn start_with(
+        policies: Option<&str>,
+        kubeconfig: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new("reaper registry test CA");
+        let pair = ca.issue_server(&["127.0.0.1", "localhost"]);
+        let p = |n: &str| dir.path().join(n);
+        std::fs::write(p("tls.crt"), &pair.cert_pem).unwrap();
+        std::fs::write(p("tls.key"), &pair.key_pem).unwrap();
+        let (port, admin) = (free_port(), free_port());
+        let log = p("webhook.err");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reaper-controller"));
+        cmd.args(["--log-level", "info,reaper=debug", "webhook"])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .args(["--tls-cert", p("tls.crt").to_str().unwrap()])
+            .args(["--tls-key", p("tls.key").to_str().unwrap()])
+            .args(["--reaper-image", REAPER_IMAGE])
+            .args(extra)
+            .env("POD_NAMESPACE", "reaper-system")
+            .stdout(std::fs::File::create(p("webhook.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(policies) = policies {
+            std::fs::write(p("policies.yaml"), policies).unwrap();
+            cmd.args(["--policies", p("policies.yaml").to_str().unwrap()]);
+        }
+        if let Some(k) = kubeconfig {
+            cmd.env("KUBECONFIG", k);
+        }
+        let child = ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller webhook");
+        let http = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        let w = Self {
+            _child: child,
+            _dir: dir,
+            port,
+            admin,
+            log,
+            http,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook not ready within 60 s:\n{}",
+                w.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        w
+    }
+
+    /// File mode with these policies.
+    pub async fn start(policies: &str, extra: &[&str]) -> Self {
+        Self::start_with(Some(policies), None, extra).await
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    pub async fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(sample)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Admit `pod` (a CREATE) in `namespace`: (the pod as patched, the warnings).
+    pub async fn admit(&self, namespace: &str, pod: Value) -> (Value, Vec<String>) {
+        let review = json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {
+                "uid": "7e1f0c2a-0000-4000-8000-000000000001",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": namespace, "operation": "CREATE",
+                "userInfo": {"username": "test"},
+                "object": pod.clone(), "oldObject": null, "dryRun": false
+            }
+        });
+        let r = self
+            .http
+            .post(format!("https://localhost:{}/mutate", self.port))
+            .json(&review)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST /mutate: {e}\n{}", self.logs()));
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["response"]["allowed"], true, "{v}");
+        let mut patched = pod;
+        if let Some(p) = v["response"]["patch"].as_str() {
+            let raw = base64::engine::general_purpose::STANDARD.decode(p).unwrap();
+            let patch: json_patch::Patch = serde_json::from_slice(&raw).unwrap();
+            json_patch::patch(&mut patched, &patch).unwrap();
+        }
+        let warnings = v["response"]["warnings"]
+            .as_array()
+            .map(|w| {
+                w.iter()
+                    .map(|s| s.as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (patched, warnings)
+    }
 }
