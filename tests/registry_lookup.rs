@@ -10,6 +10,7 @@ use reaper::registry::auth::Credential;
 use reaper::registry::{Args, Registry};
 use reaper::webhook::images::{ImageConfig, ImageIndex, ImageResolver, PlatformConfig};
 use std::time::{Duration, Instant};
+use support::control_plane::TestCa;
 use support::registry::{DelayProxy, ImageSpec, TestRegistry, TokenServer};
 
 fn v(x: &[&str]) -> Vec<String> {
@@ -404,4 +405,33 @@ async fn concurrent_lookups_share_one_fetch() {
     assert_eq!(manifests.len(), 2, "one HEAD and one GET: {manifests:?}");
     assert_eq!(metric(&m, SUCCESS), 1.0);
     assert_eq!(metric(&m, HITS), (N - 1) as f64);
+}
+
+#[tokio::test]
+async fn https_registries_need_their_ca_and_names_resolve_without_nss() {
+    let ca = TestCa::new("reaper test registry CA");
+    let pair = ca.issue_server(&["localhost", "127.0.0.1"]);
+    let reg = TestRegistry::start_tls(&pair.cert_pem, &pair.key_pem);
+    reg.push_image("tls", "1", &ImageSpec::new(Some(&["/tls"]), None));
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    // By name: hickory resolves `localhost` (from /etc/hosts) and rustls checks it.
+    let port = reg.addr.rsplit(':').next().unwrap();
+    let image = format!("localhost:{port}/tls:1");
+    let (r, _) = resolver(&[], |a| a.registry_ca_file = Some(ca_file.clone()));
+    let idx = resolve(&r, &[&image]).await;
+    assert_eq!(ok(&idx, &image).entrypoint, ["/tls"]);
+    // Without the CA the certificate is refused (system roots only).
+    let (r, m) = resolver(&[], |_| {});
+    let idx = resolve(&r, &[&image]).await;
+    let e = err(&idx, &image);
+    assert!(
+        e.contains("cannot reach registry") && e.contains("certificate"),
+        "{e}"
+    );
+    assert_eq!(
+        metric(&m, "reaper_registry_lookups_total{result=\"unreachable\"}"),
+        1.0
+    );
 }

@@ -61,7 +61,12 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// An open registry.
     pub fn start() -> Self {
-        Self::start_with(Auth::None, None)
+        Self::start_with(Auth::None, None, None)
+    }
+
+    /// An open registry serving HTTPS with this certificate and key (PEM).
+    pub fn start_tls(cert_pem: &str, key_pem: &str) -> Self {
+        Self::start_with(Auth::None, None, Some((cert_pem, key_pem)))
     }
 
     /// A registry requiring basic auth (htpasswd, bcrypt via `htpasswd -Bbn`).
@@ -72,15 +77,16 @@ impl TestRegistry {
                 password: password.into(),
             },
             Some(format!("{user}:{password}")),
+            None,
         )
     }
 
     /// A registry requiring bearer tokens from `token`'s server; `push_creds` for skopeo.
     pub fn start_token(token: TokenConfig, push_creds: &str) -> Self {
-        Self::start_with(Auth::Token(token), Some(push_creds.to_string()))
+        Self::start_with(Auth::Token(token), Some(push_creds.to_string()), None)
     }
 
-    fn start_with(auth: Auth, push_creds: Option<String>) -> Self {
+    fn start_with(auth: Auth, push_creds: Option<String>, tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().expect("temp dir for the registry");
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -111,8 +117,21 @@ impl TestRegistry {
                 )
             }
         };
+        let tls_yaml = match tls {
+            None => String::new(),
+            Some((cert, key)) => {
+                let (c, k) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+                std::fs::write(&c, cert).unwrap();
+                std::fs::write(&k, key).unwrap();
+                format!(
+                    "  tls:\n    certificate: {}\n    key: {}\n",
+                    c.display(),
+                    k.display()
+                )
+            }
+        };
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: reaper-test-secret\n{auth_yaml}",
+            "version: 0.1\nlog:\n  level: info\n  formatter: text\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: reaper-test-secret\n{tls_yaml}{auth_yaml}",
             data.display()
         );
         let config_path = dir.path().join("config.yml");
@@ -130,7 +149,7 @@ impl TestRegistry {
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(rest) = text.split("msg=\"listening on ").nth(1) {
-                break rest.split('"').next().unwrap_or_default().to_string();
+                break rest.split(['"', ',']).next().unwrap_or_default().to_string();
             }
             assert!(
                 Instant::now() < deadline,
