@@ -1151,3 +1151,51 @@ fn finish(
     plan.warnings = warnings;
     plan
 }
+
+#[cfg(test)]
+mod tests {
+    use super::arch_allowed;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut spec = spec;
+        spec["containers"] = serde_json::json!([{"name": "c", "image": "i"}]);
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn affinity(terms: serde_json::Value) -> Pod {
+        pod(serde_json::json!({"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }}}))
+    }
+
+    #[test]
+    fn architecture_constraints() {
+        let free = pod(serde_json::json!({}));
+        assert!(arch_allowed(&free, "arm64") && arch_allowed(&free, "amd64"));
+        let sel =
+            pod(serde_json::json!({"nodeSelector": {"kubernetes.io/arch": "arm64", "zone": "a"}}));
+        assert!(arch_allowed(&sel, "arm64") && !arch_allowed(&sel, "amd64"));
+        let beta = pod(serde_json::json!({"nodeSelector": {"beta.kubernetes.io/arch": "amd64"}}));
+        assert!(!arch_allowed(&beta, "arm64"));
+        // Terms are ORed, expressions ANDed; other keys do not matter.
+        let a = affinity(serde_json::json!([
+            {"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64", "s390x"]},
+                {"key": "kubernetes.io/arch", "operator": "NotIn", "values": ["s390x"]}
+            ]},
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["ppc64le"]}]}
+        ]));
+        assert!(arch_allowed(&a, "arm64") && arch_allowed(&a, "ppc64le"));
+        assert!(!arch_allowed(&a, "s390x") && !arch_allowed(&a, "amd64"));
+        let other = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+        ]));
+        assert!(arch_allowed(&other, "amd64"));
+        let none = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "DoesNotExist"}]}
+        ]));
+        assert!(!arch_allowed(&none, "amd64"));
+    }
+}
