@@ -149,7 +149,11 @@ impl TestRegistry {
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if let Some(rest) = text.split("msg=\"listening on ").nth(1) {
-                break rest.split(['"', ',']).next().unwrap_or_default().to_string();
+                break rest
+                    .split(['"', ','])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
             }
             assert!(
                 Instant::now() < deadline,
