@@ -7,7 +7,7 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 
-.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook fuzz-webhook
+.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz-webhook
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -63,6 +63,10 @@ demo: tools
 ## Webhook HTTPS load benchmark (wrk) against its in-process floor.
 bench-webhook:
 	bench/webhook.sh
+
+## Admission latency with registry lookups: cold vs warm cache vs pod with command (one run).
+bench-registry:
+	bench/registry.sh
 
 ## Fuzz the webhook's decode + plan (nightly + cargo-fuzz); FUZZ_SECONDS per target (default 60).
 fuzz-webhook:

@@ -28,6 +28,15 @@ pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
 /// Annotation `kubectl rollout restart` sets on a pod template.
 pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 
+/// Node label with the CPU architecture (GOARCH names); its deprecated beta spelling is still
+/// honoured in node selectors.
+pub const LABEL_ARCH: &str = "kubernetes.io/arch";
+pub const LABEL_ARCH_BETA: &str = "beta.kubernetes.io/arch";
+
+/// Env var of a wrapped container whose image's platforms run different argvs: JSON object
+/// `os/arch[/variant]` → argv, read by the reaper at start.
+pub const ENV_PLATFORM_ARGV: &str = "REAPER_PLATFORM_ARGV";
+
 /// Server-side apply field managers.
 pub const MANAGER_AGENT: &str = "reaper-agent";
 pub const MANAGER_OPERATOR: &str = "reaper-operator";

@@ -95,6 +95,7 @@ impl Webhook {
             install_cpu_limit: "100m".into(),
             install_memory_limit: "64Mi".into(),
             volume_size_limit: "8Mi".into(),
+            registry: Default::default(),
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_with(args, resolver, async move {

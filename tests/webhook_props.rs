@@ -13,7 +13,7 @@ use reaper::crd::{
     ReaperPolicySpec, SignalRewrite,
 };
 use reaper::webhook::argv::{Argv, effective_argv, plan_argv};
-use reaper::webhook::images::{ImageConfig, ImageIndex};
+use reaper::webhook::images::{ImageConfig, ImageIndex, PlatformConfig};
 use reaper::webhook::plan::{Config, Outcome, Scope, image_argv, plan};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,6 +26,9 @@ const IMAGES: &[&str] = &[
     "private.example.com/x:2",
     "busybox",
 ];
+
+/// The image of [`IMAGES`] that is multi-platform when known.
+const MULTI_ARCH: &str = "ghcr.io/acme/app:1";
 
 fn word() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -210,7 +213,23 @@ fn input() -> impl Strategy<Value = Input> {
                 });
                 let mut images = ImageIndex::new();
                 for (img, k) in IMAGES.iter().zip(known) {
-                    if k {
+                    if k && *img == MULTI_ARCH {
+                        // An index whose platforms disagree: amd64's argv goes after `--`,
+                        // the rest into REAPER_PLATFORM_ARGV.
+                        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect();
+                        images.insert(
+                            *img,
+                            Ok(ImageConfig::from_platforms(vec![
+                                PlatformConfig::new("linux/arm64/v8", v(&["/arm$"]), v(&["$(X)"])),
+                                PlatformConfig::new(
+                                    "linux/amd64",
+                                    v(&["/entry$"]),
+                                    v(&["run", "$(X)"]),
+                                ),
+                            ])
+                            .unwrap()),
+                        );
+                    } else if k {
                         images.insert(
                             *img,
                             Ok(ImageConfig::new(
@@ -285,6 +304,21 @@ proptest! {
                     .collect();
                 let got = effective_argv(n, reaper::webhook::argv::ImageArgv::Unknown).unwrap();
                 prop_assert_eq!(got, want, "container {}", o.name);
+                // A multi-platform image whose platforms differ carries every platform's argv.
+                let platform_env = n.env.iter().flatten().find(|e| e.name == "REAPER_PLATFORM_ARGV");
+                let image_decides = o.command.as_ref().is_none_or(|c| c.is_empty());
+                let multi = image_decides
+                    && o.image.as_deref() == Some(MULTI_ARCH)
+                    && matches!(image, reaper::webhook::argv::ImageArgv::Resolved(c) if !c.platforms.is_empty());
+                if multi && !o.env.iter().flatten().any(|e| e.name == "REAPER_PLATFORM_ARGV") {
+                    let raw = platform_env.and_then(|e| e.value.clone()).expect("REAPER_PLATFORM_ARGV added");
+                    let table: BTreeMap<String, Vec<String>> = serde_json::from_str(&raw).unwrap();
+                    let after_dashes = effective_argv(o, image).unwrap();
+                    prop_assert_eq!(&table["linux/amd64"], &after_dashes);
+                    prop_assert!(table["linux/arm64/v8"][0] == "/arm$$");
+                } else if !multi {
+                    prop_assert_eq!(platform_env, o.env.iter().flatten().find(|e| e.name == "REAPER_PLATFORM_ARGV"));
+                }
                 let m = n.volume_mounts.iter().flatten().find(|m| m.mount_path == "/.reaper").expect("mounted");
                 prop_assert_eq!(m.read_only, Some(true));
                 let vol = qs.volumes.iter().flatten().find(|v| v.name == m.name).expect("volume exists");

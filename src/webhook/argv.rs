@@ -14,6 +14,7 @@
 use super::images::ImageConfig;
 use crate::crd::EntrypointOverride;
 use k8s_openapi::api::core::v1::Container;
+use std::collections::BTreeMap;
 
 /// Basenames of programs that already do an init's job (reap, forward signals) as PID 1.
 /// `init` covers s6-overlay's `/init` and sysvinit/busybox `/sbin/init`; `systemd` refuses to
@@ -94,6 +95,44 @@ pub fn effective_argv(container: &Container, image: ImageArgv<'_>) -> Option<Vec
         None => argv.extend(escape_all(cmd)),
     }
     Some(argv)
+}
+
+/// For a container without `command` whose image's platforms disagree: the full argv of each
+/// platform (key `os/arch[/variant]` as in the index), written like [`effective_argv`] (image
+/// strings escaped, the pod's `args` kept), which is what `REAPER_PLATFORM_ARGV` carries. `None`
+/// when the pod sets `command`, the image has one config, or every platform ends up with the same
+/// argv (the pod's `args` replace differing CMDs). A platform whose argv would be empty is left
+/// out (the reaper then runs the argv after `--`); of duplicate keys the first wins, as in the
+/// reaper.
+pub fn platform_argv(
+    container: &Container,
+    image: ImageArgv<'_>,
+) -> Option<BTreeMap<String, Vec<String>>> {
+    if non_empty(&container.command).is_some() {
+        return None;
+    }
+    let ImageArgv::Resolved(config) = image else {
+        return None;
+    };
+    if config.platforms.is_empty() {
+        return None;
+    }
+    let default = effective_argv(container, image)?;
+    let mut map = BTreeMap::new();
+    for p in &config.platforms {
+        let mut argv = escape_all(&p.entrypoint);
+        match non_empty(&container.args) {
+            Some(args) => argv.extend(args.iter().cloned()),
+            None => argv.extend(escape_all(&p.cmd)),
+        }
+        if !argv.is_empty() {
+            map.entry(p.platform.clone()).or_insert(argv);
+        }
+    }
+    if map.values().all(|argv| *argv == default) {
+        return None;
+    }
+    Some(map)
 }
 
 /// How a target container stands with respect to wrapping.
@@ -336,6 +375,54 @@ mod tests {
         assert_eq!(
             plan_argv(&c(None, None), ImageArgv::Policy(&e), R, &[]),
             Argv::HasInit("dumb-init".into())
+        );
+    }
+
+    #[test]
+    fn per_platform_argv() {
+        use crate::webhook::images::PlatformConfig;
+        let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let img = ImageConfig::from_platforms(vec![
+            PlatformConfig::new("linux/arm64/v8", v(&["/arm", "$A"]), v(&["serve"])),
+            PlatformConfig::new("linux/amd64", v(&["/amd"]), v(&["serve", "$(P)"])),
+            PlatformConfig::new("linux/ppc64le", v(&[]), v(&[])),
+            PlatformConfig::new("linux/amd64", v(&["/dup"]), v(&[])),
+        ])
+        .unwrap();
+        let r = ImageArgv::Resolved(&img);
+        // The argv after `--` is amd64's.
+        assert_eq!(
+            plan_argv(&c(None, None), r, R, &[]),
+            wrap(&[R, "--", "/amd"], Some(&["serve", "$$(P)"]))
+        );
+        let m = platform_argv(&c(None, None), r).unwrap();
+        assert_eq!(
+            m,
+            BTreeMap::from([
+                ("linux/amd64".to_string(), v(&["/amd", "serve", "$$(P)"])),
+                ("linux/arm64/v8".to_string(), v(&["/arm", "$$A", "serve"])),
+            ])
+        );
+        // Pod args replace CMD on every platform; the entrypoints still differ.
+        let m = platform_argv(&c(None, Some(&["$(X)"])), r).unwrap();
+        assert_eq!(m["linux/arm64/v8"], v(&["/arm", "$$A", "$(X)"]));
+        // A pod command makes the image irrelevant.
+        assert_eq!(platform_argv(&c(Some(&["/x"]), None), r), None);
+        // Only CMDs differ and the pod sets args: every platform runs the same argv.
+        let same_ep = ImageConfig::from_platforms(vec![
+            PlatformConfig::new("linux/amd64", v(&["/e"]), v(&["a"])),
+            PlatformConfig::new("linux/arm64", v(&["/e"]), v(&["b"])),
+        ])
+        .unwrap();
+        assert!(!same_ep.platforms.is_empty());
+        let r = ImageArgv::Resolved(&same_ep);
+        assert_eq!(platform_argv(&c(None, Some(&["z"])), r), None);
+        assert!(platform_argv(&c(None, None), r).is_some());
+        assert_eq!(platform_argv(&c(None, None), ImageArgv::Unknown), None);
+        let single = cfg(&["/e"], &[]);
+        assert_eq!(
+            platform_argv(&c(None, None), ImageArgv::Resolved(&single)),
+            None
         );
     }
 

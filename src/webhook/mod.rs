@@ -16,7 +16,8 @@ pub mod sources;
 pub mod tls;
 
 use crate::crd::Mode;
-use crate::{admin, metrics::Metrics};
+use crate::registry::{self, Registry};
+use crate::{admin, keys, metrics::Metrics};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ pub struct Args {
     /// sizeLimit of the `reaper-bin` emptyDir.
     #[arg(long, env = "REAPER_VOLUME_SIZE_LIMIT", default_value = "8Mi")]
     pub volume_size_limit: String,
+    /// Image lookup in registries (ENTRYPOINT/CMD of containers without `command`).
+    #[command(flatten)]
+    pub registry: registry::Args,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,6 +126,10 @@ pub enum Error {
     Kube(#[source] kube::Error),
     #[error("admin server: {0}")]
     Admin(#[source] std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    #[error("--warm-up needs cluster mode: drop --policies, or --warm-up=false")]
+    WarmUpNeedsCluster,
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -221,9 +229,9 @@ impl Args {
     }
 }
 
-/// Run until SIGTERM/SIGINT.
+/// Run until SIGTERM/SIGINT, resolving images from their registries.
 pub async fn run(args: Args) -> Result<()> {
-    run_with(args, Arc::new(images::NoImageResolver), shutdown_signal()).await
+    serve(args, None, shutdown_signal()).await
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -243,14 +251,29 @@ async fn shutdown_signal() {
     }
 }
 
-/// Run with a given image resolver until `stop` resolves (the registry lookup plugs in here).
+/// Run with a given image resolver (instead of the registries) until `stop` resolves.
 pub async fn run_with(
     args: Args,
     resolver: Arc<dyn images::ImageResolver>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
+    serve(args, Some(resolver), stop).await
+}
+
+/// The webhook; `resolver: None` means the registry resolver built from the flags.
+async fn serve(
+    args: Args,
+    resolver: Option<Arc<dyn images::ImageResolver>>,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<()> {
     let own_namespace = std::env::var("POD_NAMESPACE").ok();
     let config = args.config(own_namespace.as_deref())?;
+    let lookup = args.registry.settings()?;
+    let cluster_mode = args.policies.is_none();
+    let warm_up = args.registry.warm_up.unwrap_or(cluster_mode);
+    if warm_up && !cluster_mode {
+        return Err(Error::WarmUpNeedsCluster);
+    }
     let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let wm = server::WebhookMetrics::new(&metrics);
@@ -263,15 +286,49 @@ pub async fn run_with(
             source,
         })?;
 
-    let sources = match &args.policies {
-        Some(path) => {
+    let needs_client =
+        cluster_mode || (resolver.is_none() && lookup.auth == registry::AuthMode::PullSecrets);
+    let client = if needs_client {
+        Some(kube::Client::try_default().await.map_err(Error::Kube)?)
+    } else {
+        None
+    };
+    let sources = match (&args.policies, &client) {
+        (Some(path), _) => {
             let m = wm.clone();
             sources::from_file(path.clone(), shutdown.clone(), move |n| m.set_policies(n)).await?
         }
-        None => {
-            let client = kube::Client::try_default().await.map_err(Error::Kube)?;
+        (None, Some(client)) => {
             let m = wm.clone();
-            sources::from_cluster(client, shutdown.clone(), move |n| m.set_policies(n))
+            sources::from_cluster(client.clone(), shutdown.clone(), move |n| m.set_policies(n))
+        }
+        (None, None) => unreachable!("cluster mode always has a client"),
+    };
+    let resolve_timeout = lookup.lookup_timeout + server::RESOLVE_GRACE;
+    let resolver: Arc<dyn images::ImageResolver> = match resolver {
+        Some(r) => r,
+        None => {
+            tracing::info!(
+                auth = ?lookup.auth,
+                insecure = ?lookup.fetch.insecure,
+                tag_ttl = ?lookup.tag_ttl,
+                lookup_timeout = ?lookup.lookup_timeout,
+                warm_up,
+                "image lookup in registries"
+            );
+            let tag_ttl = lookup.tag_ttl;
+            let reg = Registry::new(lookup, client.clone(), &metrics);
+            if let (true, Some(client)) = (warm_up, &client) {
+                start_warm_up(
+                    client.clone(),
+                    reg.clone(),
+                    &sources,
+                    &config,
+                    tag_ttl,
+                    &shutdown,
+                );
+            }
+            Arc::new(reg)
         }
     };
 
@@ -314,7 +371,8 @@ pub async fn run_with(
         shutdown.clone(),
     ));
 
-    let state = server::AppState::new(config, sources, resolver, wm);
+    let state =
+        server::AppState::new(config, sources, resolver, wm).with_resolve_timeout(resolve_timeout);
     tracing::info!(addr = %args.listen, "webhook listening (HTTPS)");
     let serving = tokio::spawn(tls::serve(
         listener,
@@ -336,6 +394,44 @@ pub async fn run_with(
         Some(Ok(Err(e))) => Err(Error::Admin(e)),
         _ => Ok(()),
     }
+}
+
+/// Prefetch the images of workload templates in opted-in namespaces once policies and namespace
+/// labels are synced (before that every template would look out of scope).
+fn start_warm_up(
+    client: kube::Client,
+    reg: Registry,
+    sources: &sources::Sources,
+    config: &plan::Config,
+    tag_ttl: Duration,
+    shutdown: &CancellationToken,
+) {
+    let (s, cfg) = (sources.clone(), config.clone());
+    let wanted: registry::warmup::Wanted = Arc::new(move |pod, namespace| {
+        let ns = s.namespace_labels(namespace);
+        if ns.labels.get(keys::LABEL_INJECT).map(String::as_str) != Some(keys::INJECT_ENABLED) {
+            return Vec::new();
+        }
+        let policies = s.policies();
+        let scope = plan::Scope {
+            namespace,
+            namespace_labels: &ns.labels,
+        };
+        plan::images_to_resolve(pod, scope, &policies, &cfg)
+    });
+    // Re-checked a few times per TTL so entries are looked up again soon after they expire.
+    let refresh = (tag_ttl / 4).max(Duration::from_secs(5));
+    let (s, stop) = (sources.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        while !s.is_synced() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        tracing::info!(refresh = ?refresh, "warm-up: watching workload templates");
+        registry::warmup::spawn(client, reg, wanted, refresh, stop);
+    });
 }
 
 #[cfg(test)]

@@ -5,15 +5,15 @@
 //! whose `command[0]` is the reaper path, the install init container and its volume, a shared PID
 //! namespace, the annotation) and only adds what is missing. So `mutate(mutate(p)) == mutate(p)`,
 //! and a reinvocation after another webhook added a container wraps just that container.
-use super::argv::{Argv, ImageArgv, plan_argv};
+use super::argv::{Argv, ImageArgv, plan_argv, platform_argv};
 use super::images::{ImageIndex, image_matches};
 use crate::crd::{Enforcement, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
 use crate::keys;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, Pod, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, Pod, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::Value;
@@ -189,8 +189,12 @@ pub struct Wrap {
     pub args: Option<Vec<String>>,
     /// Mount to add (`None`: already there).
     pub mount: Option<VolumeMount>,
+    /// `REAPER_PLATFORM_ARGV` to add: the image's platforms run different argvs (JSON object).
+    pub platform_argv: Option<String>,
     /// Whether the container already has a `volumeMounts` list.
     had_mounts: bool,
+    /// Whether the container already has an `env` list.
+    had_env: bool,
 }
 
 /// The injected volume and init container, when the pod does not have them yet.
@@ -299,6 +303,23 @@ impl Plan {
             }
             if let Some(args) = &w.args {
                 ops.push(add(ptr(&[base[0], base[1], &idx, "args"]), strings(args)));
+            }
+            if let Some(value) = &w.platform_argv {
+                // Appended last, so the kubelet's `$(VAR)` expansion sees the same variables as
+                // in `args`.
+                let var = to_value(&EnvVar {
+                    name: keys::ENV_PLATFORM_ARGV.to_string(),
+                    value: Some(value.clone()),
+                    value_from: None,
+                });
+                if w.had_env {
+                    ops.push(add(ptr(&[base[0], base[1], &idx, "env", "-"]), var));
+                } else {
+                    ops.push(add(
+                        ptr(&[base[0], base[1], &idx, "env"]),
+                        Value::Array(vec![var]),
+                    ));
+                }
             }
             if let Some(mount) = &w.mount {
                 let value = to_value(mount);
@@ -684,6 +705,14 @@ pub fn plan(
     let had_annotations = pod.metadata.annotations.is_some();
     let already_shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
     let host_pid = host_pid(pod);
+    // Multi-platform images: only the architectures the pod can be scheduled on count.
+    let narrowed;
+    let images = if images.has_platforms() {
+        narrowed = images.narrowed(|arch| arch_allowed(pod, arch));
+        &narrowed
+    } else {
+        images
+    };
 
     let share = |warnings: Vec<String>| {
         let changes = Changes {
@@ -710,14 +739,15 @@ pub fn plan(
     let reaper_path = cfg.reaper_path();
     let flags = spec.reaper.to_flags();
     // Classify every target.
-    let mut wrapped: Vec<(Slot, &Container, Option<Argv>)> = Vec::new();
+    let mut wrapped: Vec<Target> = Vec::new();
     let mut unwrappable: Vec<String> = Vec::new();
     let mut with_init: Vec<(String, String)> = Vec::new();
     let install_volume = install.as_ref().map(|i| i.volume.as_str());
     for (slot, c) in &targets {
-        let argv = plan_argv(c, image_argv(c, &spec, images), &reaper_path, &flags);
+        let image = image_argv(c, &spec, images);
+        let argv = plan_argv(c, image, &reaper_path, &flags);
         match argv {
-            Argv::Wrapped => wrapped.push((*slot, c, None)),
+            Argv::Wrapped => wrapped.push((*slot, c, None, None)),
             Argv::HasInit(init) => with_init.push((c.name.clone(), init)),
             Argv::Unknown(why) => {
                 unwrappable.push(format!("container {:?}: cannot wrap, {why}", c.name))
@@ -727,7 +757,21 @@ pub fn plan(
                     "container {:?}: cannot wrap, its volumeMount {other:?} already uses {}",
                     c.name, cfg.mount_path
                 )),
-                None => wrapped.push((*slot, c, Some(wrap))),
+                None => {
+                    let per_platform = platform_argv(c, image).and_then(|m| {
+                        if has_env(c, keys::ENV_PLATFORM_ARGV) {
+                            warnings.push(format!(
+                                "reaper: container {:?} sets {} itself; the image's per-platform argv was not added",
+                                c.name,
+                                keys::ENV_PLATFORM_ARGV
+                            ));
+                            return None;
+                        }
+                        // A map of string vectors always serialises.
+                        serde_json::to_string(&m).ok()
+                    });
+                    wrapped.push((*slot, c, Some(wrap), per_platform))
+                }
             },
         }
     }
@@ -795,7 +839,7 @@ pub fn plan(
         return skipped(warnings, reason);
     }
     init_notes(&mut warnings);
-    let names: Vec<String> = wrapped.iter().map(|(_, c, _)| c.name.clone()).collect();
+    let names: Vec<String> = wrapped.iter().map(|(_, c, _, _)| c.name.clone()).collect();
     let changes = if audit {
         Changes::default()
     } else {
@@ -851,11 +895,62 @@ fn free_name(base: &str, taken: &BTreeSet<&str>) -> String {
         .unwrap_or_else(|| base.to_string())
 }
 
+/// A container to run under reaper: its slot, the container, its new argv (`None`: wrapped by an
+/// earlier pass) and its `REAPER_PLATFORM_ARGV` value, if any.
+type Target<'a> = (Slot, &'a Container, Option<Argv>, Option<String>);
+
+fn has_env(c: &Container, name: &str) -> bool {
+    c.env.iter().flatten().any(|e| e.name == name)
+}
+
+/// Whether the pod may be scheduled on nodes of CPU architecture `arch` (GOARCH name), judging by
+/// `kubernetes.io/arch` in its `nodeSelector` and in its required node affinity (terms are ORed,
+/// expressions ANDed; `In`, `NotIn`, `Exists`, `DoesNotExist`; other keys are ignored).
+pub fn arch_allowed(pod: &Pod, arch: &str) -> bool {
+    let Some(spec) = &pod.spec else { return true };
+    let is_arch_key = |k: &str| k == keys::LABEL_ARCH || k == keys::LABEL_ARCH_BETA;
+    if let Some(selector) = &spec.node_selector
+        && selector
+            .iter()
+            .any(|(k, v)| is_arch_key(k) && v.as_str() != arch)
+    {
+        return false;
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    if terms.is_empty() {
+        return true;
+    }
+    terms.iter().any(|term| {
+        term.match_expressions
+            .iter()
+            .flatten()
+            .filter(|e| is_arch_key(&e.key))
+            .all(|e| {
+                let listed = e.values.iter().flatten().any(|v| v == arch);
+                match e.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    "DoesNotExist" => false,
+                    _ => true,
+                }
+            })
+    })
+}
+
 fn inject_changes(
     pod: &Pod,
     cfg: &Config,
     existing: Option<&ExistingInstall>,
-    wrapped: &[(Slot, &Container, Option<Argv>)],
+    wrapped: &[Target<'_>],
 ) -> Changes {
     let spec = pod.spec.as_ref();
     let init = spec
@@ -914,7 +1009,7 @@ fn inject_changes(
         read_only: Some(true),
         ..Default::default()
     };
-    for (slot, c, argv) in wrapped {
+    for (slot, c, argv, per_platform) in wrapped {
         let mount = if has_our_mount(c, &cfg.mount_path, &volume_name)
             || (argv.is_none() && has_mount_at(c, &cfg.mount_path))
         {
@@ -934,15 +1029,17 @@ fn inject_changes(
             command,
             args,
             mount,
+            platform_argv: per_platform.clone(),
             had_mounts: c.volume_mounts.is_some(),
+            had_env: c.env.is_some(),
         });
     }
     // Our install container must run before every wrapped init container.
     if let Some(e) = existing {
         let first_wrapped_init = wrapped
             .iter()
-            .filter(|(s, _, _)| s.list == List::Init)
-            .map(|(s, _, _)| s.index)
+            .filter(|(s, _, _, _)| s.list == List::Init)
+            .map(|(s, _, _, _)| s.index)
             .min();
         if e.index > 0 && first_wrapped_init.is_some_and(|i| i < e.index) && e.index < init.len() {
             changes.move_install_from = Some(e.index);
@@ -1053,4 +1150,52 @@ fn finish(
     }
     plan.warnings = warnings;
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arch_allowed;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut spec = spec;
+        spec["containers"] = serde_json::json!([{"name": "c", "image": "i"}]);
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn affinity(terms: serde_json::Value) -> Pod {
+        pod(serde_json::json!({"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }}}))
+    }
+
+    #[test]
+    fn architecture_constraints() {
+        let free = pod(serde_json::json!({}));
+        assert!(arch_allowed(&free, "arm64") && arch_allowed(&free, "amd64"));
+        let sel =
+            pod(serde_json::json!({"nodeSelector": {"kubernetes.io/arch": "arm64", "zone": "a"}}));
+        assert!(arch_allowed(&sel, "arm64") && !arch_allowed(&sel, "amd64"));
+        let beta = pod(serde_json::json!({"nodeSelector": {"beta.kubernetes.io/arch": "amd64"}}));
+        assert!(!arch_allowed(&beta, "arm64"));
+        // Terms are ORed, expressions ANDed; other keys do not matter.
+        let a = affinity(serde_json::json!([
+            {"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64", "s390x"]},
+                {"key": "kubernetes.io/arch", "operator": "NotIn", "values": ["s390x"]}
+            ]},
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["ppc64le"]}]}
+        ]));
+        assert!(arch_allowed(&a, "arm64") && arch_allowed(&a, "ppc64le"));
+        assert!(!arch_allowed(&a, "s390x") && !arch_allowed(&a, "amd64"));
+        let other = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+        ]));
+        assert!(arch_allowed(&other, "amd64"));
+        let none = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "DoesNotExist"}]}
+        ]));
+        assert!(!arch_allowed(&none, "amd64"));
+    }
 }

@@ -27,8 +27,13 @@ use tracing::{Instrument, field};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
-/// How long the handler waits for the image resolver before planning without its answers.
-pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long the handler waits for the image resolver before planning without its answers, unless
+/// set with [`AppState::with_resolve_timeout`] (the webhook uses `--lookup-timeout` +
+/// [`RESOLVE_GRACE`]: the registry resolver answers each image within `--lookup-timeout` itself,
+/// so this bound only catches a resolver that does not).
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_millis(2500);
+/// Added to `--lookup-timeout` for the handler's own bound on the resolver.
+pub const RESOLVE_GRACE: Duration = Duration::from_millis(500);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
