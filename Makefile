@@ -99,7 +99,7 @@ demo-kind:
 ## Pod-create latency through the API server with the webhook vs without (local control plane).
 bench-latency: tools
 	$(CARGO) build --release --bin reaper-controller
-	REAPER_CONTROLLER_BIN=target/release/reaper-controller $(CARGO) run --release --example latency
+	REAPER_CONTROLLER_BIN=target/release/reaper-controller $(CARGO) run --example latency
 
 ## The whole system on a local control plane (same harness as the tests). Ctrl-C stops it;
 ## DEMO_EXIT=1 exits 0 right after printing.

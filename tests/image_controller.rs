@@ -53,7 +53,11 @@ fn image_files(pm: &Podman, image: &str) -> BTreeSet<String> {
     pm.ok(&["create", "--name", &c, image]);
     let tar = pm.scratch_dir("export").join("fs.tar");
     pm.ok(&["export", "-o", tar.to_str().unwrap(), &c]);
-    let out = std::process::Command::new("tar").arg("-tf").arg(&tar).output().expect("tar");
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&tar)
+        .output()
+        .expect("tar");
     assert!(out.status.success());
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -64,15 +68,30 @@ fn image_files(pm: &Podman, image: &str) -> BTreeSet<String> {
 
 #[test]
 fn reaper_image_holds_only_the_static_init() {
-    let Some(pm) = podman("image reaper") else { return };
+    let Some(pm) = podman("image reaper") else {
+        return;
+    };
     let image = pm.build_reaper_image();
-    assert_eq!(inspect(&pm, &image, "{{.Config.User}}"), format!("{UID}:{UID}"));
-    assert_eq!(inspect(&pm, &image, "{{json .Config.Entrypoint}}"), r#"["/reaper"]"#);
     assert_eq!(
-        inspect(&pm, &image, "{{index .Config.Labels \"org.opencontainers.image.title\"}}"),
+        inspect(&pm, &image, "{{.Config.User}}"),
+        format!("{UID}:{UID}")
+    );
+    assert_eq!(
+        inspect(&pm, &image, "{{json .Config.Entrypoint}}"),
+        r#"["/reaper"]"#
+    );
+    assert_eq!(
+        inspect(
+            &pm,
+            &image,
+            "{{index .Config.Labels \"org.opencontainers.image.title\"}}"
+        ),
         "reaper"
     );
-    assert_eq!(image_files(&pm, &image), BTreeSet::from(["reaper".to_string()]));
+    assert_eq!(
+        image_files(&pm, &image),
+        BTreeSet::from(["reaper".to_string()])
+    );
     let out = pm.ok(&["run", "--rm", "--network", "none", &image, "--version"]);
     assert_eq!(out, format!("reaper {}", env!("CARGO_PKG_VERSION")));
     // The same bytes as the binary it was built from.
@@ -80,14 +99,22 @@ fn reaper_image_holds_only_the_static_init() {
     pm.ok(&["create", "--name", &c, &image]);
     let dest = pm.scratch_dir("copy").join("reaper");
     pm.ok(&["cp", &format!("{c}:/reaper"), dest.to_str().unwrap()]);
-    assert!(fs::read(&dest).unwrap() == fs::read(reaper_binary()).unwrap(), "/reaper differs from target/reaper/reaper");
+    assert!(
+        fs::read(&dest).unwrap() == fs::read(reaper_binary()).unwrap(),
+        "/reaper differs from target/reaper/reaper"
+    );
 }
 
 #[test]
 fn controller_image_runs_the_controller_under_reaper() {
-    let Some(pm) = podman("image controller") else { return };
+    let Some(pm) = podman("image controller") else {
+        return;
+    };
     let image = pm.build_controller_image();
-    assert_eq!(inspect(&pm, &image, "{{.Config.User}}"), format!("{UID}:{UID}"));
+    assert_eq!(
+        inspect(&pm, &image, "{{.Config.User}}"),
+        format!("{UID}:{UID}")
+    );
     assert_eq!(
         inspect(&pm, &image, "{{json .Config.Entrypoint}}"),
         r#"["/reaper","--","/reaper-controller"]"#
@@ -101,9 +128,19 @@ fn controller_image_runs_the_controller_under_reaper() {
         assert!(help.contains(sub), "--help lacks {sub}:\n{help}");
     }
     let version = pm.ok(&["run", "--rm", "--network", "none", &image, "--version"]);
-    assert_eq!(version, format!("reaper-controller {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version,
+        format!("reaper-controller {}", env!("CARGO_PKG_VERSION"))
+    );
     // A usage error passes through the reaper with the controller's exit code (clap: 2).
-    let out = pm.exec(&["run", "--rm", "--network", "none", &image, "no-such-command"]);
+    let out = pm.exec(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &image,
+        "no-such-command",
+    ]);
     assert_eq!(out.code, Some(2), "{out:?}");
     assert!(controller_binary().exists());
 }
@@ -123,21 +160,29 @@ impl DnsResponder {
         let pid = std::process::id();
         let addr = Ipv4Addr::new(127, 53, (pid >> 8) as u8, pid as u8 | 1);
         let sock = UdpSocket::bind((addr, 53)).unwrap_or_else(|e| panic!("binding {addr}:53: {e}"));
-        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         let asked = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s) = (asked.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             let mut buf = [0u8; 512];
             while !s.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = sock.recv_from(&mut buf) else { continue };
+                let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                    continue;
+                };
                 if let Some((qname, answer)) = dns_answer(&buf[..n], name) {
                     a.lock().unwrap().push(qname);
                     let _ = sock.send_to(&answer, peer);
                 }
             }
         });
-        DnsResponder { addr, asked, stop, thread: Some(thread) }
+        DnsResponder {
+            addr,
+            asked,
+            stop,
+            thread: Some(thread),
+        }
     }
 }
 
@@ -206,7 +251,8 @@ fn dns_answers_are_well_formed() {
 fn readyz(port: u16) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    s.write_all(b"GET /readyz HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     buf.split_whitespace().nth(1)?.parse().ok()
@@ -228,7 +274,10 @@ enum Reach {
     /// kubelet mounts them.
     InCluster,
     /// A kubeconfig naming `host`, resolved through the given podman flags.
-    Named { host: &'static str, podman: Vec<String> },
+    Named {
+        host: &'static str,
+        podman: Vec<String>,
+    },
 }
 
 fn token_kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
@@ -259,7 +308,10 @@ fn run_webhook(pm: &Podman, scene: &Scene, what: &str, how: Reach) {
             open_up(&sa);
             args.extend([
                 "-v".into(),
-                format!("{}:/var/run/secrets/kubernetes.io/serviceaccount:ro", sa.display()),
+                format!(
+                    "{}:/var/run/secrets/kubernetes.io/serviceaccount:ro",
+                    sa.display()
+                ),
                 "-e".into(),
                 "KUBERNETES_SERVICE_HOST=127.0.0.1".into(),
                 "-e".into(),
@@ -269,7 +321,11 @@ fn run_webhook(pm: &Podman, scene: &Scene, what: &str, how: Reach) {
         Reach::Named { host, podman } => {
             let kc = pm.scratch_dir("kubeconfig");
             let server = format!("https://{host}:{}", scene.api_port);
-            fs::write(kc.join("config"), token_kubeconfig(&server, &scene.ca_pem, &scene.token)).unwrap();
+            fs::write(
+                kc.join("config"),
+                token_kubeconfig(&server, &scene.ca_pem, &scene.token),
+            )
+            .unwrap();
             open_up(&kc);
             args.extend(["-v".into(), format!("{}:/kube:ro", kc.display())]);
             args.extend(["-e".into(), "KUBECONFIG=/kube/config".into()]);
@@ -277,27 +333,29 @@ fn run_webhook(pm: &Podman, scene: &Scene, what: &str, how: Reach) {
         }
     }
     args.push(scene.image.clone());
-    args.extend(
-        [
-            "webhook".to_string(),
-            format!("--listen=127.0.0.1:{listen}"),
-            format!("--admin-listen=127.0.0.1:{admin}"),
-            "--tls-cert=/tls/tls.crt".into(),
-            "--tls-key=/tls/tls.key".into(),
-            "--reaper-image=example.com/reaper:test".into(),
-        ]
-        .into_iter(),
-    );
+    args.extend([
+        "webhook".to_string(),
+        format!("--listen=127.0.0.1:{listen}"),
+        format!("--admin-listen=127.0.0.1:{admin}"),
+        "--tls-cert=/tls/tls.crt".into(),
+        "--tls-key=/tls/tls.key".into(),
+        "--reaper-image=example.com/reaper:test".into(),
+    ]);
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     pm.ok(&refs);
     let pid = pm.wait_running(&name);
     let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        wait_until(Duration::from_secs(60), "webhook ready in the container", || {
-            (readyz(admin) == Some(200)).then_some(())
-        })
+        wait_until(
+            Duration::from_secs(60),
+            "webhook ready in the container",
+            || (readyz(admin) == Some(200)).then_some(()),
+        )
     }));
     if ready.is_err() {
-        panic!("the webhook in the image never became ready; its log:\n{}", pm.logs(&name));
+        panic!(
+            "the webhook in the image never became ready; its log:\n{}",
+            pm.logs(&name)
+        );
     }
     // PID 1 of the container is the reaper, running the controller, as 65532.
     let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -306,12 +364,22 @@ fn run_webhook(pm: &Podman, scene: &Scene, what: &str, how: Reach) {
         .filter(|a| !a.is_empty())
         .map(|a| String::from_utf8_lossy(a).into_owned())
         .collect();
-    assert_eq!(argv[..3], ["/reaper", "--", "/reaper-controller"], "{argv:?}");
+    assert_eq!(
+        argv[..3],
+        ["/reaper", "--", "/reaper-controller"],
+        "{argv:?}"
+    );
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     let uid_line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    assert!(uid_line.split_whitespace().skip(1).all(|u| u == UID), "{uid_line}");
+    assert!(
+        uid_line.split_whitespace().skip(1).all(|u| u == UID),
+        "{uid_line}"
+    );
     let logs = pm.logs(&name);
-    assert!(!logs.contains("403") && !logs.to_lowercase().contains("forbidden"), "{logs}");
+    assert!(
+        !logs.contains("403") && !logs.to_lowercase().contains("forbidden"),
+        "{logs}"
+    );
     // SIGTERM reaches the webhook through the reaper: it drains and exits 0, promptly.
     let took = pm.stop(&name, 20);
     assert!(took < STOP_BOUND, "stop took {took:?}\n{}", pm.logs(&name));
@@ -320,8 +388,12 @@ fn run_webhook(pm: &Podman, scene: &Scene, what: &str, how: Reach) {
 
 #[test]
 fn controller_in_the_image_reaches_the_api_server_by_ip_dns_and_hosts() {
-    let Some(pm) = podman("image controller api") else { return };
-    let Some(cp) = control_plane::shared() else { return };
+    let Some(pm) = podman("image controller api") else {
+        return;
+    };
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
     let image = pm.build_controller_image();
     let rt = tokio::runtime::Runtime::new().unwrap();
     // The chart's webhook ServiceAccount and RBAC, for real, in a namespace of this test.
@@ -333,14 +405,20 @@ fn controller_in_the_image_reaches_the_api_server_by_ip_dns_and_hosts() {
         let objs = render(&release, &ns, &[V::Set("agent.enabled", "false")]);
         let rbac: Vec<_> = cluster::rbac(objs.all())
             .into_iter()
-            .filter(|o| o["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-webhook")))
+            .filter(|o| {
+                o["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-webhook"))
+            })
             .collect();
         assert_eq!(rbac.len(), 3, "SA, ClusterRole, ClusterRoleBinding");
         let errors = cluster::apply_all(&client, &rbac, false).await;
         assert!(errors.is_empty(), "{errors:#?}");
         let sa = format!("{release}-reaper-webhook");
         objs.get("ServiceAccount", &sa);
-        let token = cp.service_account_token(&client, &ns, &sa, Duration::from_secs(3600)).await;
+        let token = cp
+            .service_account_token(&client, &ns, &sa, Duration::from_secs(3600))
+            .await;
         (ns, token)
     });
     let api_port: u16 = cp.server.rsplit(':').next().unwrap().parse().unwrap();
@@ -373,7 +451,10 @@ fn controller_in_the_image_reaches_the_api_server_by_ip_dns_and_hosts() {
         },
     );
     let asked = dns.asked.lock().unwrap().clone();
-    assert!(asked.iter().any(|n| n == "kubernetes.default.svc"), "no DNS query seen: {asked:?}");
+    assert!(
+        asked.iter().any(|n| n == "kubernetes.default.svc"),
+        "no DNS query seen: {asked:?}"
+    );
     drop(dns);
 
     // 3. /etc/hosts only (no resolv.conf at all): the certificate also names `kubernetes`.
@@ -383,7 +464,12 @@ fn controller_in_the_image_reaches_the_api_server_by_ip_dns_and_hosts() {
         "hosts",
         Reach::Named {
             host: "kubernetes",
-            podman: vec!["--dns".into(), "none".into(), "--add-host".into(), "kubernetes:127.0.0.1".into()],
+            podman: vec![
+                "--dns".into(),
+                "none".into(),
+                "--add-host".into(),
+                "kubernetes:127.0.0.1".into(),
+            ],
         },
     );
 }

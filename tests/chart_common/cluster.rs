@@ -1,7 +1,7 @@
 //! Putting rendered chart objects on a real API server (tests/support/control_plane.rs).
+use kube::Client;
 use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::{Scope, pinned_kind};
-use kube::Client;
 use serde_json::Value;
 
 /// Field manager of what the chart tests apply.
@@ -23,9 +23,12 @@ pub async fn apply(client: &Client, obj: &Value, dry_run: bool) -> Result<Dynami
     let kind = obj["kind"].as_str().ok_or("no kind")?;
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let gvk = GroupVersionKind::gvk(group, version, kind);
-    let (ar, caps) = pinned_kind(client, &gvk)
-        .await
-        .map_err(|e| format!("{}: the API server does not serve {api_version} {kind}: {e}", id(obj)))?;
+    let (ar, caps) = pinned_kind(client, &gvk).await.map_err(|e| {
+        format!(
+            "{}: the API server does not serve {api_version} {kind}: {e}",
+            id(obj)
+        )
+    })?;
     let name = obj["metadata"]["name"].as_str().ok_or("no metadata.name")?;
     let api: Api<DynamicObject> = match caps.scope {
         Scope::Cluster => Api::all_with(client.clone(), &ar),
@@ -60,7 +63,13 @@ pub fn rbac(objs: &[Value]) -> Vec<Value> {
         .filter(|o| {
             matches!(
                 o["kind"].as_str(),
-                Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding" | "Role" | "RoleBinding")
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
             )
         })
         .cloned()

@@ -34,7 +34,10 @@ pub fn helm_run(args: &[&str]) -> Result<String, String> {
     if out.status.success() {
         Ok(stdout)
     } else {
-        Err(format!("helm {args:?} failed ({}):\n{stderr}{stdout}", out.status))
+        Err(format!(
+            "helm {args:?} failed ({}):\n{stderr}{stdout}",
+            out.status
+        ))
     }
 }
 
@@ -104,7 +107,10 @@ pub fn certs_modes() -> Vec<(&'static str, Vec<V<'static>>)> {
                 V::Set("certs.mode", "provided"),
                 V::Set("certs.provided.secretName", "my-webhook-tls"),
                 // base64 of a (dummy) PEM header: the API server only checks it is base64.
-                V::Str("certs.provided.caBundle", "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg=="),
+                V::Str(
+                    "certs.provided.caBundle",
+                    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==",
+                ),
             ],
         ),
     ]
@@ -147,7 +153,11 @@ impl Objects {
             .filter(|o| matches!(o["kind"].as_str(), Some("Deployment" | "DaemonSet")))
             .map(|o| {
                 (
-                    format!("{}/{}", o["kind"].as_str().unwrap(), o["metadata"]["name"].as_str().unwrap()),
+                    format!(
+                        "{}/{}",
+                        o["kind"].as_str().unwrap(),
+                        o["metadata"]["name"].as_str().unwrap()
+                    ),
                     &o["spec"]["template"]["spec"],
                 )
             })
@@ -201,7 +211,11 @@ pub fn allows(rules: &[Rule], group: &str, resource: &str, verb: &str, name: Opt
 /// A JSON array of strings as a Vec (empty when absent).
 pub fn strings(v: &Value) -> Vec<String> {
     v.as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
