@@ -348,3 +348,112 @@ async fn agent_works_as_its_chart_service_account() {
         .await
         .unwrap();
 }
+
+/// The operator binary: `REAPER_OPERATOR_BIN` (e.g. a build of the operator branch), else this
+/// package's `reaper-controller` when it has the `operator` subcommand.
+fn operator_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("REAPER_OPERATOR_BIN").map(PathBuf::from).unwrap_or_else(reaper_controller_bin);
+    let ok = Command::new(&bin)
+        .args(["operator", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(bin)
+}
+
+/// The operator with the chart's flags (self-managed certificates, leader election): takes the
+/// Lease, writes the certificate Secrets and the caBundle of the chart's webhook configuration,
+/// and patches a ReaperPolicy's status, with no 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_works_as_its_chart_service_account() {
+    let Some(bin) = operator_bin() else {
+        eprintln!(
+            "\n!!! SKIPPING operator_works_as_its_chart_service_account: {} has no `operator` \
+             subcommand yet (set REAPER_OPERATOR_BIN to a build that has) !!!\n",
+            reaper_controller_bin().display()
+        );
+        return;
+    };
+    let Some(cp) = control_plane::shared() else { return };
+    let admin = cp.client().await;
+    let (objs, ns, release) = install_rbac(cp, &admin, &[]).await;
+    let (sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
+    // The chart's webhook configuration, for real, matching no namespace of other tests.
+    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
+    mwc["webhooks"][0]["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
+    cluster::apply(&admin, &mwc, false).await.unwrap_or_else(|e| panic!("{e}"));
+    let mwc_name = mwc["metadata"]["name"].as_str().unwrap().to_string();
+
+    let admin_port = free_port();
+    let deployment = objs.get("Deployment", &format!("{release}-reaper-operator"));
+    assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], sa.as_str());
+    let mut args: Vec<String> = objs
+        .args("Deployment", &format!("{release}-reaper-operator"))
+        .into_iter()
+        .filter(|a| !a.starts_with("--admin-listen="))
+        .collect();
+    assert_eq!(args[0], "operator");
+    args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
+    let secret = chart_common::flag(&args, "cert-secret").expect("--cert-secret").to_string();
+    let log = cp.dir().join(format!("{release}-operator.log"));
+    let mut cmd = Command::new(&bin);
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAMESPACE", &ns)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _child = ChildGuard::spawn(&mut cmd).expect("spawning the operator");
+    wait_ready("operator", admin_port, &log).await;
+
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    let mwcs = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(admin.clone());
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let tls = secrets.get_opt(&secret).await.unwrap();
+        let ca = secrets.get_opt(&format!("{secret}-ca")).await.unwrap();
+        let bundle = mwcs.get(&mwc_name).await.unwrap().webhooks.unwrap_or_default()[0]
+            .client_config
+            .ca_bundle
+            .clone();
+        let lease = leases.get_opt(reaper::keys::LEASE_OPERATOR).await.unwrap();
+        let held = lease.and_then(|l| l.spec?.holder_identity).is_some_and(|h| !h.is_empty());
+        let has = |s: &Option<Secret>, k: &str| s.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key(k));
+        if held && has(&tls, "tls.crt") && has(&tls, "ca.crt") && has(&ca, "tls.key") && bundle.is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operator: Lease held {held}, Secret {secret} {}, CA Secret {}, caBundle {} within {WAIT:?}; log:\n{}",
+            tls.is_some(),
+            ca.is_some(),
+            bundle.is_some(),
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A policy's status is written (reflectors over policies, namespaces, pods, replicasets and
+    // reports all listed and watching).
+    let name = unique_name("rbac-policy");
+    let policy: reaper::crd::ReaperPolicy = serde_json::from_value(json!({
+        "apiVersion": "reaper.dev/v1alpha1", "kind": "ReaperPolicy", "metadata": {"name": name},
+        "spec": {"mode": "Auto", "namespaceSelector": {"matchLabels": {"reaper.dev/test-rbac": release}}}
+    }))
+    .unwrap();
+    let policies = Api::<reaper::crd::ReaperPolicy>::all(admin.clone());
+    policies.create(&PostParams::default(), &policy).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = policies.get(&name).await.unwrap();
+        if p.status.as_ref().and_then(|s| s.observed_generation).is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no status on {name} within {WAIT:?}; log:\n{}", read(&log));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_no_403("operator", &log);
+    policies.delete(&name, &Default::default()).await.unwrap();
+    mwcs.delete(&mwc_name, &Default::default()).await.unwrap();
+}
