@@ -6,19 +6,34 @@
 #[path = "../tests/support/control_plane.rs"]
 mod control_plane;
 
-use anyhow::{Context, Result};
-use control_plane::ControlPlane;
+use anyhow::{Context, Result, bail};
+use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, reaper_controller_bin};
+use k8s_openapi::ByteString;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
+};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::Client;
-use kube::api::{Api, ListParams, Patch, PatchParams};
-use reaper::crd::ReaperPolicy;
-use serde_json::Value;
-use std::time::Instant;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use reaper::crd::{ReaperPolicy, ZombieReport};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Field manager for what the demo applies.
 const MANAGER: &str = "reaper-demo";
 /// The sample policy, shown to the user as a file they can edit and re-apply.
 const SAMPLE_POLICY: &str = include_str!("demo-policy.yaml");
+/// Namespace the sample pods go to (opted in with `reaper.dev/inject=enabled`).
+const DEMO_NAMESPACE: &str = "demo";
+/// The node name the local agent reports as (this machine stands in for one node).
+const DEMO_NODE: &str = "demo-node";
+/// What the injected init container would pull: no kubelet runs here, so it is never pulled.
+const DEMO_REAPER_IMAGE: &str = "localhost/reaper/reaper:dev";
 
 /// The demo, in order. Steps marked pending print what they will do once their component lands.
 #[derive(Clone, Copy, Debug)]
@@ -59,6 +74,8 @@ impl Step {
 struct Demo {
     cp: ControlPlane,
     client: Client,
+    /// Components run as local processes, killed when the demo ends.
+    children: Vec<ChildGuard>,
 }
 
 impl Demo {
@@ -67,11 +84,156 @@ impl Demo {
             Step::ControlPlane => self.control_plane().await,
             Step::Crds => self.crds().await,
             Step::Policy => self.policy().await,
-            Step::Webhook | Step::Operator | Step::Agent | Step::Pods => {
+            Step::Webhook => self.webhook().await,
+            Step::Agent => self.agent().await,
+            Step::Pods => self.pods().await,
+            Step::Operator => {
                 println!("   (pending: added when this component lands)");
                 Ok(())
             }
         }
+    }
+
+    /// Starts `reaper-controller <args>` with the admin kubeconfig, logging to the demo dir, and
+    /// waits for its `/readyz`.
+    async fn component(&mut self, name: &str, args: &[String]) -> Result<u16> {
+        let admin = free_port();
+        let log = self.cp.dir().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd: Command = self.cp.command(reaper_controller_bin());
+        cmd.arg(name)
+            .args(args)
+            .arg(format!("--admin-listen=127.0.0.1:{admin}"))
+            .env("POD_NAMESPACE", "reaper-system")
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let child = ChildGuard::spawn(&mut cmd).with_context(|| {
+            format!(
+                "starting {} (run `make build`)",
+                cmd.get_program().display()
+            )
+        })?;
+        self.children.push(child);
+        wait_ready(admin, &log).await?;
+        println!(
+            "   {name:<8} admin http://127.0.0.1:{admin}/metrics   log {}",
+            log.display()
+        );
+        Ok(admin)
+    }
+
+    /// The webhook as a local process, registered the way the chart registers it (but by URL).
+    async fn webhook(&mut self) -> Result<()> {
+        let dir = self.cp.dir().join("webhook");
+        std::fs::create_dir_all(&dir)?;
+        let ca = TestCa::new("reaper demo webhook CA");
+        let pair = ca.issue_server(&["127.0.0.1", "localhost"]);
+        let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+        std::fs::write(&cert, &pair.cert_pem)?;
+        std::fs::write(&key, &pair.key_pem)?;
+        let port = free_port();
+        let args = [
+            format!("--listen=127.0.0.1:{port}"),
+            format!("--tls-cert={}", cert.display()),
+            format!("--tls-key={}", key.display()),
+            format!("--reaper-image={DEMO_REAPER_IMAGE}"),
+        ];
+        self.component("webhook", &args).await?;
+        let mwc = registration(port, &ca.cert_pem());
+        Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+            .patch(
+                "reaper",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&mwc),
+            )
+            .await
+            .context("applying the MutatingWebhookConfiguration")?;
+        println!("   MutatingWebhookConfiguration reaper -> https://127.0.0.1:{port}/mutate");
+        println!(
+            "   (namespaceSelector reaper.dev/inject=enabled, failurePolicy Ignore, pods CREATE)"
+        );
+        Ok(())
+    }
+
+    /// The agent scanning this machine's /proc as if it were a node, publishing its report.
+    async fn agent(&mut self) -> Result<()> {
+        // No kubelet registers a node here; the report's ownerReference needs a Node object.
+        let node: Node = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": DEMO_NODE, "labels": {"kubernetes.io/hostname": DEMO_NODE}},
+        }))?;
+        Api::<Node>::all(self.client.clone())
+            .patch(
+                DEMO_NODE,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&node),
+            )
+            .await
+            .context("applying Node demo-node")?;
+        let args = [
+            format!("--node-name={DEMO_NODE}"),
+            "--interval=5s".to_string(),
+            "--report=true".to_string(),
+        ];
+        self.component("agent", &args).await?;
+        let api = Api::<ZombieReport>::all(self.client.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while api.get_opt(DEMO_NODE).await?.is_none() {
+            if Instant::now() > deadline {
+                bail!("no ZombieReport {DEMO_NODE} within 60 s (see the agent log)");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        print_table(&self.client, "/apis/reaper.dev/v1alpha1/zombiereports").await
+    }
+
+    /// Sample pods through the real admission chain. No kubelet runs, so they stay Pending; what
+    /// matters here is the spec the API server stored after the webhook.
+    async fn pods(&mut self) -> Result<()> {
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(DEMO_NAMESPACE.into()),
+                labels: Some(BTreeMap::from([(
+                    "reaper.dev/inject".to_string(),
+                    "enabled".to_string(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                DEMO_NAMESPACE,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&ns),
+            )
+            .await
+            .context("applying namespace demo")?;
+        // What kube-controller-manager's ServiceAccount controller would create.
+        let sa: ServiceAccount = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"},
+        }))?;
+        Api::<ServiceAccount>::namespaced(self.client.clone(), DEMO_NAMESPACE)
+            .patch(
+                "default",
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&sa),
+            )
+            .await
+            .context("applying ServiceAccount demo/default")?;
+        let api = Api::<Pod>::namespaced(self.client.clone(), DEMO_NAMESPACE);
+        for (name, labels, container) in sample_pods() {
+            let pod: Pod = serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {"containers": [container]},
+            }))?;
+            let before = pod.clone();
+            let _ = api.delete(name, &Default::default()).await;
+            let stored = create_when_gone(&api, &pod).await?;
+            describe(&before, &stored);
+        }
+        Ok(())
     }
 
     async fn control_plane(&mut self) -> Result<()> {
@@ -132,6 +294,169 @@ impl Demo {
             .await
             .with_context(|| format!("applying ReaperPolicy {name}"))?;
         print_table(&self.client, "/apis/reaper.dev/v1alpha1/reaperpolicies").await
+    }
+}
+
+/// The MutatingWebhookConfiguration the chart ships, pointing at a local URL instead of a Service.
+fn registration(port: u16, ca_pem: &str) -> MutatingWebhookConfiguration {
+    MutatingWebhookConfiguration {
+        metadata: kube::api::ObjectMeta {
+            name: Some("reaper".into()),
+            ..Default::default()
+        },
+        webhooks: Some(vec![MutatingWebhook {
+            name: "pods.reaper.dev".into(),
+            admission_review_versions: vec!["v1".into()],
+            side_effects: "None".into(),
+            failure_policy: Some("Ignore".into()),
+            reinvocation_policy: Some("IfNeeded".into()),
+            timeout_seconds: Some(5),
+            client_config: WebhookClientConfig {
+                url: Some(format!("https://127.0.0.1:{port}/mutate")),
+                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
+                service: None,
+            },
+            rules: Some(vec![RuleWithOperations {
+                operations: Some(vec!["CREATE".into()]),
+                api_groups: Some(vec!["".into()]),
+                api_versions: Some(vec!["v1".into()]),
+                resources: Some(vec!["pods".into()]),
+                scope: Some("Namespaced".into()),
+            }]),
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some(BTreeMap::from([(
+                    "reaper.dev/inject".to_string(),
+                    "enabled".to_string(),
+                )])),
+                match_expressions: None,
+            }),
+            object_selector: Some(LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![LabelSelectorRequirement {
+                    key: "reaper.dev/inject".into(),
+                    operator: "NotIn".into(),
+                    values: Some(vec!["disabled".into()]),
+                }]),
+            }),
+            match_policy: None,
+            match_conditions: None,
+        }]),
+    }
+}
+
+/// The sample pods: (name, labels, the one container).
+fn sample_pods() -> Vec<(&'static str, Value, Value)> {
+    let restricted = json!({
+        "runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+    });
+    vec![
+        // argv known from the spec: wrapped with the reaper.
+        (
+            "with-command",
+            json!({}),
+            json!({"name": "app", "image": "busybox:1.37", "securityContext": restricted,
+                   "command": ["sh", "-c", "while true; do (sleep 1 &); sleep 5; done"]}),
+        ),
+        // argv only in the image: resolved from its registry, or shareProcessNamespace when the
+        // registry cannot be reached (as here: no network).
+        (
+            "image-entrypoint",
+            json!({}),
+            json!({"name": "web", "image": "nginx:1.27", "securityContext": restricted}),
+        ),
+        // opted out by label: left alone.
+        (
+            "opted-out",
+            json!({"reaper.dev/inject": "disabled"}),
+            json!({"name": "app", "image": "busybox:1.37", "securityContext": restricted,
+                   "command": ["sleep", "infinity"]}),
+        ),
+    ]
+}
+
+/// Creates `pod`, retrying while a previous run's pod of the same name is still being deleted.
+async fn create_when_gone(api: &Api<Pod>, pod: &Pod) -> Result<Pod> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match api.create(&PostParams::default(), pod).await {
+            Ok(p) => return Ok(p),
+            Err(kube::Error::Api(e)) if e.code == 409 && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => return Err(e).context("creating a sample pod"),
+        }
+    }
+}
+
+/// Prints what admission changed: the annotation, shareProcessNamespace, init containers, argv.
+fn describe(before: &Pod, after: &Pod) {
+    let name = after.metadata.name.as_deref().unwrap_or_default();
+    let injected = after
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get("reaper.dev/injected"))
+        .map_or("<none>", String::as_str);
+    println!("   pod {name}: reaper.dev/injected={injected}");
+    let (b, a) = (
+        before.spec.clone().unwrap_or_default(),
+        after.spec.clone().unwrap_or_default(),
+    );
+    if a.share_process_namespace != b.share_process_namespace {
+        println!(
+            "     shareProcessNamespace: {:?} -> {:?}",
+            b.share_process_namespace, a.share_process_namespace
+        );
+    }
+    for c in a.init_containers.iter().flatten() {
+        println!(
+            "     + initContainer {} ({}) {:?}",
+            c.name,
+            c.image.as_deref().unwrap_or(""),
+            c.command
+                .iter()
+                .flatten()
+                .chain(c.args.iter().flatten())
+                .collect::<Vec<_>>()
+        );
+    }
+    for (cb, ca) in b.containers.iter().zip(&a.containers) {
+        if cb.command != ca.command {
+            println!(
+                "     {}: command {:?}",
+                ca.name,
+                cb.command.as_deref().unwrap_or_default()
+            );
+            println!(
+                "     {}:      -> {:?}",
+                ca.name,
+                ca.command.as_deref().unwrap_or_default()
+            );
+        } else {
+            println!("     {}: command unchanged", ca.name);
+        }
+    }
+}
+
+/// Polls a component's `/readyz` (60 s), showing its log when it never gets ready.
+async fn wait_ready(admin: u16, log: &Path) -> Result<()> {
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            bail!(
+                "{url} not ready within 60 s; log {}:\n{tail}",
+                log.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -221,7 +546,11 @@ async fn main() -> Result<()> {
     // Blocking start (a few seconds); stopped (processes killed, temp dir removed) when `demo` drops.
     let cp = ControlPlane::start().map_err(anyhow::Error::msg)?;
     let client = cp.client().await;
-    let mut demo = Demo { cp, client };
+    let mut demo = Demo {
+        cp,
+        client,
+        children: Vec::new(),
+    };
     for (i, step) in Step::ALL.into_iter().enumerate() {
         if i > 0 {
             println!("== {}. {}", i + 1, step.title());
@@ -243,7 +572,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     println!(
-        "Try: kubectl --kubeconfig {} get reaperpolicies,crds",
+        "Try: kubectl --kubeconfig {} get reaperpolicies,zombiereports,pods -A",
         demo.cp.kubeconfig().display()
     );
     println!("Ctrl-C stops everything.");

@@ -352,7 +352,9 @@ async fn agent_works_as_its_chart_service_account() {
 /// The operator binary: `REAPER_OPERATOR_BIN` (e.g. a build of the operator branch), else this
 /// package's `reaper-controller` when it has the `operator` subcommand.
 fn operator_bin() -> Option<PathBuf> {
-    let bin = std::env::var_os("REAPER_OPERATOR_BIN").map(PathBuf::from).unwrap_or_else(reaper_controller_bin);
+    let bin = std::env::var_os("REAPER_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(reaper_controller_bin);
     let ok = Command::new(&bin)
         .args(["operator", "--help"])
         .output()
@@ -373,19 +375,26 @@ async fn operator_works_as_its_chart_service_account() {
         );
         return;
     };
-    let Some(cp) = control_plane::shared() else { return };
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
     let admin = cp.client().await;
     let (objs, ns, release) = install_rbac(cp, &admin, &[]).await;
     let (sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
     // The chart's webhook configuration, for real, matching no namespace of other tests.
     let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
     mwc["webhooks"][0]["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
-    cluster::apply(&admin, &mwc, false).await.unwrap_or_else(|e| panic!("{e}"));
+    cluster::apply(&admin, &mwc, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let mwc_name = mwc["metadata"]["name"].as_str().unwrap().to_string();
 
     let admin_port = free_port();
     let deployment = objs.get("Deployment", &format!("{release}-reaper-operator"));
-    assert_eq!(deployment["spec"]["template"]["spec"]["serviceAccountName"], sa.as_str());
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        sa.as_str()
+    );
     let mut args: Vec<String> = objs
         .args("Deployment", &format!("{release}-reaper-operator"))
         .into_iter()
@@ -393,7 +402,9 @@ async fn operator_works_as_its_chart_service_account() {
         .collect();
     assert_eq!(args[0], "operator");
     args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
-    let secret = chart_common::flag(&args, "cert-secret").expect("--cert-secret").to_string();
+    let secret = chart_common::flag(&args, "cert-secret")
+        .expect("--cert-secret")
+        .to_string();
     let log = cp.dir().join(format!("{release}-operator.log"));
     let mut cmd = Command::new(&bin);
     cmd.env("KUBECONFIG", &kubeconfig)
@@ -407,20 +418,39 @@ async fn operator_works_as_its_chart_service_account() {
     wait_ready("operator", admin_port, &log).await;
 
     let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
-    let mwcs = Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(admin.clone());
+    let mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            admin.clone(),
+        );
     let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns);
     let deadline = Instant::now() + WAIT;
     loop {
         let tls = secrets.get_opt(&secret).await.unwrap();
         let ca = secrets.get_opt(&format!("{secret}-ca")).await.unwrap();
-        let bundle = mwcs.get(&mwc_name).await.unwrap().webhooks.unwrap_or_default()[0]
+        let bundle = mwcs
+            .get(&mwc_name)
+            .await
+            .unwrap()
+            .webhooks
+            .unwrap_or_default()[0]
             .client_config
             .ca_bundle
             .clone();
         let lease = leases.get_opt(reaper::keys::LEASE_OPERATOR).await.unwrap();
-        let held = lease.and_then(|l| l.spec?.holder_identity).is_some_and(|h| !h.is_empty());
-        let has = |s: &Option<Secret>, k: &str| s.as_ref().and_then(|s| s.data.as_ref()).is_some_and(|d| d.contains_key(k));
-        if held && has(&tls, "tls.crt") && has(&tls, "ca.crt") && has(&ca, "tls.key") && bundle.is_some() {
+        let held = lease
+            .and_then(|l| l.spec?.holder_identity)
+            .is_some_and(|h| !h.is_empty());
+        let has = |s: &Option<Secret>, k: &str| {
+            s.as_ref()
+                .and_then(|s| s.data.as_ref())
+                .is_some_and(|d| d.contains_key(k))
+        };
+        if held
+            && has(&tls, "tls.crt")
+            && has(&tls, "ca.crt")
+            && has(&ca, "tls.key")
+            && bundle.is_some()
+        {
             break;
         }
         assert!(
@@ -443,14 +473,25 @@ async fn operator_works_as_its_chart_service_account() {
     }))
     .unwrap();
     let policies = Api::<reaper::crd::ReaperPolicy>::all(admin.clone());
-    policies.create(&PostParams::default(), &policy).await.unwrap();
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
     let deadline = Instant::now() + WAIT;
     loop {
         let p = policies.get(&name).await.unwrap();
-        if p.status.as_ref().and_then(|s| s.observed_generation).is_some() {
+        if p.status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "no status on {name} within {WAIT:?}; log:\n{}", read(&log));
+        assert!(
+            Instant::now() < deadline,
+            "no status on {name} within {WAIT:?}; log:\n{}",
+            read(&log)
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert_no_403("operator", &log);

@@ -31,8 +31,9 @@ const TEST_LABEL: &str = "reaper.dev/test-webhook";
 
 /// A running webhook process and its registration.
 struct Webhook {
-    _child: ChildGuard,
+    child: ChildGuard,
     id: String,
+    failure_policy: String,
     admin: u16,
     log: PathBuf,
     client: Client,
@@ -41,6 +42,12 @@ struct Webhook {
 
 impl Webhook {
     async fn start(cp: &ControlPlane, client: &Client) -> Self {
+        Self::start_with(cp, client, "Fail").await
+    }
+
+    /// `failure_policy`: `Fail` makes a broken webhook show up as a failed create; the chart
+    /// ships `Ignore`, which the fail-open test uses.
+    async fn start_with(cp: &ControlPlane, client: &Client, failure_policy: &str) -> Self {
         cp.install_crds(client).await;
         let id = unique_name("wh");
         let dir = cp.dir().join(&id);
@@ -72,8 +79,9 @@ impl Webhook {
         .stderr(std::fs::File::create(dir.join("webhook.err")).unwrap());
         let child = ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller webhook");
         let w = Self {
-            _child: child,
+            child,
             id: id.clone(),
+            failure_policy: failure_policy.to_string(),
             admin,
             log: dir.join("webhook.err"),
             client: client.clone(),
@@ -117,8 +125,7 @@ impl Webhook {
                 name: "pods.reaper.dev".into(),
                 admission_review_versions: vec!["v1".into()],
                 side_effects: "None".into(),
-                // Fail in tests so a broken webhook shows up as a failed create.
-                failure_policy: Some("Fail".into()),
+                failure_policy: Some(self.failure_policy.clone()),
                 reinvocation_policy: Some("IfNeeded".into()),
                 timeout_seconds: Some(10),
                 client_config: WebhookClientConfig {
@@ -478,5 +485,283 @@ async fn policies_from_the_cluster_are_followed() {
             .delete(&name, &DeleteParams::default())
             .await;
     }
+    w.stop().await;
+}
+
+/// Annotation of a corpus fixture naming the `reaper.dev/injected` value the webhook must produce.
+const EXPECT: &str = "test.reaper.dev/expect";
+const REAPER_PATH: &str = "/.reaper/reaper";
+
+/// `tests/fixtures/corpus/*.yaml`, sorted by file name.
+fn corpus() -> Vec<(String, Pod)> {
+    let dir = control_plane::repo_root().join("tests/fixtures/corpus");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let pod: Pod = serde_yaml::from_str(&text)
+                .unwrap_or_else(|e| panic!("{}: not a Pod: {e}", p.display()));
+            (p.file_name().unwrap().to_string_lossy().into_owned(), pod)
+        })
+        .collect()
+}
+
+fn all_containers(p: &Pod) -> Vec<&k8s_openapi::api::core::v1::Container> {
+    let spec = p.spec.as_ref().unwrap();
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .collect()
+}
+
+/// What the stored pod must look like given the `reaper.dev/injected` value: wrapped containers
+/// run `/.reaper/reaper -- <original command>` with args untouched and the binary mounted
+/// read-only; every other container keeps its command; `share` sets shareProcessNamespace.
+fn check_mutation(original: &Pod, stored: &Pod, injected: &str) -> Result<(), String> {
+    let wrapped: Vec<&str> = injected
+        .strip_prefix("inject:")
+        .map(|l| l.split(',').collect())
+        .unwrap_or_default();
+    let spec = stored.spec.as_ref().unwrap();
+    let shared = spec.share_process_namespace == Some(true);
+    if injected == "share" && !shared {
+        return Err("annotated share but shareProcessNamespace is not true".into());
+    }
+    for before in all_containers(original) {
+        let after = container(stored, &before.name);
+        if wrapped.contains(&before.name.as_str()) {
+            let orig = before
+                .command
+                .as_ref()
+                .ok_or_else(|| format!("{}: wrapped without a known command", before.name))?;
+            let mut want = vec![REAPER_PATH.to_string(), "--".to_string()];
+            want.extend(orig.iter().cloned());
+            if after.command.as_ref() != Some(&want) {
+                return Err(format!(
+                    "{}: command {:?}, want {want:?}",
+                    before.name, after.command
+                ));
+            }
+            if after.args != before.args {
+                return Err(format!("{}: args changed to {:?}", before.name, after.args));
+            }
+            let mounted = after
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path == "/.reaper" && m.read_only == Some(true));
+            if !mounted {
+                return Err(format!("{}: no read-only mount at /.reaper", before.name));
+            }
+        } else if after.command != before.command || after.args != before.args {
+            return Err(format!(
+                "{}: not listed in {injected:?} but its argv changed",
+                before.name
+            ));
+        }
+    }
+    if !wrapped.is_empty() {
+        let first = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .next()
+            .map(|c| c.image.clone());
+        if first != Some(Some(REAPER_IMAGE.to_string())) {
+            return Err("the reaper install container is not first".into());
+        }
+    }
+    Ok(())
+}
+
+/// The stored pod as a user would re-submit it (`kubectl get -o yaml | kubectl create -f -`).
+fn resubmittable(stored: &Pod) -> Pod {
+    let mut p = stored.clone();
+    let m = &mut p.metadata;
+    m.name = None;
+    m.generate_name = Some("resubmit-".into());
+    m.uid = None;
+    m.resource_version = None;
+    m.creation_timestamp = None;
+    m.managed_fields = None;
+    p.status = None;
+    p
+}
+
+/// The parts of a pod the webhook may touch, for comparing two admissions.
+fn mutable_shape(p: &Pod) -> Value {
+    let spec = p.spec.as_ref().unwrap();
+    json!({
+        "annotation": annotation(p),
+        "share": spec.share_process_namespace,
+        "volumes": spec.volumes.iter().flatten().map(|v| &v.name).collect::<Vec<_>>(),
+        "containers": all_containers(p).iter().map(|c| json!({
+            "name": c.name, "command": c.command, "args": c.args,
+            "mounts": c.volume_mounts.iter().flatten()
+                .map(|m| (&m.name, &m.mount_path)).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+#[tokio::test]
+async fn real_world_corpus_is_mutated_accepted_and_idempotent() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w.namespace(cp, "corpus", &[]).await;
+    let pods = corpus();
+    assert!(
+        pods.len() >= 20,
+        "the corpus needs at least 20 pods, has {}",
+        pods.len()
+    );
+    let mut failures = Vec::new();
+    for (file, original) in &pods {
+        let want = original
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(EXPECT));
+        let want = want.unwrap_or_else(|| panic!("{file}: no {EXPECT} annotation"));
+        // A real create: the API server validates the mutated pod and stores it.
+        let stored = create(&client, &ns, original, false).await;
+        let got = annotation(&stored).unwrap_or("<none>");
+        if got != want {
+            failures.push(format!(
+                "{file}: reaper.dev/injected = {got:?}, want {want:?}"
+            ));
+            continue;
+        }
+        if let Err(e) = check_mutation(original, &stored, got) {
+            failures.push(format!("{file}: {e}"));
+            continue;
+        }
+        let again = create(&client, &ns, &resubmittable(&stored), false).await;
+        if mutable_shape(&again) != mutable_shape(&stored) {
+            failures.push(format!(
+                "{file}: re-submitting the mutated pod changed it:\n first {}\n again {}",
+                mutable_shape(&stored),
+                mutable_shape(&again)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus pods failed:\n{}\nwebhook log:\n{}",
+        failures.len(),
+        pods.len(),
+        failures.join("\n"),
+        w.logs()
+    );
+    w.stop().await;
+}
+
+/// Sets (or with `None` removes) the opt-in labels of an existing namespace.
+async fn label_namespace(client: &Client, name: &str, id: Option<&str>) {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    use kube::api::{Patch, PatchParams};
+    let labels = match id {
+        Some(id) => json!({"reaper.dev/inject": "enabled", TEST_LABEL: id}),
+        None => json!({"reaper.dev/inject": null, TEST_LABEL: null}),
+    };
+    let namespaces = Api::<Namespace>::all(client.clone());
+    if id.is_some() && namespaces.get_opt(name).await.unwrap().is_none() {
+        let mut ns = Namespace::default();
+        ns.metadata.name = Some(name.into());
+        namespaces
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+    }
+    namespaces
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("labelling namespace {name}: {e}"));
+    if id.is_some() {
+        let mut sa = ServiceAccount::default();
+        sa.metadata.name = Some("default".into());
+        match Api::<ServiceAccount>::namespaced(client.clone(), name)
+            .create(&PostParams::default(), &sa)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("creating {name}/default ServiceAccount: {e}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kube_system_and_its_own_namespace_are_never_touched() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let app = pod(
+        "app",
+        json!({"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}),
+    );
+    // The same pod is injected in an ordinary opted-in namespace...
+    let ns = w.namespace(cp, "control", &[]).await;
+    assert_eq!(
+        annotation(&create(&client, &ns, &app, true).await),
+        Some("inject:app")
+    );
+    // ...but not in kube-system or the webhook's own namespace (POD_NAMESPACE), even when their
+    // labels send the request to the webhook (the chart's namespaceSelector would not).
+    for excluded in ["kube-system", "reaper-system"] {
+        label_namespace(&client, excluded, Some(&w.id)).await;
+        let got = create(&client, excluded, &app, true).await;
+        label_namespace(&client, excluded, None).await;
+        assert_eq!(annotation(&got), None, "{excluded} was mutated");
+        assert_eq!(container(&got, "app").command.as_deref().unwrap(), ["/app"]);
+        assert!(got.spec.as_ref().unwrap().init_containers.is_none());
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn pods_are_still_created_when_the_webhook_is_down() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let mut w = Webhook::start_with(cp, &client, "Ignore").await;
+    let ns = w.namespace(cp, "failopen", &[]).await;
+    let app = pod(
+        "app",
+        json!({"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}),
+    );
+    assert_eq!(
+        annotation(&create(&client, &ns, &app, true).await),
+        Some("inject:app")
+    );
+
+    w.child.0.kill().expect("killing the webhook");
+    w.child.0.wait().expect("reaping the webhook");
+    let started = Instant::now();
+    let got = create(&client, &ns, &app, false).await;
+    assert_eq!(annotation(&got), None);
+    assert_eq!(container(&got, "app").command.as_deref().unwrap(), ["/app"]);
+    // Connection refused fails fast; the registration's 10 s timeout is the upper bound.
+    assert!(
+        started.elapsed() < Duration::from_secs(12),
+        "took {:?}",
+        started.elapsed()
+    );
     w.stop().await;
 }

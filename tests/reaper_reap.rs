@@ -153,6 +153,62 @@ fn drain_ends_early_when_leftovers_exit() {
     assert!(!out.stderr.contains("SIGKILL"), "{out:?}");
 }
 
+/// A signal that arrives while draining goes to the leftovers (the main child is gone): here it
+/// ends a TERM-ignoring leftover long before the grace would.
+fn forwards_signals_while_draining(how: As) {
+    let dir = tempdir();
+    let d = dir.path().display();
+    // USR1, not INT: background jobs of a non-interactive shell start with INT ignored.
+    let script = format!(
+        "bash -c 'trap \"\" TERM; trap \"echo usr1 > {d}/usr1; exit 0\" USR1; echo $$ > {d}/p1; while :; do sleep 0.05; done' & \
+         while [ ! -s {d}/p1 ] || [ ! -e {d}/go ]; do sleep 0.05; done; exit 5"
+    );
+    let run = start(
+        init_command(
+            reaper(),
+            how,
+            &["-vv", "--grace", "60s", "--", "bash", "-c", &script],
+        ),
+        how,
+    );
+    let init = run.init_pid();
+    wait_for_file(&dir.path().join("p1"), TIMEOUT);
+    let main = wait_until(TIMEOUT, "the main child", || {
+        children(init).first().copied()
+    });
+    fs::write(dir.path().join("go"), "").unwrap();
+    // Reaped (not merely a zombie): the init has seen the exit and started draining.
+    wait_until(TIMEOUT, "the main child to be reaped", || {
+        state(main).is_none().then_some(())
+    });
+    assert!(kill(init, libc::SIGUSR1));
+    let out = run.wait(Duration::from_secs(30));
+    assert_eq!(out.code(), 5, "the main child's status: {out:?}");
+    assert_eq!(
+        fs::read_to_string(dir.path().join("usr1")).unwrap(),
+        "usr1\n",
+        "{out:?}"
+    );
+    assert!(
+        out.stderr.contains("while draining, forwarded SIGUSR1"),
+        "{out:?}"
+    );
+    assert!(
+        !out.stderr.contains("SIGKILL"),
+        "ended by the signal, not the grace: {out:?}"
+    );
+}
+
+#[test]
+fn forwards_signals_while_draining_as_pid1() {
+    forwards_signals_while_draining(As::Pid1);
+}
+
+#[test]
+fn forwards_signals_while_draining_as_subreaper() {
+    forwards_signals_while_draining(As::Subreaper);
+}
+
 #[test]
 fn grace_zero_exits_at_once() {
     let out = run(

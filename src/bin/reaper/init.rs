@@ -153,10 +153,13 @@ impl Supervisor<'_> {
             if let Some(sig) = woke
                 && sig != libc::SIGCHLD
             {
-                self.forward(sig);
                 if drain.is_none() {
+                    self.forward(sig);
                     continue;
                 }
+                // Draining: the main child is gone, so the leftovers are who the signal is for
+                // (a second Ctrl-C or a TERM from the runtime must not wait out the grace).
+                self.forward_to_leftovers(sig);
             }
             // SIGCHLD, a timeout or an interruption: reap whatever is ready.
             let others_left = self.reap_all();
@@ -203,6 +206,24 @@ impl Supervisor<'_> {
                 }
                 Some(_) => {}
             }
+        }
+    }
+
+    /// Forwards a signal received while draining (after `--rewrite`) to every leftover.
+    fn forward_to_leftovers(&mut self, sig: c_int) {
+        let to = self.cfg.rewrite.apply(sig);
+        if to == 0 {
+            return;
+        }
+        self.signal_leftovers(to);
+        if self.cfg.verbosity >= 2 {
+            say(&[
+                Str("received "),
+                Sig(sig),
+                Str(" while draining, forwarded "),
+                Sig(to),
+                Str(" to the leftover processes"),
+            ]);
         }
     }
 
