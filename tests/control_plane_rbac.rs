@@ -9,6 +9,7 @@
 //! The operator is checked the same way once `reaper-controller operator` exists in main (its
 //! branch is being written in parallel).
 mod chart_common;
+mod e2e_scenarios;
 mod support;
 
 use chart_common::{Objects, V, cluster, render};
@@ -232,6 +233,16 @@ async fn webhook_works_as_its_chart_service_account() {
             .contains_key(reaper::keys::ANNOTATION_INJECTED),
         "own namespace mutated"
     );
+    // Scenario 3 of the kind suite at the API level: inject, share and auto pods are mutated and,
+    // as mutated, admitted by Pod Security "restricted" (it checks the pod after mutation).
+    let env = e2e_scenarios::Env {
+        client: admin.clone(),
+        release_ns: release_ns.clone(),
+        fullname: format!("{release}-reaper"),
+        image: "registry.example.com/library/busybox:1.36".into(),
+        ns_labels: vec![("reaper.dev/test-rbac".into(), release.clone())],
+    };
+    e2e_scenarios::every_mode_runs_under_restricted(&env, false).await;
     assert_no_403("webhook", &log);
     Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
         admin.clone(),

@@ -31,6 +31,9 @@ pub struct Env {
     pub fullname: String,
     /// A small image with `sh` and `sleep` (busybox).
     pub image: String,
+    /// Extra labels of every namespace a scenario creates (a local control-plane test scopes
+    /// its webhook registration with one).
+    pub ns_labels: Vec<(String, String)>,
 }
 
 impl Env {
@@ -46,19 +49,27 @@ impl Env {
             release_ns: var("REAPER_E2E_NAMESPACE", "reaper-system"),
             fullname: var("REAPER_E2E_FULLNAME", "reaper"),
             image: var("REAPER_E2E_IMAGE", "docker.io/library/busybox:1.36"),
+            ns_labels: Vec::new(),
         }
     }
 
     /// A fresh namespace opted in (`reaper.dev/inject=enabled`) with extra labels.
     pub async fn namespace(&self, prefix: &str, labels: &[(&str, &str)]) -> String {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
         let name = format!(
-            "{prefix}-{:x}",
-            Instant::now().elapsed().as_nanos() as u32 ^ std::process::id()
+            "{prefix}-{:08x}",
+            nanos ^ std::process::id().rotate_left(16) ^ n
         );
         let mut all: BTreeMap<String, String> = labels
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
+        all.extend(self.ns_labels.iter().cloned());
         all.insert(
             reaper::keys::LABEL_INJECT.into(),
             reaper::keys::INJECT_ENABLED.into(),
@@ -71,7 +82,59 @@ impl Env {
             .create(&PostParams::default(), &ns)
             .await
             .unwrap_or_else(|e| panic!("creating namespace {name}: {e}"));
+        // Pods need the `default` ServiceAccount: a cluster's controller manager creates it, a
+        // bare API server does not (conflict: it got there first).
+        let sa: k8s_openapi::api::core::v1::ServiceAccount = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}}),
+        )
+        .unwrap();
+        match Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(
+            self.client.clone(),
+            &name,
+        )
+        .create(&PostParams::default(), &sa)
+        .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => panic!("creating ServiceAccount {name}/default: {e}"),
+        }
+        self.wait_webhook_knows(&name).await;
         name
+    }
+
+    /// The webhook matches a pod by its namespace's labels from a reflector: a pod created before
+    /// the new namespace reaches it is matched by name only (not opted in). Dry-run creates
+    /// (admission runs, nothing is stored) until several in a row are mutated, so every replica
+    /// has most likely seen it.
+    async fn wait_webhook_knows(&self, ns: &str) {
+        let probe = restricted_pod(
+            "probe",
+            "registry.example.com/probe:1",
+            Some(&["/probe"]),
+            &[],
+            &[],
+        );
+        let pp = PostParams {
+            dry_run: true,
+            ..Default::default()
+        };
+        let api = self.pods(ns);
+        let mut in_a_row = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while in_a_row < 3 {
+            let got = api.create(&pp, &probe).await;
+            let mutated = got.as_ref().ok().and_then(injected).is_some();
+            in_a_row = if mutated { in_a_row + 1 } else { 0 };
+            assert!(
+                Instant::now() < deadline,
+                "the webhook does not mutate pods in {ns} within 60 s; last: {:?}",
+                got.map(|p| p.metadata.annotations)
+            );
+            if !mutated {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
     }
 
     pub async fn delete_namespace(&self, name: &str) {
