@@ -242,3 +242,65 @@ async fn chart_pods_pass_pod_security_at_the_documented_levels() {
         }
     }
 }
+
+/// `helm install` for real (CRDs from the chart's crds/ included; pods never run here: no
+/// scheduler), the NOTES it prints, and `helm uninstall`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn helm_install_and_uninstall_on_the_api_server() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let client = cp.client().await;
+    let ns = cp.ns(&client, "helm").await;
+    let release = unique_name("h");
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let chart = chart_common::chart_dir().display().to_string();
+    let run = |args: Vec<String>| {
+        let mut all = args;
+        all.extend([
+            "--kubeconfig".into(),
+            kubeconfig.clone(),
+            "--namespace".into(),
+            ns.clone(),
+        ]);
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        chart_common::helm_run(&refs).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let out = run(vec!["install".into(), release.clone(), chart.clone()]);
+    for want in [
+        "STATUS: deployed",
+        &format!("kubectl label namespace {ns} \\"),
+        "pod-security.kubernetes.io/enforce=privileged",
+        "kubectl label namespace <your-namespace> reaper.dev/inject=enabled",
+        "Certificates: self-managed",
+    ] {
+        assert!(out.contains(want), "NOTES lack {want:?}:\n{out}");
+    }
+    // What it created is there, as rendered.
+    let mwc_name = format!("{release}-reaper-webhook");
+    let mwcs: Api<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration> =
+        Api::all(client.clone());
+    let mwc = mwcs
+        .get(&mwc_name)
+        .await
+        .expect("the MutatingWebhookConfiguration");
+    let hook = &mwc.webhooks.unwrap()[0];
+    assert_eq!(hook.failure_policy.as_deref(), Some("Ignore"));
+    assert_eq!(hook.reinvocation_policy.as_deref(), Some("IfNeeded"));
+    let deps: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), &ns);
+    deps.get(&format!("{release}-reaper-webhook"))
+        .await
+        .expect("the webhook Deployment");
+    let out = run(vec![
+        "uninstall".into(),
+        release.clone(),
+        "--wait".into(),
+        "--timeout".into(),
+        "60s".into(),
+    ]);
+    assert!(out.contains("uninstalled"), "{out}");
+    assert!(
+        mwcs.get_opt(&mwc_name).await.unwrap().is_none(),
+        "uninstall left {mwc_name}"
+    );
+}
