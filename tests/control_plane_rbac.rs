@@ -119,6 +119,22 @@ async fn wait_ready(what: &str, admin: u16, log: &Path) {
     }
 }
 
+/// Scenario 5 of the kind suite, locally: the admin port's `/metrics` answers with the
+/// component's own metrics (`reaper_<component>_*`).
+async fn assert_metrics(component: &str, admin: u16) {
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    let r = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let text = r.text().await.unwrap();
+    let prefix = format!("reaper_{component}_");
+    assert!(
+        text.contains(&prefix),
+        "{component} /metrics has no {prefix}*:\n{text}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_works_as_its_chart_service_account() {
     let Some(cp) = control_plane::shared() else {
@@ -155,6 +171,7 @@ async fn webhook_works_as_its_chart_service_account() {
     let log = dir.join("webhook.log");
     let _child = spawn(&kubeconfig, &log, &args);
     wait_ready("webhook", admin_port, &log).await;
+    assert_metrics("webhook", admin_port).await;
 
     // The chart's MutatingWebhookConfiguration, reaching this process by URL, limited to the
     // namespaces of this test, failing closed so a broken call fails the create.
@@ -336,6 +353,7 @@ async fn agent_works_as_its_chart_service_account() {
     let log = cp.dir().join(format!("{release}-agent.log"));
     let _child = spawn(&kubeconfig, &log, &args);
     wait_ready("agent", admin_port, &log).await;
+    assert_metrics("agent", admin_port).await;
     let reports = Api::<ZombieReport>::all(admin.clone());
     let deadline = Instant::now() + WAIT;
     let report = loop {
@@ -428,6 +446,7 @@ async fn operator_works_as_its_chart_service_account() {
         .stderr(std::fs::File::create(&log).unwrap());
     let _child = ChildGuard::spawn(&mut cmd).expect("spawning the operator");
     wait_ready("operator", admin_port, &log).await;
+    assert_metrics("operator", admin_port).await;
 
     let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
     let mwcs =
