@@ -380,15 +380,18 @@ async fn agent_works_as_its_chart_service_account() {
 }
 
 /// The operator binary: `REAPER_OPERATOR_BIN` (e.g. a build of the operator branch), else this
-/// package's `reaper-controller` when it has the `operator` subcommand.
+/// package's `reaper-controller` once its `operator` subcommand is implemented.
 fn operator_bin() -> Option<PathBuf> {
     let bin = std::env::var_os("REAPER_OPERATOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(reaper_controller_bin);
+    // The skeleton's `operator` has no flags yet; the real one takes the chart's --cert-secret.
     let ok = Command::new(&bin)
         .args(["operator", "--help"])
         .output()
-        .is_ok_and(|o| o.status.success());
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains("--cert-secret")
+        });
     ok.then_some(bin)
 }
 
@@ -399,8 +402,8 @@ fn operator_bin() -> Option<PathBuf> {
 async fn operator_works_as_its_chart_service_account() {
     let Some(bin) = operator_bin() else {
         eprintln!(
-            "\n!!! SKIPPING operator_works_as_its_chart_service_account: {} has no `operator` \
-             subcommand yet (set REAPER_OPERATOR_BIN to a build that has) !!!\n",
+            "\n!!! SKIPPING operator_works_as_its_chart_service_account: {} has no implemented \
+             `operator` subcommand yet (set REAPER_OPERATOR_BIN to a build that has) !!!\n",
             reaper_controller_bin().display()
         );
         return;
