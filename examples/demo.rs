@@ -12,6 +12,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
 };
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
@@ -30,6 +31,8 @@ const MANAGER: &str = "reaper-demo";
 const SAMPLE_POLICY: &str = include_str!("demo-policy.yaml");
 /// Namespace the sample pods go to (opted in with `reaper.dev/inject=enabled`).
 const DEMO_NAMESPACE: &str = "demo";
+/// The operator's namespace (Lease), as in the chart.
+const OPERATOR_NAMESPACE: &str = "reaper-system";
 /// The node name the local agent reports as (this machine stands in for one node).
 const DEMO_NODE: &str = "demo-node";
 /// What the injected init container would pull: no kubelet runs here, so it is never pulled.
@@ -87,10 +90,7 @@ impl Demo {
             Step::Webhook => self.webhook().await,
             Step::Agent => self.agent().await,
             Step::Pods => self.pods().await,
-            Step::Operator => {
-                println!("   (pending: added when this component lands)");
-                Ok(())
-            }
+            Step::Operator => self.operator().await,
         }
     }
 
@@ -185,6 +185,87 @@ impl Demo {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         print_table(&self.client, "/apis/reaper.dev/v1alpha1/zombiereports").await
+    }
+
+    /// The operator as a local process with leader election on (Lease `reaper-operator` in
+    /// `reaper-system`); certificates stay with the webhook step's CA (no `--cert-secret`).
+    async fn operator(&mut self) -> Result<()> {
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NAMESPACE}
+        }))?;
+        Api::<Namespace>::all(self.client.clone())
+            .patch(
+                OPERATOR_NAMESPACE,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&ns),
+            )
+            .await
+            .with_context(|| format!("applying Namespace {OPERATOR_NAMESPACE}"))?;
+        self.component("operator", &["--batch-window=500ms".to_string()])
+            .await?;
+        let leases = Api::<Lease>::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        let policies = Api::<ReaperPolicy>::all(self.client.clone());
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let holder = leases
+                .get_opt("reaper-operator")
+                .await?
+                .and_then(|l| l.spec?.holder_identity);
+            let observed = policies
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .all(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.observed_generation)
+                        .is_some()
+                });
+            if let (Some(holder), true) = (holder, observed) {
+                println!("   leader     {holder} (Lease {OPERATOR_NAMESPACE}/reaper-operator)");
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the operator did not lead and write policy status within 60 s (see its log)"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        print_table(&self.client, "/apis/reaper.dev/v1alpha1/reaperpolicies").await
+    }
+
+    /// After the sample pods: the policy status the operator computed (`kubectl get rp -o yaml`).
+    async fn policy_status(&mut self) -> Result<()> {
+        let policies = Api::<ReaperPolicy>::all(self.client.clone());
+        let pods = Api::<Pod>::namespaced(self.client.clone(), DEMO_NAMESPACE)
+            .list(&ListParams::default())
+            .await?
+            .items
+            .len() as u32;
+        // The operator batches changes (--batch-window); give it a moment to count the pods.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let policy = loop {
+            let p = policies
+                .get("demo")
+                .await
+                .context("get ReaperPolicy demo")?;
+            let s = p.status.clone().unwrap_or_default();
+            if s.matched_pods + skipped_or_opted_out(&self.client).await? >= pods
+                || Instant::now() > deadline
+            {
+                break p;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        };
+        print_table(&self.client, "/apis/reaper.dev/v1alpha1/reaperpolicies").await?;
+        println!("   status of ReaperPolicy demo:");
+        let status = serde_yaml::to_string(&policy.status)?;
+        for line in status.lines() {
+            println!("     {line}");
+        }
+        Ok(())
     }
 
     /// Sample pods through the real admission chain. No kubelet runs, so they stay Pending; what
@@ -528,6 +609,16 @@ async fn print_table(client: &Client, path: &str) -> Result<()> {
     Ok(())
 }
 
+/// Pods of the demo namespace no policy governs: opted out with `reaper.dev/inject=disabled`.
+async fn skipped_or_opted_out(client: &Client) -> Result<u32> {
+    let lp = ListParams::default().labels("reaper.dev/inject=disabled");
+    Ok(Api::<Pod>::namespaced(client.clone(), DEMO_NAMESPACE)
+        .list(&lp)
+        .await?
+        .items
+        .len() as u32)
+}
+
 /// Waits for Ctrl-C or SIGTERM.
 async fn stop_requested() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -559,6 +650,8 @@ async fn main() -> Result<()> {
             .await
             .with_context(|| format!("demo step {:?}", step))?;
     }
+    println!("== policy status (operator)");
+    demo.policy_status().await.context("demo: policy status")?;
     // Quick check that the cluster answers what the steps set up.
     let policies = Api::<ReaperPolicy>::all(demo.client.clone())
         .list(&ListParams::default())

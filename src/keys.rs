@@ -34,3 +34,19 @@ pub const MANAGER_OPERATOR: &str = "reaper-operator";
 
 /// Lease used for operator leader election.
 pub const LEASE_OPERATOR: &str = "reaper-operator";
+
+/// Event reason the operator records on a pod whose zombies reached its policy's threshold.
+pub const REASON_ZOMBIES_DETECTED: &str = "ZombiesDetected";
+/// Event reason the operator records on a workload it rolled out because of zombies.
+pub const REASON_ZOMBIE_RESTART: &str = "ZombieRestart";
+/// `reportingController` of the operator's Events.
+pub const EVENT_REPORTER_OPERATOR: &str = "reaper.dev/operator";
+
+/// Secret key holding the CA bundle next to `tls.crt`/`tls.key` (self-managed webhook certificates).
+pub const SECRET_KEY_CA: &str = "ca.crt";
+/// Suffix of the Secret holding the self-managed CA's own certificate and key (`<cert-secret>-ca`).
+pub const CA_SECRET_SUFFIX: &str = "-ca";
+/// Annotation on the serving Secret: when `ca.crt` (the CA bundle) last changed (RFC 3339).
+pub const ANNOTATION_BUNDLE_CHANGED_AT: &str = "reaper.dev/bundle-changed-at";
+/// Annotation on the serving Secret: when `tls.crt` last changed (RFC 3339).
+pub const ANNOTATION_SERVING_CHANGED_AT: &str = "reaper.dev/serving-changed-at";

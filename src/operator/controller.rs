@@ -1,0 +1,1092 @@
+//! kube-runtime wiring: reflectors over Namespaces, Pods and ReplicaSets (metadata only) and
+//! ZombieReports; a [`Controller`] for ReaperPolicy whose `watches_stream` mappers re-trigger
+//! reconciles when any of them changes (no polling); [`reconcile`] turns the indexes into a
+//! [`status::Snapshot`], calls [`status::compute`], writes the status only when it changed, and
+//! carries out the actions (Events, restarts).
+//!
+//! Pod, namespace and report changes affect every policy's status (precedence and conflicts are
+//! cluster-wide), so they map to all policies; they are batched per `--batch-window` so a busy
+//! cluster costs at most one pass per window rather than one per pod update.
+use super::metrics::OperatorMetrics;
+use super::status::{self, Action, ActionLog, PodInfo, Settings, Snapshot};
+use crate::crd::{PolicySet, ReaperPolicy, ReaperPolicyStatus, ZombieReport};
+use crate::keys;
+use futures::{Stream, StreamExt};
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Retry delay after a failed reconcile.
+const ERROR_REQUEUE: Duration = Duration::from_secs(10);
+/// Restarts are remembered in memory this long (the live `restartedAt` covers longer cooldowns).
+const RESTART_MEMORY: Duration = Duration::from_secs(24 * 3600);
+/// Pods in these phases never hold zombies and are no longer governed by anything.
+const POD_FIELD_SELECTOR: &str = "status.phase!=Succeeded,status.phase!=Failed";
+/// Pod annotations the operator reads; every other annotation is dropped from the index.
+const POD_ANNOTATIONS: [&str; 4] = [
+    keys::ANNOTATION_INJECTED,
+    keys::ANNOTATION_MODE,
+    keys::ANNOTATION_MIRROR,
+    keys::ANNOTATION_RESTARTED_AT,
+];
+
+/// Errors of one reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the {0} reflector stopped before its first list completed")]
+    StoreNotReady(&'static str),
+    #[error(
+        "writing status of ReaperPolicy {policy}: {source} (does the operator's role allow patch on reaperpolicies/status?)"
+    )]
+    Status { policy: String, source: kube::Error },
+    #[error(
+        "recording an Event on {object}: {source} (does the role allow create/patch on events.k8s.io events?)"
+    )]
+    Event { object: String, source: kube::Error },
+    #[error("restarting {workload}: {source} (does the role allow get/patch on it?)")]
+    Restart {
+        workload: String,
+        source: kube::Error,
+    },
+}
+
+impl Error {
+    /// Label for `reaper_operator_reconcile_total{result}`.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::StoreNotReady(_) => "not_ready",
+            Error::Status { .. } => "status_error",
+            Error::Event { .. } => "event_error",
+            Error::Restart { .. } => "restart_error",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The indexes the operator reconciles from.
+#[derive(Clone)]
+pub struct Stores {
+    pub policies: Store<ReaperPolicy>,
+    pub namespaces: Store<PartialObjectMeta<Namespace>>,
+    pub pods: Store<PartialObjectMeta<Pod>>,
+    pub replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
+    pub reports: Store<ZombieReport>,
+}
+
+impl Stores {
+    async fn wait_until_ready(&self) -> Result<()> {
+        macro_rules! ready {
+            ($store:expr, $name:literal) => {
+                $store
+                    .wait_until_ready()
+                    .await
+                    .map_err(|_| Error::StoreNotReady($name))?
+            };
+        }
+        // The controller starts reconciling while its own store is still being listed: a
+        // policy computed against a partial policy set would miss conflicts (or itself).
+        ready!(self.policies, "reaperpolicy");
+        ready!(self.namespaces, "namespace");
+        ready!(self.pods, "pod");
+        ready!(self.replica_sets, "replicaset");
+        ready!(self.reports, "zombiereport");
+        Ok(())
+    }
+
+    fn pods(&self) -> Vec<PodInfo> {
+        let rs_owners = |ns: &str, name: &str| {
+            self.replica_sets
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|rs| rs.metadata.owner_references.clone().unwrap_or_default())
+        };
+        self.pods
+            .state()
+            .iter()
+            .filter_map(|p| pod_info(&p.metadata, &rs_owners))
+            .collect()
+    }
+
+    fn namespaces(&self) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.namespaces
+            .state()
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
+    }
+}
+
+fn pod_info(
+    meta: &kube::api::ObjectMeta,
+    rs_owners: &impl Fn(
+        &str,
+        &str,
+    )
+        -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
+) -> Option<PodInfo> {
+    let namespace = meta.namespace.clone()?;
+    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+    Some(PodInfo {
+        owner: status::resolve_owner(
+            &namespace,
+            meta.owner_references.as_deref().unwrap_or_default(),
+            rs_owners,
+        ),
+        namespace,
+        name: meta.name.clone()?,
+        uid: meta.uid.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+        injected: annotation(keys::ANNOTATION_INJECTED),
+        mode: annotation(keys::ANNOTATION_MODE),
+        mirror: annotation(keys::ANNOTATION_MIRROR).is_some(),
+        restarted_at: annotation(keys::ANNOTATION_RESTARTED_AT).and_then(|s| s.parse().ok()),
+    })
+}
+
+/// Everything a reconcile needs.
+pub struct Context {
+    pub client: Client,
+    pub stores: Stores,
+    pub settings: Settings,
+    pub log: Mutex<ActionLog>,
+    pub recorder: Recorder,
+    pub metrics: OperatorMetrics,
+    /// Set once every store has completed its first list.
+    ready: tokio::sync::OnceCell<()>,
+    /// Injectable for tests.
+    pub clock: Box<dyn Fn() -> Timestamp + Send + Sync>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        stores: Stores,
+        settings: Settings,
+        metrics: OperatorMetrics,
+        reporting_instance: String,
+    ) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: keys::EVENT_REPORTER_OPERATOR.to_string(),
+                instance: Some(reporting_instance),
+            },
+        );
+        Self {
+            client,
+            stores,
+            settings,
+            log: Mutex::default(),
+            recorder,
+            metrics,
+            ready: tokio::sync::OnceCell::new(),
+            clock: Box::new(Timestamp::now),
+        }
+    }
+
+    fn log(&self) -> std::sync::MutexGuard<'_, ActionLog> {
+        self.log.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Reconcile one policy: status, then its actions.
+pub async fn reconcile(policy: Arc<ReaperPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+    let started = Instant::now();
+    let result = reconcile_inner(&policy, &ctx).await;
+    ctx.metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.metric_label(),
+    };
+    ctx.metrics.reconciled(label);
+    result
+}
+
+async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue> {
+    // One waiter only: kube-runtime's `Store::wait_until_ready` keeps a single waker, so two
+    // reconciles waiting on it at once can lose the wake-up and hang. The OnceCell lets one
+    // task wait while the others queue on the cell.
+    ctx.ready
+        .get_or_try_init(|| ctx.stores.wait_until_ready())
+        .await?;
+    let name = policy.name_any();
+    let now = (ctx.clock)();
+    let policies = PolicySet::new(ctx.stores.policies.state());
+    let namespaces = ctx.stores.namespaces();
+    let pods = ctx.stores.pods();
+    let reports = ctx.stores.reports.state();
+    let zombies = status::index_zombies(reports.iter().map(|r| &r.spec));
+    let outcome = {
+        let mut log = ctx.log();
+        let live: BTreeSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
+        log.prune(&live, now, RESTART_MEMORY);
+        status::compute(
+            Snapshot {
+                policies: &policies,
+                namespaces: &namespaces,
+                pods: &pods,
+                zombies: &zombies,
+            },
+            &ctx.settings,
+            &log,
+            now,
+        )
+    };
+    ctx.metrics.set_policies(&outcome.statuses);
+
+    if let Some(desired) = outcome.statuses.get(&name) {
+        let current = policy.status.clone().unwrap_or_default();
+        if !status::same_status(&current, desired) {
+            write_status(ctx, &name, desired, now).await?;
+        }
+    }
+    for (pod, why) in &outcome.not_restarted {
+        tracing::debug!(policy = %name, pod = %format!("{}/{}", pod.namespace, pod.name), reason = ?why, "not restarting");
+    }
+    let mut first_error = None;
+    let mut next_due = outcome.next_due;
+    for action in outcome.actions.iter().filter(|a| a.policy() == name) {
+        match execute(ctx, action, now).await {
+            // Look again when the same action may be due next (zombies that stay are reported
+            // again after the interval, restarted again after the cooldown).
+            Ok(()) => {
+                let again = match action {
+                    Action::Event { .. } => ctx.settings.event_interval,
+                    Action::Restart { cooldown, .. } => *cooldown,
+                };
+                let at = now
+                    .checked_add(
+                        jiff::SignedDuration::try_from(again).unwrap_or(jiff::SignedDuration::MAX),
+                    )
+                    .unwrap_or(Timestamp::MAX);
+                next_due = Some(next_due.map_or(at, |d| d.min(at)));
+            }
+            Err(e) => {
+                tracing::warn!(policy = %name, error = %e, "action failed; retrying later");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
+    Ok(match next_due {
+        Some(at) => {
+            let wait: Duration = at.duration_since(now).try_into().unwrap_or_default();
+            Requeue::requeue(wait.max(Duration::from_secs(1)))
+        }
+        None => Requeue::await_change(),
+    })
+}
+
+/// Server-side applies the status subresource (field manager `reaper-operator`): fields left out
+/// (an emptied `topOffenders`) are removed, which a merge patch would not do.
+async fn write_status(
+    ctx: &Context,
+    name: &str,
+    desired: &ReaperPolicyStatus,
+    now: Timestamp,
+) -> Result<()> {
+    let status = ReaperPolicyStatus {
+        last_updated: Some(Time(Timestamp::from_second(now.as_second()).unwrap_or(now))),
+        ..desired.clone()
+    };
+    let patch = serde_json::json!({
+        "apiVersion": ReaperPolicy::api_version(&()),
+        "kind": ReaperPolicy::kind(&()),
+        "status": status,
+    });
+    Api::<ReaperPolicy>::all(ctx.client.clone())
+        .patch_status(
+            name,
+            &PatchParams::apply(keys::MANAGER_OPERATOR).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            policy: name.to_string(),
+            source,
+        })?;
+    tracing::info!(policy = %name, matched = desired.matched_pods, protected = desired.protected_pods, zombies = desired.zombies, "status updated");
+    Ok(())
+}
+
+async fn execute(ctx: &Context, action: &Action, now: Timestamp) -> Result<()> {
+    match action {
+        Action::Event { pod, note, .. } => {
+            let reference = ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.namespace.clone()),
+                uid: Some(pod.uid.clone()),
+                ..Default::default()
+            };
+            publish(
+                ctx,
+                keys::REASON_ZOMBIES_DETECTED,
+                "DetectZombies",
+                note,
+                &reference,
+            )
+            .await?;
+            ctx.log().events.insert(pod.uid.clone(), now);
+            tracing::info!(pod = %format!("{}/{}", pod.namespace, pod.name), "{note}");
+            Ok(())
+        }
+        Action::Restart {
+            workload,
+            pod,
+            zombies,
+            cooldown,
+            ..
+        } => restart(ctx, workload, pod, *zombies, *cooldown, now).await,
+    }
+}
+
+async fn publish(
+    ctx: &Context,
+    reason: &str,
+    action: &str,
+    note: &str,
+    reference: &ObjectReference,
+) -> Result<()> {
+    ctx.recorder
+        .publish(
+            &Event {
+                type_: EventType::Warning,
+                reason: reason.to_string(),
+                note: Some(note.to_string()),
+                action: action.to_string(),
+                secondary: None,
+            },
+            reference,
+        )
+        .await
+        .map_err(|source| Error::Event {
+            object: format!(
+                "{} {}/{}",
+                reference.kind.as_deref().unwrap_or_default(),
+                reference.namespace.as_deref().unwrap_or_default(),
+                reference.name.as_deref().unwrap_or_default()
+            ),
+            source,
+        })
+}
+
+fn workload_resource(kind: status::WorkloadKind) -> ApiResource {
+    match kind {
+        status::WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        status::WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        status::WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+    }
+}
+
+/// `kubectl rollout restart`: a strategic-merge patch of the pod template's `restartedAt`
+/// annotation (RFC 3339, seconds), after checking the live annotation against the cooldown.
+async fn restart(
+    ctx: &Context,
+    workload: &status::WorkloadRef,
+    pod: &status::PodRef,
+    zombies: u32,
+    cooldown: Duration,
+    now: Timestamp,
+) -> Result<()> {
+    let resource = workload_resource(workload.kind);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &workload.namespace, &resource);
+    let err = |source| Error::Restart {
+        workload: workload.to_string(),
+        source,
+    };
+    let Some(live) = api.get_opt(&workload.name).await.map_err(err)? else {
+        tracing::info!(%workload, "workload gone; nothing to restart");
+        return Ok(());
+    };
+    let restarted_at = live.data["spec"]["template"]["metadata"]["annotations"]
+        [keys::ANNOTATION_RESTARTED_AT]
+        .as_str();
+    if !status::cooldown_elapsed(restarted_at, now, cooldown) {
+        if let Some(at) = restarted_at.and_then(|s| s.parse().ok()) {
+            ctx.log().restarts.insert(workload.clone(), at);
+        }
+        tracing::info!(%workload, restarted_at, "restarted recently; waiting for the cooldown");
+        return Ok(());
+    }
+    let stamp = Timestamp::from_second(now.as_second())
+        .unwrap_or(now)
+        .to_string();
+    let patch = serde_json::json!({
+        "spec": {"template": {"metadata": {"annotations": {keys::ANNOTATION_RESTARTED_AT: stamp}}}}
+    });
+    api.patch(
+        &workload.name,
+        &PatchParams {
+            field_manager: Some(keys::MANAGER_OPERATOR.to_string()),
+            ..Default::default()
+        },
+        &Patch::Strategic(&patch),
+    )
+    .await
+    .map_err(err)?;
+    ctx.log().restarts.insert(workload.clone(), now);
+    ctx.metrics.restarts.inc();
+    let note = format!(
+        "rolled out because pod {}/{} holds {zombies} zombie processes and is not protected by Reaper; \
+         its new pods get PID 1 fixed by the webhook; next restart for zombies at most after {}",
+        pod.namespace,
+        pod.name,
+        humantime::format_duration(cooldown)
+    );
+    tracing::warn!(%workload, "{note}");
+    let reference = ObjectReference {
+        api_version: Some(resource.api_version.clone()),
+        kind: Some(resource.kind.clone()),
+        name: Some(workload.name.clone()),
+        namespace: Some(workload.namespace.clone()),
+        uid: live.metadata.uid.clone(),
+        ..Default::default()
+    };
+    publish(
+        ctx,
+        keys::REASON_ZOMBIE_RESTART,
+        "Restart",
+        &note,
+        &reference,
+    )
+    .await
+}
+
+fn error_policy(_policy: Arc<ReaperPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
+    tracing::warn!(%error, "reconcile failed");
+    Requeue::requeue(ERROR_REQUEUE)
+}
+
+/// Passes items through, at most one per `window`: the first at once, later ones coalesced into
+/// the latest, emitted when the window ends. The inner stream is always drained, so a reflector
+/// behind it keeps its store current. Errors pass at once.
+pub fn throttle<S, T, E>(inner: S, window: Duration) -> impl Stream<Item = Result<T, E>> + Send
+where
+    S: Stream<Item = Result<T, E>> + Send + 'static,
+    T: Send + 'static,
+    E: Send + 'static,
+{
+    struct State<S, T> {
+        inner: std::pin::Pin<Box<S>>,
+        pending: Option<T>,
+        open_at: tokio::time::Instant,
+        done: bool,
+    }
+    let state = State {
+        inner: Box::pin(inner),
+        pending: None,
+        open_at: tokio::time::Instant::now(),
+        done: false,
+    };
+    futures::stream::unfold(state, move |mut st| async move {
+        loop {
+            if st.done {
+                // Flush what is left, then end.
+                return match st.pending.take() {
+                    Some(item) => {
+                        tokio::time::sleep_until(st.open_at).await;
+                        Some((Ok(item), st))
+                    }
+                    None => None,
+                };
+            }
+            tokio::select! {
+                next = st.inner.next() => match next {
+                    None => st.done = true,
+                    Some(Err(e)) => return Some((Err(e), st)),
+                    Some(Ok(item)) => {
+                        let now = tokio::time::Instant::now();
+                        if st.pending.is_none() && now >= st.open_at {
+                            st.open_at = now + window;
+                            return Some((Ok(item), st));
+                        }
+                        st.pending = Some(item);
+                    }
+                },
+                _ = tokio::time::sleep_until(st.open_at), if st.pending.is_some() => {
+                    st.open_at = tokio::time::Instant::now() + window;
+                    let item = st.pending.take().expect("checked by the branch guard");
+                    return Some((Ok(item), st));
+                }
+            }
+        }
+    })
+}
+
+/// A mapper sending any change to every policy.
+fn all_policies<T>(store: Store<ReaperPolicy>) -> impl Fn(T) -> Vec<ObjectRef<ReaperPolicy>> {
+    move |_| {
+        store
+            .state()
+            .iter()
+            .map(|p| ObjectRef::from_obj(p.as_ref()))
+            .collect()
+    }
+}
+
+/// Runs the reflectors and the policy controller until `stop` fires (leadership lost or shutdown).
+pub async fn run(
+    client: Client,
+    settings: Settings,
+    metrics: OperatorMetrics,
+    identity: String,
+    batch_window: Duration,
+    stop: CancellationToken,
+) {
+    let wc = watcher::Config::default().any_semantic();
+    let (namespaces, ns_writer) = reflector::store();
+    let ns_stream = reflector::reflector(
+        ns_writer,
+        watcher(
+            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+            wc.clone(),
+        )
+        .default_backoff()
+        .modify(|n| {
+            n.metadata.managed_fields = None;
+            n.metadata.annotations = None;
+        }),
+    )
+    .touched_objects();
+    let (pods, pod_writer) = reflector::store();
+    let pod_stream = reflector::reflector(
+        pod_writer,
+        watcher(
+            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+            wc.clone().fields(POD_FIELD_SELECTOR),
+        )
+        .default_backoff()
+        .modify(|p| {
+            p.metadata.managed_fields = None;
+            if let Some(a) = p.metadata.annotations.as_mut() {
+                a.retain(|k, _| POD_ANNOTATIONS.contains(&k.as_str()));
+            }
+        }),
+    )
+    .touched_objects();
+    let (replica_sets, rs_writer) = reflector::store();
+    let rs_stream = reflector::reflector(
+        rs_writer,
+        watcher(
+            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
+            wc.clone(),
+        )
+        .default_backoff()
+        .modify(|r| {
+            r.metadata.managed_fields = None;
+            r.metadata.annotations = None;
+            r.metadata.labels = None;
+        }),
+    )
+    .touched_objects();
+    let (reports, report_writer) = reflector::store();
+    let report_stream = reflector::reflector(
+        report_writer,
+        watcher(Api::<ZombieReport>::all(client.clone()), wc.clone())
+            .default_backoff()
+            .modify(|r| r.metadata.managed_fields = None),
+    )
+    .touched_objects();
+
+    let controller = Controller::new(Api::<ReaperPolicy>::all(client.clone()), wc);
+    let policies = controller.store();
+    let ctx = Arc::new(Context::new(
+        client,
+        Stores {
+            policies: policies.clone(),
+            namespaces,
+            pods,
+            replica_sets,
+            reports,
+        },
+        settings,
+        metrics,
+        identity,
+    ));
+    tracing::info!("policy controller starting");
+    controller
+        .watches_stream(
+            throttle(ns_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(pod_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(rs_stream, batch_window),
+            all_policies(policies.clone()),
+        )
+        .watches_stream(
+            throttle(report_stream, batch_window),
+            all_policies(policies),
+        )
+        .with_config(ControllerConfig::default().concurrency(2))
+        .graceful_shutdown_on(stop.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "policy controller");
+            }
+        })
+        .await;
+    tracing::info!("policy controller stopped");
+}
+
+/// Reconcile against a mocked API server (`tower_test::mock::pair`): which calls are made, in
+/// which order, with which bodies. Scenarios: status written only when it changed; Events at the
+/// threshold and not again within the interval; a restart patches the Deployment template once
+/// per cooldown and records an Event; a live `restartedAt` within the cooldown blocks it.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ContainerZombies, ReaperPolicySpec, ZombieAction, ZombieReportSpec};
+    use http::{Method, Request, Response};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::ObjectMeta;
+    use kube::client::Body;
+    use kube::core::PartialObjectMetaExt;
+    use reflector::store::Writer;
+    use serde_json::{Value, json};
+    use std::pin::pin;
+    use tower_test::mock;
+
+    type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+    const NOW: &str = "2026-03-01T12:00:00Z";
+
+    fn fill<K>(items: Vec<K>) -> (Store<K>, Writer<K>)
+    where
+        K: kube::Resource + Clone + 'static,
+        K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+    {
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&watcher::Event::Init);
+        for i in items {
+            writer.apply_watcher_event(&watcher::Event::InitApply(i));
+        }
+        writer.apply_watcher_event(&watcher::Event::InitDone);
+        (reader, writer)
+    }
+
+    struct Scene {
+        policy: ReaperPolicy,
+        pod_owner: Option<OwnerReference>,
+        zombies: u32,
+    }
+
+    fn policy(action: ZombieAction, status: Option<ReaperPolicyStatus>) -> ReaperPolicy {
+        let mut p = ReaperPolicy::new(
+            "web",
+            ReaperPolicySpec {
+                zombies: crate::crd::ZombiePolicy {
+                    threshold: 3,
+                    action,
+                    cooldown: "1h".into(),
+                },
+                ..Default::default()
+            },
+        );
+        p.metadata.generation = Some(2);
+        p.metadata.resource_version = Some("7".into());
+        p.status = status;
+        p
+    }
+
+    /// The context for a scene, and the writers that must outlive it.
+    fn context(scene: &Scene, client: Client) -> (Arc<Context>, impl Sized + use<>) {
+        let ns = ObjectMeta {
+            name: Some("shop".into()),
+            labels: Some(BTreeMap::from([(
+                keys::LABEL_INJECT.to_string(),
+                keys::INJECT_ENABLED.to_string(),
+            )])),
+            ..Default::default()
+        }
+        .into_response_partial::<Namespace>();
+        let pod = ObjectMeta {
+            name: Some("web-1".into()),
+            namespace: Some("shop".into()),
+            uid: Some("pod-uid-1".into()),
+            owner_references: scene.pod_owner.clone().map(|o| vec![o]),
+            ..Default::default()
+        }
+        .into_response_partial::<Pod>();
+        let rs = ObjectMeta {
+            name: Some("web-7d9f".into()),
+            namespace: Some("shop".into()),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                name: "web".into(),
+                uid: "deploy-uid".into(),
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
+        }
+        .into_response_partial::<ReplicaSet>();
+        let report = ZombieReport::new(
+            "node-1",
+            ZombieReportSpec {
+                node_name: "node-1".into(),
+                zombies: scene.zombies.into(),
+                containers: vec![ContainerZombies {
+                    pod_uid: "pod-uid-1".into(),
+                    container_id: "a".repeat(64),
+                    container: Some("app".into()),
+                    count: scene.zombies,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        );
+        let (policies, w1) = fill(vec![scene.policy.clone()]);
+        let (namespaces, w2) = fill(vec![ns]);
+        let (pods, w3) = fill(vec![pod]);
+        let (replica_sets, w4) = fill(vec![rs]);
+        let (reports, w5) = fill(vec![report]);
+        let mut ctx = Context::new(
+            client,
+            Stores {
+                policies,
+                namespaces,
+                pods,
+                replica_sets,
+                reports,
+            },
+            Settings::default(),
+            OperatorMetrics::register(&crate::metrics::Metrics::new()),
+            "test-operator".into(),
+        );
+        ctx.clock = Box::new(|| NOW.parse().unwrap());
+        (Arc::new(ctx), (w1, w2, w3, w4, w5))
+    }
+
+    fn rs_owner() -> Option<OwnerReference> {
+        Some(OwnerReference {
+            api_version: "apps/v1".into(),
+            kind: "ReplicaSet".into(),
+            name: "web-7d9f".into(),
+            uid: "rs-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        })
+    }
+
+    /// The next request, which must be `method` on `path` (query included); returns its JSON body.
+    async fn expect(
+        handle: &mut std::pin::Pin<&mut Handle>,
+        method: Method,
+        path: &str,
+        respond: impl FnOnce(&Value) -> Value,
+    ) -> Value {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+            .expect("client dropped");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        assert_eq!(req.uri().to_string(), path);
+        let bytes = req.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let response = respond(&body);
+        send.send_response(
+            Response::builder()
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
+        body
+    }
+
+    async fn no_more_requests(handle: &mut std::pin::Pin<&mut Handle>) {
+        if let Ok(Some((req, _))) =
+            tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
+        {
+            panic!("unexpected request {} {}", req.method(), req.uri());
+        }
+    }
+
+    fn echo_policy(body: &Value) -> Value {
+        let mut p = serde_json::to_value(policy(ZombieAction::Event, None)).unwrap();
+        p["status"] = body["status"].clone();
+        p
+    }
+
+    fn echo(body: &Value) -> Value {
+        let mut b = body.clone();
+        if b["metadata"].is_object() {
+            b["metadata"]["resourceVersion"] = json!("1");
+        }
+        b
+    }
+
+    const STATUS_PATH: &str = "/apis/reaper.dev/v1alpha1/reaperpolicies/web/status?&force=true&fieldManager=reaper-operator";
+    const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events?";
+    const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+
+    fn deployment(restarted_at: Option<&str>) -> Value {
+        let mut d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "deploy-uid"},
+            "spec": {"selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {"containers": []}}}
+        });
+        if let Some(at) = restarted_at {
+            d["spec"]["template"]["metadata"]["annotations"] =
+                json!({keys::ANNOTATION_RESTARTED_AT: at});
+        }
+        d
+    }
+
+    #[tokio::test]
+    async fn status_is_applied_when_it_changes_and_left_alone_when_not() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Event, None),
+            pod_owner: rs_owner(),
+            zombies: 1,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let body = expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        assert_eq!(body["apiVersion"], "reaper.dev/v1alpha1");
+        assert_eq!(body["kind"], "ReaperPolicy");
+        let status = &body["status"];
+        assert_eq!(status["observedGeneration"], 2);
+        assert_eq!(status["matchedNamespaces"], 1);
+        assert_eq!(status["matchedPods"], 1);
+        assert_eq!(status["unprotectedPods"], 1);
+        assert_eq!(status["zombies"], 1);
+        assert_eq!(status["lastUpdated"], NOW);
+        assert_eq!(status["conditions"][0]["type"], "Ready");
+        assert_eq!(status["conditions"][0]["reason"], "Reconciled");
+        assert_eq!(status["topOffenders"][0]["pod"], "web-1");
+        let action = run.await.unwrap().unwrap();
+        assert_eq!(action, Requeue::await_change());
+        no_more_requests(&mut handle).await;
+
+        // Same state, status already written (with an older lastUpdated): no API call at all.
+        let mut written: ReaperPolicyStatus = serde_json::from_value(status.clone()).unwrap();
+        written.last_updated = Some(Time("2026-01-01T00:00:00Z".parse().unwrap()));
+        let scene = Scene {
+            policy: policy(ZombieAction::Event, Some(written)),
+            ..scene
+        };
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        reconcile(Arc::new(scene.policy.clone()), ctx.clone())
+            .await
+            .unwrap();
+        no_more_requests(&mut handle).await;
+        let text = {
+            let m = crate::metrics::Metrics::new();
+            let om = OperatorMetrics::register(&m);
+            om.set_policies(&BTreeMap::from([(
+                "web".to_string(),
+                ReaperPolicyStatus::default(),
+            )]));
+            m.encode()
+        };
+        assert!(text.contains("reaper_policy_zombies{policy=\"web\"} 0"));
+    }
+
+    #[tokio::test]
+    async fn threshold_records_one_event_per_interval() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Event, None),
+            pod_owner: rs_owner(),
+            zombies: 4,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(event["reason"], keys::REASON_ZOMBIES_DETECTED);
+        assert_eq!(event["type"], "Warning");
+        assert_eq!(event["reportingController"], keys::EVENT_REPORTER_OPERATOR);
+        assert_eq!(event["reportingInstance"], "test-operator");
+        assert_eq!(
+            event["regarding"],
+            json!({"apiVersion": "v1", "kind": "Pod", "name": "web-1", "namespace": "shop", "uid": "pod-uid-1"})
+        );
+        let note = event["note"].as_str().unwrap();
+        assert!(
+            note.starts_with("4 zombie processes (threshold 3, policy web)"),
+            "{note}"
+        );
+        // Requeued for when the next Event would be allowed.
+        let action = run.await.unwrap().unwrap();
+        assert_eq!(action, Requeue::requeue(Duration::from_secs(15 * 60)));
+
+        // Again (e.g. triggered by a report update): the status is stale in this scene's
+        // policy object, but no second Event within the interval.
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        run.await.unwrap().unwrap();
+        no_more_requests(&mut handle).await;
+    }
+
+    #[tokio::test]
+    async fn restart_patches_the_deployment_template_once_per_cooldown() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Restart, None),
+            pod_owner: rs_owner(),
+            zombies: 3,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        expect(&mut handle, Method::GET, DEPLOY_PATH, |_| deployment(None)).await;
+        let patch = expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{DEPLOY_PATH}?&fieldManager=reaper-operator"),
+            |_| deployment(Some(NOW)),
+        )
+        .await;
+        assert_eq!(
+            patch,
+            json!({"spec": {"template": {"metadata": {"annotations": {keys::ANNOTATION_RESTARTED_AT: NOW}}}}})
+        );
+        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(event["reason"], keys::REASON_ZOMBIE_RESTART);
+        assert_eq!(
+            event["regarding"],
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": "shop", "uid": "deploy-uid"})
+        );
+        assert!(
+            event["note"]
+                .as_str()
+                .unwrap()
+                .contains("pod shop/web-1 holds 3 zombie processes")
+        );
+        run.await.unwrap().unwrap();
+        assert_eq!(ctx.metrics.restarts.get(), 1);
+
+        // Right after: neither a restart (cooldown) nor an Event (interval).
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        run.await.unwrap().unwrap();
+        no_more_requests(&mut handle).await;
+    }
+
+    #[tokio::test]
+    async fn live_restarted_at_within_cooldown_blocks_the_restart() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Restart, None),
+            pod_owner: rs_owner(),
+            zombies: 5,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        // Someone ran `kubectl rollout restart` 10 minutes ago.
+        expect(&mut handle, Method::GET, DEPLOY_PATH, |_| {
+            deployment(Some("2026-03-01T11:50:00Z"))
+        })
+        .await;
+        run.await.unwrap().unwrap();
+        no_more_requests(&mut handle).await;
+        let log = ctx.log();
+        let remembered = log.restarts.values().next().copied();
+        assert_eq!(remembered, Some("2026-03-01T11:50:00Z".parse().unwrap()));
+    }
+
+    #[tokio::test]
+    async fn bare_pods_get_events_but_no_restart_and_api_errors_surface() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Restart, None),
+            pod_owner: None,
+            zombies: 9,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        // The status write is refused: the reconcile fails with an actionable error.
+        let (req, send) = handle.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::PATCH);
+        send.send_response(
+            Response::builder()
+                .status(403)
+                .body(Body::from(
+                    serde_json::to_vec(&json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": "forbidden", "reason": "Forbidden", "code": 403
+                    }))
+                    .unwrap(),
+                ))
+                .unwrap(),
+        );
+        let err = run.await.unwrap().unwrap_err();
+        assert_eq!(err.metric_label(), "status_error");
+        assert!(err.to_string().contains("reaperpolicies/status"), "{err}");
+
+        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(event["regarding"]["kind"], "Pod");
+        run.await.unwrap().unwrap();
+        no_more_requests(&mut handle).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttle_coalesces_bursts_and_keeps_draining() {
+        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, ()>>();
+        let drained = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let d = drained.clone();
+        let inner = rx.inspect(move |_| {
+            d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut out = Box::pin(throttle(inner, Duration::from_secs(1)));
+        let start = tokio::time::Instant::now();
+        for i in 0..5 {
+            tx.unbounded_send(Ok(i)).unwrap();
+        }
+        // Leading edge at once; the rest coalesced into the latest at the window's end.
+        assert_eq!(out.next().await, Some(Ok(0)));
+        assert_eq!(start.elapsed(), Duration::ZERO);
+        assert_eq!(out.next().await, Some(Ok(4)));
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
+        assert_eq!(drained.load(std::sync::atomic::Ordering::SeqCst), 5);
+        tx.unbounded_send(Err(())).unwrap();
+        assert_eq!(out.next().await, Some(Err(())), "errors are not held back");
+        tx.unbounded_send(Ok(9)).unwrap();
+        drop(tx);
+        assert_eq!(out.next().await, Some(Ok(9)));
+        assert_eq!(start.elapsed(), Duration::from_secs(2));
+        assert_eq!(out.next().await, None);
+    }
+}
