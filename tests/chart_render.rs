@@ -584,6 +584,7 @@ struct Cli {
 #[derive(clap::Subcommand, Debug)]
 enum Cmd {
     Webhook(Box<reaper::webhook::Args>),
+    Operator(Box<reaper::operator::Args>),
     Agent(reaper::agent::Args),
 }
 
@@ -596,12 +597,15 @@ fn rendered_flags_are_accepted_by_reaper_controller() {
             V::Set("logFormat", "json"),
             V::Set("webhook.defaultMode", "share"),
             V::Set("agent.interval", "1m30s"),
+            V::Set("operator.leaderElection", "false"),
         ],
+        vec![V::Set("certs.mode", "cert-manager")],
     ];
     for values in variants {
         let objs = render("reaper", NS, &values);
         for (kind, name) in [
             ("Deployment", "reaper-webhook"),
+            ("Deployment", "reaper-operator"),
             ("DaemonSet", "reaper-agent"),
         ] {
             let args = objs.args(kind, name);
