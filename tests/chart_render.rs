@@ -490,6 +490,11 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
     assert!(objs.of_kind("Role").is_empty() && objs.of_kind("RoleBinding").is_empty());
     // Warm-up off: no workload reads.
     let objs = render("reaper", NS, &[V::Set("registry.warmup", "false")]);
+    // ... and the webhook is told so (it warms up by default in cluster mode).
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "warm-up"),
+        Some("false")
+    );
     let webhook = objs.rules("ClusterRole", "reaper-webhook");
     assert!(
         !allows(&webhook, "apps", "deployments", "list", None),

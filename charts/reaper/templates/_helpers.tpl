@@ -140,4 +140,7 @@ readinessProbe:
 {{- with .Values.registry.lookupTimeout }}
 - --lookup-timeout={{ . }}
 {{- end }}
+{{- if not .Values.registry.warmup }}
+- --warm-up=false
+{{- end }}
 {{- end }}
