@@ -243,14 +243,17 @@ async fn chart_pods_pass_pod_security_at_the_documented_levels() {
     }
 }
 
-/// `helm install` for real (CRDs from the chart's crds/ included; pods never run here: no
-/// scheduler), the NOTES it prints, and `helm uninstall`.
+/// `helm install` for real (pods never run here: no scheduler), the NOTES it prints, and
+/// `helm uninstall`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_install_and_uninstall_on_the_api_server() {
     let Some(cp) = control_plane::shared() else {
         return;
     };
     let client = cp.client().await;
+    // The CRDs first, as the other tests of this binary install them concurrently (helm skips
+    // CRDs that exist).
+    cp.install_crds(&client).await;
     let ns = cp.ns(&client, "helm").await;
     let release = unique_name("h");
     let kubeconfig = cp.kubeconfig().display().to_string();
