@@ -14,4 +14,4 @@ for f in "$fixtures"/*.json; do
     > "corpus/admission_review/$name.json"
 done
 cp "$fixtures"/reviews/*.json corpus/admission_review/
-echo "seeded $(ls corpus/plan_pod | wc -l) pods, $(ls corpus/admission_review | wc -l) reviews"
+echo "seeded $(find corpus/plan_pod -type f | wc -l) pods, $(find corpus/admission_review -type f | wc -l) reviews"

@@ -167,7 +167,7 @@ build_helm() {
 case "${1:-}" in
   --pin) pin_kube; pin_helm ;;
   "") build_kube; build_helm
-      "$root/bin/kube-apiserver" --version; "$root/bin/etcd" --version | head -1
+      "$root/bin/kube-apiserver" --version; "$root/bin/etcd" --version | sed -n 1p  # sed reads all: head would SIGPIPE etcd (exit 141 under pipefail)
       "$root/bin/helm" version --short ;;
   *) die "usage: build.sh [--pin]" ;;
 esac

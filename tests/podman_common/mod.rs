@@ -56,6 +56,18 @@ pub fn reaper_binary() -> PathBuf {
     p
 }
 
+/// `target/controller-static/reaper-controller`, the static controller built by
+/// `make controller-static` (which `make test` runs first).
+pub fn controller_binary() -> PathBuf {
+    let p = repo().join("target/controller-static/reaper-controller");
+    assert!(
+        p.exists(),
+        "{} is missing: run `make controller-static` (or `make test`, which builds it first)",
+        p.display()
+    );
+    p
+}
+
 /// Debian's busybox-static (a static binary runs in a FROM-scratch image).
 fn busybox() -> PathBuf {
     ["/bin/busybox", "/usr/bin/busybox"]
@@ -381,18 +393,47 @@ impl Podman {
         tag
     }
 
-    /// The `reaper` image: `/reaper` (the prebuilt static init) in an otherwise empty image,
-    /// entrypoint `/reaper`. The one place the tests make it, so it can later be built from the
-    /// project Dockerfile's `reaper` stage (with the prebuilt binary as a build argument).
+    /// A final stage of the project's Dockerfile (`reaper` or `controller`) built from the binaries
+    /// built on this machine (`--build-arg BINARIES=prebuilt`: the `prebuilt` stage copies
+    /// `target/reaper/reaper` and `target/controller-static/reaper-controller` from the repository,
+    /// the context; `.dockerignore` keeps the rest of `target/` out). Nothing is pulled.
+    pub fn build_dockerfile_stage(&self, what: &str, stage: &str) -> String {
+        let tag = self.register(
+            Kind::Image,
+            format!("localhost/{}-{what}:test", self.prefix),
+        );
+        let dockerfile = repo().join("Dockerfile");
+        self.ok(&[
+            "build",
+            "-q",
+            "--pull=never",
+            "--layers=false",
+            "-f",
+            dockerfile.to_str().expect("utf-8 path"),
+            "--target",
+            stage,
+            "--build-arg",
+            "BINARIES=prebuilt",
+            "-t",
+            &tag,
+            repo().to_str().expect("utf-8 path"),
+        ]);
+        tag
+    }
+
+    /// The `reaper` image: the Dockerfile's `reaper` stage (only `/reaper`, entrypoint `/reaper`,
+    /// user 65532) with the prebuilt static init. The one place the tests make it.
     pub fn build_reaper_image(&self) -> String {
-        let ctx = self.scratch_dir("reaper-ctx");
-        fs::copy(reaper_binary(), ctx.join("reaper")).expect("copy reaper");
-        self.build(
-            "reaper",
-            &repo().join("e2e/podman/reaper.Containerfile"),
-            &ctx,
-            &[],
-        )
+        reaper_binary();
+        self.build_dockerfile_stage("reaper", "reaper")
+    }
+
+    /// The `controller` image: the Dockerfile's `controller` stage (`/reaper-controller` run by
+    /// `/reaper` as PID 1), from `target/controller-static/reaper-controller`.
+    pub fn build_controller_image(&self) -> String {
+        reaper_binary();
+        controller_binary();
+        self.build_dockerfile_stage("controller", "controller")
     }
 
     /// The workload image: busybox-static with applet symlinks in /bin, the scenario scripts

@@ -1,0 +1,146 @@
+{{/* Chart name. */}}
+{{- define "reaper.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Prefix of every resource name: the release name, with "-reaper" unless it contains it. */}}
+{{- define "reaper.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "reaper.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "reaper.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: reaper
+{{- end }}
+
+{{/* Selector labels of one component: include "reaper.selectorLabels" (list . "webhook") */}}
+{{- define "reaper.selectorLabels" -}}
+{{- $ := index . 0 -}}
+app.kubernetes.io/name: {{ include "reaper.name" $ }}
+app.kubernetes.io/instance: {{ $.Release.Name }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Labels of one component's objects: include "reaper.componentLabels" (list . "webhook") */}}
+{{- define "reaper.componentLabels" -}}
+{{ include "reaper.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* Name of one component's objects (Deployment, ServiceAccount, ClusterRole, ...). */}}
+{{- define "reaper.componentName" -}}
+{{- printf "%s-%s" (include "reaper.fullname" (index . 0)) (index . 1) }}
+{{- end }}
+
+{{- define "reaper.webhookService" -}}
+{{- include "reaper.componentName" (list . "webhook") }}
+{{- end }}
+
+{{- define "reaper.webhookConfigName" -}}
+{{- include "reaper.componentName" (list . "webhook") }}
+{{- end }}
+
+{{- define "reaper.certificateName" -}}
+{{- include "reaper.componentName" (list . "webhook") }}
+{{- end }}
+
+{{/* The Secret the webhook serves from. */}}
+{{- define "reaper.certSecret" -}}
+{{- if eq .Values.certs.mode "provided" }}
+{{- required "certs.mode=provided needs certs.provided.secretName (an existing kubernetes.io/tls Secret in the release namespace)" .Values.certs.provided.secretName }}
+{{- else }}
+{{- default (printf "%s-webhook-tls" (include "reaper.fullname" .)) .Values.certs.secretName }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag (tag defaults to appVersion) or repository@digest: include "reaper.image" (list . .Values.image.controller) */}}
+{{- define "reaper.image" -}}
+{{- $ := index . 0 -}}
+{{- $img := index . 1 }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- printf "%s:%s" $img.repository (default $.Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* Pod-level security context of every pod: Pod Security "restricted" except the agent's hostPID. */}}
+{{- define "reaper.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Container-level security context of every container. */}}
+{{- define "reaper.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+allowPrivilegeEscalation: false
+privileged: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Global flags and the env every component gets. */}}
+{{- define "reaper.logArgs" -}}
+- --log-level={{ .Values.logLevel }}
+- --log-format={{ .Values.logFormat }}
+{{- end }}
+
+{{- define "reaper.podNamespaceEnv" -}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+{{- end }}
+
+{{/* Probes on the admin port. */}}
+{{- define "reaper.probes" -}}
+livenessProbe:
+  httpGet: {path: /livez, port: admin}
+  periodSeconds: 10
+  failureThreshold: 3
+readinessProbe:
+  httpGet: {path: /readyz, port: admin}
+  periodSeconds: 5
+  failureThreshold: 2
+{{- end }}
+
+{{/* The webhook's image-resolution flags. Only what differs from the webhook's defaults is passed. */}}
+{{- define "reaper.registryArgs" -}}
+{{- if ne .Values.registry.auth "anonymous" }}
+- --registry-auth={{ .Values.registry.auth }}
+{{- end }}
+{{- with .Values.registry.insecureRegistries }}
+- --insecure-registries={{ join "," . }}
+{{- end }}
+{{- with .Values.registry.tagTTL }}
+- --tag-ttl={{ . }}
+{{- end }}
+{{- with .Values.registry.lookupTimeout }}
+- --lookup-timeout={{ . }}
+{{- end }}
+{{- if not .Values.registry.warmup }}
+- --warm-up=false
+{{- end }}
+{{- end }}

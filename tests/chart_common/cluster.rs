@@ -1,0 +1,77 @@
+//! Putting rendered chart objects on a real API server (tests/support/control_plane.rs).
+use kube::Client;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::{Scope, pinned_kind};
+use serde_json::Value;
+
+/// Field manager of what the chart tests apply.
+pub const MANAGER: &str = "reaper-chart-tests";
+
+/// `kind/name` of an object, for messages.
+pub fn id(obj: &Value) -> String {
+    format!(
+        "{}/{}",
+        obj["kind"].as_str().unwrap_or("?"),
+        obj["metadata"]["name"].as_str().unwrap_or("?")
+    )
+}
+
+/// Server-side applies one object (`dry_run`: the API server runs validation and admission but
+/// stores nothing).
+pub async fn apply(client: &Client, obj: &Value, dry_run: bool) -> Result<DynamicObject, String> {
+    let api_version = obj["apiVersion"].as_str().ok_or("no apiVersion")?;
+    let kind = obj["kind"].as_str().ok_or("no kind")?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let (ar, caps) = pinned_kind(client, &gvk).await.map_err(|e| {
+        format!(
+            "{}: the API server does not serve {api_version} {kind}: {e}",
+            id(obj)
+        )
+    })?;
+    let name = obj["metadata"]["name"].as_str().ok_or("no metadata.name")?;
+    let api: Api<DynamicObject> = match caps.scope {
+        Scope::Cluster => Api::all_with(client.clone(), &ar),
+        Scope::Namespaced => {
+            let ns = obj["metadata"]["namespace"]
+                .as_str()
+                .ok_or_else(|| format!("{}: namespaced without metadata.namespace", id(obj)))?;
+            Api::namespaced_with(client.clone(), ns, &ar)
+        }
+    };
+    let mut pp = PatchParams::apply(MANAGER).force();
+    pp.dry_run = dry_run;
+    api.patch(name, &pp, &Patch::Apply(obj))
+        .await
+        .map_err(|e| format!("{}: {e}", id(obj)))
+}
+
+/// Applies every object; the errors, one per failing object.
+pub async fn apply_all(client: &Client, objs: &[Value], dry_run: bool) -> Vec<String> {
+    let mut errors = Vec::new();
+    for o in objs {
+        if let Err(e) = apply(client, o, dry_run).await {
+            errors.push(e);
+        }
+    }
+    errors
+}
+
+/// The ServiceAccounts, (Cluster)Roles and (Cluster)RoleBindings of a rendering.
+pub fn rbac(objs: &[Value]) -> Vec<Value> {
+    objs.iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .cloned()
+        .collect()
+}

@@ -1,0 +1,38 @@
+//! The kind end-to-end scenarios (tests/e2e_scenarios/): ignored by default, they need a cluster
+//! with the chart installed and running pods. e2e/kind.sh creates one and runs them in order:
+//!   cargo test --test e2e_kind -- --ignored --test-threads=1
+//! `make test` compiles them.
+mod e2e_scenarios;
+
+use e2e_scenarios::Env;
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the chart installed: e2e/kind.sh"]
+async fn s1_orphans_are_reaped_only_when_protected() {
+    e2e_scenarios::orphans_are_reaped_only_when_protected(&Env::from_env().await).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the chart installed: e2e/kind.sh"]
+async fn s2_sigterm_ignoring_pid1_stops_fast_only_when_protected() {
+    e2e_scenarios::sigterm_ignoring_pid1_stops_fast_only_when_protected(&Env::from_env().await)
+        .await;
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the chart installed: e2e/kind.sh"]
+async fn s3_every_mode_runs_under_restricted() {
+    e2e_scenarios::every_mode_runs_under_restricted(&Env::from_env().await, true).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the chart installed: e2e/kind.sh"]
+async fn s4_pods_are_created_when_the_webhook_is_down() {
+    e2e_scenarios::pods_are_created_when_the_webhook_is_down(&Env::from_env().await).await;
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster with the chart installed: e2e/kind.sh"]
+async fn s5_metrics_endpoints_answer() {
+    e2e_scenarios::metrics_endpoints_answer(&Env::from_env().await).await;
+}
