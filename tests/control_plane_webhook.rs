@@ -92,6 +92,16 @@ impl Webhook {
         w
     }
 
+    /// Admission requests answered so far (`reaper_webhook_requests_total`, all labels).
+    async fn admissions(&self) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("reaper_webhook_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -329,14 +339,27 @@ async fn wrapped_pod_passes_pod_security_restricted() {
         .find(|v| v.name == "reaper-bin")
         .expect("reaper-bin volume");
     assert!(vol.empty_dir.is_some());
-    // The service account token volume the API server added is still there.
+    // The service account token volume the API server added is still there, for the app...
     assert!(
         s.volumes
             .iter()
             .flatten()
             .any(|v| v.name.starts_with("kube-api-access-"))
     );
+    assert!(has_token(container(&got, "app")));
+    // ...but not in the installer, which copies a file and needs no API access.
+    assert!(!has_token(install), "{:?}", install.volume_mounts);
+    // So the ServiceAccount plugin left the mutated pod alone, and the API server did not call
+    // the webhook a second time (reinvocationPolicy IfNeeded).
+    assert_eq!(w.admissions().await, 1, "admission requests for one pod");
     w.stop().await;
+}
+
+fn has_token(c: &k8s_openapi::api::core::v1::Container) -> bool {
+    c.volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name.starts_with("kube-api-access-"))
 }
 
 #[tokio::test]

@@ -1059,6 +1059,31 @@ fn install_volume(cfg: &Config, name: &str) -> Volume {
     }
 }
 
+/// Where the ServiceAccount admission plugin mounts the API token in every container.
+const SERVICE_ACCOUNT_TOKEN_PATH: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The installer's mounts: our volume, and the same volume read-only over the API token path.
+/// The plugin skips containers that already mount something there, so the installer (which
+/// copies a file) gets no token, and the plugin does not change the pod after us: without this,
+/// each wrapped pod's admission re-runs the plugin and calls this webhook a second time
+/// (`reinvocationPolicy: IfNeeded`).
+fn install_mounts(cfg: &Config, volume: &str) -> Vec<VolumeMount> {
+    let mut mounts = vec![VolumeMount {
+        name: volume.to_string(),
+        mount_path: cfg.mount_path.clone(),
+        ..Default::default()
+    }];
+    if cfg.mount_path != SERVICE_ACCOUNT_TOKEN_PATH {
+        mounts.push(VolumeMount {
+            name: volume.to_string(),
+            mount_path: SERVICE_ACCOUNT_TOKEN_PATH.to_string(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    mounts
+}
+
 /// The init container that copies reaper into the volume. It passes Pod Security "restricted".
 fn install_container(cfg: &Config, name: &str, volume: &str) -> Container {
     let s = &cfg.install;
@@ -1067,11 +1092,7 @@ fn install_container(cfg: &Config, name: &str, volume: &str) -> Container {
         name: name.to_string(),
         image: Some(cfg.reaper_image.clone()),
         command: Some(cfg.install_command()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: volume.to_string(),
-            mount_path: cfg.mount_path.clone(),
-            ..Default::default()
-        }]),
+        volume_mounts: Some(install_mounts(cfg, volume)),
         resources: Some(ResourceRequirements {
             requests: Some(BTreeMap::from([
                 ("cpu".to_string(), q(&s.cpu_request)),
