@@ -588,9 +588,9 @@ pub fn compute(
                 "True",
                 REASON_RECONCILED,
                 format!(
-                    "governs {} pods in {} opted-in namespaces: {} protected, {} unprotected",
-                    tally.matched_pods,
-                    matched_namespaces,
+                    "governs {} in {}: {} protected, {} unprotected",
+                    plural(u64::from(tally.matched_pods), "pod"),
+                    plural(u64::from(matched_namespaces), "opted-in namespace"),
                     tally.protected,
                     tally.matched_pods - tally.protected
                 ),
@@ -727,6 +727,15 @@ pub fn same_status(a: &ReaperPolicyStatus, b: &ReaperPolicyStatus) -> bool {
         ..s.clone()
     };
     strip(a) == strip(b)
+}
+
+/// `1 pod`, `2 pods`.
+fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
 
 #[cfg(test)]
