@@ -11,5 +11,6 @@ pub mod keys;
 pub mod metrics;
 pub mod operator;
 pub mod registry;
+pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

@@ -324,18 +324,7 @@ fn pod_store(client: Client, node: &str, shutdown: CancellationToken) -> Store<P
 
 fn shutdown_on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            tracing::error!("cannot install signal handlers");
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-        }
+        crate::shutdown::requested("agent").await;
         token.cancel();
     });
 }

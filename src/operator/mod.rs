@@ -206,24 +206,7 @@ impl Args {
 pub async fn run(args: Args) -> Result<()> {
     let config = args.config(std::env::var("POD_NAMESPACE").ok().as_deref())?;
     let client = kube::Client::try_default().await.map_err(Error::Kube)?;
-    run_with(args, config, client, shutdown_signal()).await
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the operator");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    run_with(args, config, client, crate::shutdown::requested("operator")).await
 }
 
 /// Run with a given client until `stop` resolves.

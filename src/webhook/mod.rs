@@ -231,24 +231,7 @@ impl Args {
 
 /// Run until SIGTERM/SIGINT, resolving images from their registries.
 pub async fn run(args: Args) -> Result<()> {
-    serve(args, None, shutdown_signal()).await
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the webhook");
-            let _ = tokio::signal::ctrl_c().await;
-        }
-    }
+    serve(args, None, crate::shutdown::requested("webhook")).await
 }
 
 /// Run with a given image resolver (instead of the registries) until `stop` resolves.
