@@ -16,7 +16,6 @@ mod control_plane;
 
 use anyhow::{Context, Result, bail};
 use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, unique_name};
-use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
@@ -142,22 +141,13 @@ async fn start_webhook(cp: &ControlPlane, client: &Client) -> Result<(ChildGuard
     // The chart's registration (failurePolicy Ignore, timeout 5 s, CEL mirror-pod condition),
     // by URL, for the bench's namespace label only.
     let id = unique_name("bench");
-    let mwc: MutatingWebhookConfiguration = serde_json::from_value(json!({
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
-        "metadata": {"name": id},
-        "webhooks": [{
-            "name": "pods.reaper.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
-            "failurePolicy": "Ignore", "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
-            "clientConfig": {"url": format!("https://127.0.0.1:{port}/mutate"),
-                             "caBundle": ByteString(ca.cert_pem().into_bytes())},
-            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                       "resources": ["pods"], "scope": "Namespaced"}],
-            "namespaceSelector": {"matchLabels": {"reaper.dev/inject": "enabled", "reaper.dev/bench": id}},
-            "objectSelector": {"matchExpressions": [{"key": "reaper.dev/inject", "operator": "NotIn", "values": ["disabled"]}]},
-            "matchConditions": [{"name": "not-a-mirror-pod", "expression":
-                "!has(object.metadata.annotations) || !('kubernetes.io/config.mirror' in object.metadata.annotations)"}]
-        }]
-    }))?;
+    let mwc = control_plane::webhook_registration(
+        &id,
+        &format!("https://127.0.0.1:{port}/mutate"),
+        &ca.cert_pem(),
+        &[("reaper.dev/inject", "enabled"), ("reaper.dev/bench", &id)],
+        "Ignore",
+    );
     Api::<MutatingWebhookConfiguration>::all(client.clone())
         .create(&PostParams::default(), &mwc)
         .await

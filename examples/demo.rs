@@ -8,14 +8,10 @@ mod control_plane;
 
 use anyhow::{Context, Result, bail};
 use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, reaper_controller_bin};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use reaper::crd::{ReaperPolicy, ZombieReport};
@@ -139,7 +135,14 @@ impl Demo {
             format!("--reaper-image={DEMO_REAPER_IMAGE}"),
         ];
         self.component("webhook", &args).await?;
-        let mwc = registration(port, &ca.cert_pem());
+        // The chart's registration, by URL.
+        let mwc = control_plane::webhook_registration(
+            "reaper",
+            &format!("https://127.0.0.1:{port}/mutate"),
+            &ca.cert_pem(),
+            &[("reaper.dev/inject", "enabled")],
+            "Ignore",
+        );
         Api::<MutatingWebhookConfiguration>::all(self.client.clone())
             .patch(
                 "reaper",
@@ -375,53 +378,6 @@ impl Demo {
             .await
             .with_context(|| format!("applying ReaperPolicy {name}"))?;
         print_table(&self.client, "/apis/reaper.dev/v1alpha1/reaperpolicies").await
-    }
-}
-
-/// The MutatingWebhookConfiguration the chart ships, pointing at a local URL instead of a Service.
-fn registration(port: u16, ca_pem: &str) -> MutatingWebhookConfiguration {
-    MutatingWebhookConfiguration {
-        metadata: kube::api::ObjectMeta {
-            name: Some("reaper".into()),
-            ..Default::default()
-        },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "pods.reaper.dev".into(),
-            admission_review_versions: vec!["v1".into()],
-            side_effects: "None".into(),
-            failure_policy: Some("Ignore".into()),
-            reinvocation_policy: Some("IfNeeded".into()),
-            timeout_seconds: Some(5),
-            client_config: WebhookClientConfig {
-                url: Some(format!("https://127.0.0.1:{port}/mutate")),
-                ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                service: None,
-            },
-            rules: Some(vec![RuleWithOperations {
-                operations: Some(vec!["CREATE".into()]),
-                api_groups: Some(vec!["".into()]),
-                api_versions: Some(vec!["v1".into()]),
-                resources: Some(vec!["pods".into()]),
-                scope: Some("Namespaced".into()),
-            }]),
-            namespace_selector: Some(LabelSelector {
-                match_labels: Some(BTreeMap::from([(
-                    "reaper.dev/inject".to_string(),
-                    "enabled".to_string(),
-                )])),
-                match_expressions: None,
-            }),
-            object_selector: Some(LabelSelector {
-                match_labels: None,
-                match_expressions: Some(vec![LabelSelectorRequirement {
-                    key: "reaper.dev/inject".into(),
-                    operator: "NotIn".into(),
-                    values: Some(vec!["disabled".into()]),
-                }]),
-            }),
-            match_policy: None,
-            match_conditions: None,
-        }]),
     }
 }
 

@@ -7,12 +7,9 @@
 //! so tests run in parallel without seeing each other's pods.
 mod support;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, WebhookClientConfig,
-};
+use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
 use reaper::crd::{
@@ -126,49 +123,13 @@ impl Webhook {
 
     /// The registration the chart will ship, scoped to this test's namespaces.
     async fn register(&self, port: u16, ca_pem: &str) {
-        let mwc = MutatingWebhookConfiguration {
-            metadata: kube::api::ObjectMeta {
-                name: Some(self.mwc.clone()),
-                ..Default::default()
-            },
-            webhooks: Some(vec![MutatingWebhook {
-                name: "pods.reaper.dev".into(),
-                admission_review_versions: vec!["v1".into()],
-                side_effects: "None".into(),
-                failure_policy: Some(self.failure_policy.clone()),
-                reinvocation_policy: Some("IfNeeded".into()),
-                timeout_seconds: Some(10),
-                client_config: WebhookClientConfig {
-                    url: Some(format!("https://127.0.0.1:{port}/mutate")),
-                    ca_bundle: Some(ByteString(ca_pem.as_bytes().to_vec())),
-                    service: None,
-                },
-                rules: Some(vec![RuleWithOperations {
-                    operations: Some(vec!["CREATE".into()]),
-                    api_groups: Some(vec!["".into()]),
-                    api_versions: Some(vec!["v1".into()]),
-                    resources: Some(vec!["pods".into()]),
-                    scope: Some("Namespaced".into()),
-                }]),
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([
-                        ("reaper.dev/inject".to_string(), "enabled".to_string()),
-                        (TEST_LABEL.to_string(), self.id.clone()),
-                    ])),
-                    match_expressions: None,
-                }),
-                object_selector: Some(LabelSelector {
-                    match_labels: None,
-                    match_expressions: Some(vec![LabelSelectorRequirement {
-                        key: "reaper.dev/inject".into(),
-                        operator: "NotIn".into(),
-                        values: Some(vec!["disabled".into()]),
-                    }]),
-                }),
-                match_policy: None,
-                match_conditions: None,
-            }]),
-        };
+        let mwc = control_plane::webhook_registration(
+            &self.mwc,
+            &format!("https://127.0.0.1:{port}/mutate"),
+            ca_pem,
+            &[("reaper.dev/inject", "enabled"), (TEST_LABEL, &self.id)],
+            &self.failure_policy,
+        );
         Api::<MutatingWebhookConfiguration>::all(self.client.clone())
             .create(&PostParams::default(), &mwc)
             .await

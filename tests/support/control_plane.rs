@@ -940,6 +940,36 @@ fn kubeconfig_yaml(server: &str, ca: &Path, creds: Credentials<'_>) -> String {
     )
 }
 
+/// The chart's MutatingWebhookConfiguration (failurePolicy, timeout, reinvocation, opt-out
+/// objectSelector, CEL mirror-pod condition, pods CREATE), pointing at a local `url` instead of
+/// the webhook Service and matching namespaces with all of `namespace_labels`.
+pub fn webhook_registration(
+    name: &str,
+    url: &str,
+    ca_pem: &str,
+    namespace_labels: &[(&str, &str)],
+    failure_policy: &str,
+) -> k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration {
+    let labels: BTreeMap<&str, &str> = namespace_labels.iter().copied().collect();
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": name},
+        "webhooks": [{
+            "name": "pods.reaper.dev", "admissionReviewVersions": ["v1"], "sideEffects": "None",
+            "failurePolicy": failure_policy, "timeoutSeconds": 5, "reinvocationPolicy": "IfNeeded",
+            "clientConfig": {"url": url, "caBundle": k8s_openapi::ByteString(ca_pem.as_bytes().to_vec())},
+            "rules": [{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                       "resources": ["pods"], "scope": "Namespaced"}],
+            "namespaceSelector": {"matchLabels": labels},
+            "objectSelector": {"matchExpressions": [
+                {"key": "reaper.dev/inject", "operator": "NotIn", "values": ["disabled"]}]},
+            "matchConditions": [{"name": "not-a-mirror-pod", "expression":
+                "!has(object.metadata.annotations) || !('kubernetes.io/config.mirror' in object.metadata.annotations)"}]
+        }]
+    }))
+    .expect("a valid MutatingWebhookConfiguration")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
