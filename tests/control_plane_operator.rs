@@ -18,7 +18,7 @@ mod agent_common;
 mod support;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
@@ -1064,6 +1064,141 @@ async fn restart_patches_the_deployment_template_once_per_cooldown() {
     assert_eq!(restarts.len(), 1, "{restarts:#?}");
     let m = op.metrics().await.unwrap();
     assert!(m.contains("reaper_operator_restarts_total 1"), "{m}");
+    op.assert_clean_log();
+}
+
+/// A StatefulSet or DaemonSet owning one pod directly (no ReplicaSet in between); the pod's UID.
+async fn direct_workload(admin: &Client, ns: &str, kind: &str, name: &str) -> String {
+    let labels = json!({"app": name});
+    let template = json!({
+        "metadata": {"labels": labels},
+        "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+    });
+    let mut spec = json!({"selector": {"matchLabels": labels}, "template": template});
+    if kind == "StatefulSet" {
+        spec["serviceName"] = json!(name);
+    }
+    let object = json!({
+        "apiVersion": "apps/v1", "kind": kind,
+        "metadata": {"name": name, "namespace": ns}, "spec": spec
+    });
+    let uid = match kind {
+        "StatefulSet" => create::<StatefulSet>(&Api::namespaced(admin.clone(), ns), object)
+            .await
+            .uid(),
+        _ => create::<DaemonSet>(&Api::namespaced(admin.clone(), ns), object)
+            .await
+            .uid(),
+    };
+    let owner = json!({
+        "apiVersion": "apps/v1", "kind": kind, "name": name,
+        "uid": uid.unwrap(), "controller": true
+    });
+    let pod: Pod = create(
+        &Api::namespaced(admin.clone(), ns),
+        pod_json(ns, &format!("{name}-0"), labels, json!({}), Some(owner)),
+    )
+    .await;
+    pod.uid().unwrap()
+}
+
+/// The template annotation of a StatefulSet or DaemonSet, as `kubectl rollout restart` sets it.
+async fn template_restarted_at(admin: &Client, ns: &str, kind: &str, name: &str) -> Option<String> {
+    let template = match kind {
+        "StatefulSet" => {
+            Api::<StatefulSet>::namespaced(admin.clone(), ns)
+                .get(name)
+                .await
+                .ok()?
+                .spec?
+                .template
+        }
+        _ => {
+            Api::<DaemonSet>::namespaced(admin.clone(), ns)
+                .get(name)
+                .await
+                .ok()?
+                .spec?
+                .template
+        }
+    };
+    template
+        .metadata?
+        .annotations?
+        .get(keys::ANNOTATION_RESTARTED_AT)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_also_rolls_statefulsets_and_daemonsets() {
+    let Some(cp) = control_plane::shared() else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let admin = cp.client().await;
+    cp.install_crds(&admin).await;
+    let (ns, tag) = app_namespace(cp, &admin, "op-restart-kinds").await;
+    let home = cp.ns(&admin, "op-home").await;
+    let name = format!("{tag}-restart-kinds");
+    policy(
+        &admin,
+        &name,
+        &tag,
+        0,
+        json!({}),
+        json!({"threshold": 1, "action": "Restart"}),
+    )
+    .await;
+    let sts = direct_workload(&admin, &ns, "StatefulSet", "db").await;
+    let ds = direct_workload(&admin, &ns, "DaemonSet", "node-agent").await;
+    let report_name = unique_name("op-restart-kinds-node");
+    let containers: Vec<Value> = [&sts, &ds]
+        .iter()
+        .enumerate()
+        .map(|(i, uid)| {
+            json!({"podUid": uid, "containerId": format!("{:064x}", i + 11),
+                   "container": "app", "count": 2})
+        })
+        .collect();
+    let reports: Api<ZombieReport> = Api::all(admin.clone());
+    create(
+        &reports,
+        json!({
+            "apiVersion": "reaper.dev/v1alpha1", "kind": "ZombieReport",
+            "metadata": {"name": report_name},
+            "spec": {"nodeName": report_name, "zombies": 4, "containers": containers}
+        }),
+    )
+    .await;
+
+    let identity = operator_identity(cp, &admin, &home, None).await;
+    let op = Operator::spawn(
+        cp,
+        &identity,
+        "op-restart-kinds",
+        &home,
+        &["--leader-election=false"],
+    );
+    let logs = || op.logs();
+    for (kind, workload) in [("StatefulSet", "db"), ("DaemonSet", "node-agent")] {
+        let at = eventually(&format!("{kind} {workload} restarted"), logs, async || {
+            template_restarted_at(&admin, &ns, kind, workload).await
+        })
+        .await;
+        at.parse::<jiff::Timestamp>()
+            .unwrap_or_else(|e| panic!("{kind} restartedAt {at:?} is not RFC 3339: {e}"));
+    }
+    let kinds = eventually("two ZombieRestart Events", logs, async || {
+        let mut kinds: Vec<String> = events_with_reason(&admin, &ns, keys::REASON_ZOMBIE_RESTART)
+            .await
+            .iter()
+            .filter_map(|e| e.regarding.as_ref()?.kind.clone())
+            .collect();
+        kinds.sort();
+        (kinds.len() == 2).then_some(kinds)
+    })
+    .await;
+    assert_eq!(kinds, ["DaemonSet", "StatefulSet"]);
     op.assert_clean_log();
 }
 
