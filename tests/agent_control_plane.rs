@@ -227,20 +227,24 @@ async fn agent_publishes_owned_report_with_names_on_change_and_heartbeat() {
         "{managers:?}"
     );
 
-    // Unchanged content is not rewritten every scan: over ~2 s (about 7 scans) at most one
-    // write (a heartbeat may fall in).
-    let rv0 = report.resource_version();
-    let mut versions = vec![rv0.clone()];
+    // Unchanged content is not rewritten every scan: over ~2 s (about 7 scans) every write either
+    // carries a material change (the agent scans the whole machine, where other tests make and
+    // reap zombies meanwhile) or is the one heartbeat that may fall in.
+    let mut last = report.clone();
+    let mut unchanged_writes = Vec::new();
     for _ in 0..10 {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        let rv = reports.get(&node_name).await.unwrap().resource_version();
-        if versions.last() != Some(&rv) {
-            versions.push(rv);
+        let now = reports.get(&node_name).await.unwrap();
+        if now.resource_version() != last.resource_version() {
+            if reaper::agent::report::same_content(&last.spec, &now.spec) {
+                unchanged_writes.push(now.resource_version());
+            }
+            last = now;
         }
     }
     assert!(
-        versions.len() <= 2,
-        "rewritten without change: {versions:?}\n{}",
+        unchanged_writes.len() <= 1,
+        "rewritten without change: {unchanged_writes:?}\n{}",
         logs()
     );
     // ... but the heartbeat refreshes observedAt.
