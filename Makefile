@@ -51,6 +51,7 @@ tools:
 
 ## Every test of the project (the README's test command).
 test: reaper controller-static tools lint shellcheck
+	$(CARGO) build --bin reaper-controller --example demo
 	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
 
 ## Unit tests only (no root, no control plane): the quick loop.

@@ -13,13 +13,13 @@ fn make_demo_runs_every_step_and_exits_0() {
         assert!(control_plane::shared().is_none());
         return;
     }
-    // What `make demo` runs after building the tools and reaper-controller. The binary comes from
-    // `cargo test --all-targets` (`make test`); a nested `cargo run` would rebuild under the test's
-    // environment and make the next `cargo test` rebuild again.
+    // What `make demo` runs after building the tools and reaper-controller. `make test` builds the
+    // example first (`cargo test` only builds examples as test harnesses); a nested `cargo run`
+    // would rebuild under the test's environment and make the next `cargo test` rebuild again.
     let demo = control_plane::repo_root().join("target/debug/examples/demo");
     assert!(
         demo.is_file(),
-        "{} is missing: run `cargo build --example demo` (make test builds it)",
+        "{} is missing: run `cargo build --example demo` (`make test` does)",
         demo.display()
     );
     let mut child = Command::new(&demo)
