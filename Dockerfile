@@ -2,7 +2,8 @@
 # Reaper's images. Two final stages, both FROM scratch, both running as UID/GID 65532:
 #   reaper      only /reaper (the static init); the webhook's injected init container copies it
 #               into pods (`/reaper --install <mount-path>/reaper`).
-#   controller  /reaper-controller with /reaper as its own PID 1.
+#   controller  /reaper-controller with /reaper as its own PID 1, and the CA bundle the webhook's
+#               registry client verifies registries with (/etc/ssl/certs/ca-certificates.crt).
 #
 # From source, multi-arch (the builder cross-compiles; no emulation):
 #   docker buildx build --platform linux/amd64,linux/arm64 --target reaper     -t REPO/reaper:TAG .
@@ -52,11 +53,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo rustc --locked --release --bin reaper-controller --target "$triple" -- \
       -C target-feature=+crt-static; \
     mkdir -p /out; \
-    cp "target/$triple/reaper/reaper" "target/$triple/release/reaper-controller" /out/
+    cp "target/$triple/reaper/reaper" "target/$triple/release/reaper-controller" /out/; \
+    cp /etc/ssl/certs/ca-certificates.crt /out/
 
 FROM scratch AS prebuilt
-# The wildcard lets the reaper image be built without a controller binary.
-COPY target/reaper/reaper target/controller-static/reaper-controlle[r] /out/
+# The wildcards let the reaper image be built without a controller binary (`make controller-static`
+# puts the host's CA bundle beside it).
+COPY target/reaper/reaper target/controller-static/reaper-controlle[r] target/controller-static/ca-certificates.cr[t] /out/
 
 FROM ${BINARIES} AS binaries
 # One instruction: buildah (podman build --layers=false) cannot use a stage that is a bare FROM.
@@ -80,5 +83,7 @@ LABEL org.opencontainers.image.title="reaper-controller" \
       org.opencontainers.image.version="${VERSION}"
 COPY --from=binaries /out/reaper /reaper
 COPY --from=binaries /out/reaper-controller /reaper-controller
+# Registry lookups verify TLS against the system's roots; scratch has none of its own.
+COPY --from=binaries /out/ca-certificates.crt /etc/ssl/certs/ca-certificates.crt
 USER 65532:65532
 ENTRYPOINT ["/reaper", "--", "/reaper-controller"]

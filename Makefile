@@ -7,13 +7,14 @@ REAPER_BIN := target/reaper/reaper
 # Static, non-PIE: no dynamic loader, no relocations to touch at start (smaller RSS, faster exec).
 REAPER_RUSTFLAGS := -C target-feature=+crt-static -C relocation-model=static
 CONTROLLER_STATIC := target/controller-static/reaper-controller
+CA_BUNDLE ?= /etc/ssl/certs/ca-certificates.crt
 CONTROLLER_PROFILE ?= dev
 CONTROLLER_PROFILE_DIR := $(if $(filter dev,$(CONTROLLER_PROFILE)),debug,$(CONTROLLER_PROFILE))
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_REPO ?= ghcr.io/reaper-dev
 
 .PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz-webhook \
-	controller-static images shellcheck demo-kind e2e-kind bench-latency
+	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-node
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -38,6 +39,9 @@ controller-static:
 	$(CARGO) rustc --profile $(CONTROLLER_PROFILE) --bin reaper-controller -- -C target-feature=+crt-static
 	@mkdir -p $(dir $(CONTROLLER_STATIC))
 	cp target/$(CONTROLLER_PROFILE_DIR)/reaper-controller $(CONTROLLER_STATIC)
+	@# The controller image's CA bundle (registry TLS): the host's, as the build stage copies its own.
+	@test -s $(CA_BUNDLE) || { echo "$(CA_BUNDLE) missing: apt-get install ca-certificates" >&2; exit 1; }
+	cp $(CA_BUNDLE) $(dir $(CONTROLLER_STATIC))ca-certificates.crt
 	@file $(CONTROLLER_STATIC) | grep -q 'static' || { echo "$(CONTROLLER_STATIC) is not static" >&2; exit 1; }
 
 ## Both images (Dockerfile targets reaper and controller) from the binaries built here, with podman.
@@ -45,7 +49,8 @@ images: reaper controller-static
 	podman build --pull=never --build-arg BINARIES=prebuilt --build-arg VERSION=$(VERSION) --target reaper -t $(IMAGE_REPO)/reaper:$(VERSION) .
 	podman build --pull=never --build-arg BINARIES=prebuilt --build-arg VERSION=$(VERSION) --target controller -t $(IMAGE_REPO)/reaper-controller:$(VERSION) .
 
-## kube-apiserver, etcd and helm built from Go modules into bin/ (cached by version).
+## kube-apiserver, etcd, helm and the node (kubelet, kube-scheduler, kube-proxy, kubectl,
+## containerd, pause) built from Go modules into bin/ (cached by version).
 tools:
 	e2e/control-plane/build.sh
 
@@ -102,11 +107,16 @@ bench-latency: tools
 	$(CARGO) build --release --bin reaper-controller
 	REAPER_CONTROLLER_BIN=target/release/reaper-controller $(CARGO) run --example latency
 
-## The whole system on a local control plane (same harness as the tests). Ctrl-C stops it;
-## DEMO_EXIT=1 exits 0 right after printing.
-demo: tools
+## The whole system on a local node built here (kubelet + containerd; same harness as the node
+## tests), or the API-server-only demo where no node can run (DEMO_MODE=api picks it).
+## Ctrl-C stops it; DEMO_EXIT=1 exits 0 right after printing.
+demo: reaper controller-static tools
 	$(CARGO) build --bin reaper-controller
 	$(CARGO) run --example demo
+
+## Pod start/stop with and without Reaper on the real node, agent CPU/RSS under 50 pods (root).
+bench-node: reaper controller-static tools
+	$(CARGO) run --example bench_node
 
 ## Webhook HTTPS load benchmark (wrk) against its in-process floor.
 bench-webhook:

@@ -258,6 +258,10 @@ async fn webhook_works_as_its_chart_service_account() {
         fullname: format!("{release}-reaper"),
         image: "registry.example.com/library/busybox:1.36".into(),
         ns_labels: vec![("reaper.dev/test-rbac".into(), release.clone())],
+        entrypoint_image: None,
+        settle: std::time::Duration::ZERO,
+        kubectl: "kubectl".into(),
+        kubeconfig: None,
     };
     e2e_scenarios::every_mode_runs_under_restricted(&env, false).await;
     assert_no_403("webhook", &log);

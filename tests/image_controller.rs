@@ -12,14 +12,13 @@
 //! Readiness needs its ReaperPolicy and Namespace reflectors synced, so "ready" means the API
 //! answered.
 //!
-//! Root and podman (see tests/podman_common); skipped like the podman scenarios otherwise.
+//! Root and podman (see tests/support/podman.rs); skipped like the podman scenarios otherwise.
 mod chart_common;
-mod podman_common;
+
 mod support;
 
 use base64::Engine as _;
 use chart_common::{V, cluster, render};
-use podman_common::{Podman, controller_binary, podman, reaper_binary, wait_until};
 use std::collections::BTreeSet;
 use std::fs;
 use std::io::{Read, Write};
@@ -30,6 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::control_plane::{self, TestCa, free_port, unique_name};
+use support::podman::{Podman, controller_binary, podman, reaper_binary, wait_until};
 
 const UID: &str = "65532";
 /// A stop of a ready webhook: SIGTERM forwarded by the reaper, the webhook drains and exits 0.
@@ -121,7 +121,17 @@ fn controller_image_runs_the_controller_under_reaper() {
     );
     assert_eq!(
         image_files(&pm, &image),
-        BTreeSet::from(["reaper".to_string(), "reaper-controller".to_string()])
+        [
+            "etc",
+            "etc/ssl",
+            "etc/ssl/certs",
+            "etc/ssl/certs/ca-certificates.crt",
+            "reaper",
+            "reaper-controller"
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<BTreeSet<_>>()
     );
     let help = pm.ok(&["run", "--rm", "--network", "none", &image, "--help"]);
     for sub in ["webhook", "operator", "agent", "crds"] {

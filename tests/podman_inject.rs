@@ -7,13 +7,9 @@
 //! expansion). They must run, reap and stop as in scenarios 1-3; the unpatched pod, played the
 //! same way, is the control.
 
-mod podman_common;
+mod support;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
-use podman_common::{
-    PROMPT, Podman, SIGKILL_PATH, STOP_TIMEOUT, WAIT_TIMEOUT, cmdline, lingering_zombies, podman,
-    reaper_binary, repo, sample_trees, subtree, tree, wait_until, zombie_pids,
-};
 use reaper::crd::PolicySet;
 use reaper::keys;
 use reaper::webhook::images::{ImageConfig, ImageIndex};
@@ -23,6 +19,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::time::Duration;
+use support::podman::{
+    PROMPT, Podman, SIGKILL_PATH, STOP_TIMEOUT, WAIT_TIMEOUT, cmdline, lingering_zombies, podman,
+    reaper_binary, repo, sample_trees, subtree, tree, wait_until, zombie_pids,
+};
 
 const NAMESPACE: &str = "default";
 /// The app containers' UID and GID: arbitrary, non-root, in neither image.
@@ -275,7 +275,7 @@ fn cpus(q: &str) -> Result<String, String> {
 
 /// A pod played with podman: its emptyDirs as volumes, its init containers run to completion.
 struct Played {
-    volumes: HashMap<String, podman_common::Volume>,
+    volumes: HashMap<String, support::podman::Volume>,
     names: HashMap<String, String>,
 }
 

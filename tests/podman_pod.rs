@@ -4,15 +4,15 @@
 //! The control is the same pod without `pid` in `--share`: the app is then PID 1 of its own
 //! namespace, as in a pod without `shareProcessNamespace`.
 
-mod podman_common;
+mod support;
 
-use podman_common::{
-    PROMPT, Podman, SIGKILL_PATH, STOP_TIMEOUT, lingering_zombies, podman, sample_trees, subtree,
-    zombie_pids,
-};
 use std::collections::HashSet;
 use std::fs;
 use std::time::Duration;
+use support::podman::{
+    PROMPT, Podman, SIGKILL_PATH, STOP_TIMEOUT, lingering_zombies, podman, sample_trees, subtree,
+    zombie_pids,
+};
 
 const WATCH: Duration = Duration::from_secs(4);
 const EVERY: Duration = Duration::from_millis(100);

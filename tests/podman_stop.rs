@@ -5,13 +5,13 @@
 //! from the reaper image) and through `podman run --init --init-path target/reaper/reaper`
 //! (podman bind-mounts it as /run/podman-init and runs `/run/podman-init -- CMD`).
 
-mod podman_common;
+mod support;
 
-use podman_common::{
+use std::time::Duration;
+use support::podman::{
     PROMPT, Pid1, SIGKILL_PATH, SLEEP, STOP_TIMEOUT, WAIT_TIMEOUT, images, podman, start, tree,
     wait_until,
 };
-use std::time::Duration;
 
 #[test]
 fn stop_latency_sigterm_ignoring_pid1() {

@@ -4,14 +4,14 @@
 //! Zombies are counted from the host's /proc: the container's processes are its first
 //! process (the host pid `podman inspect` reports) and everything below it by parent pid.
 
-mod podman_common;
+mod support;
 
-use podman_common::{
+use std::collections::HashSet;
+use std::time::Duration;
+use support::podman::{
     Images, Pid1, Podman, Proc, images, lingering_zombies, podman, sample_trees, start, subtree,
     zombie_pids,
 };
-use std::collections::HashSet;
-use std::time::Duration;
 
 /// How long the orphan maker runs before the counts are compared (about 20 orphans a second).
 const WATCH: Duration = Duration::from_secs(4);
@@ -108,7 +108,7 @@ fn run_drain(pm: &Podman, img: &Images, how: Pid1) -> (i32, Option<String>) {
     let mount = format!("{}:/data", vol.name);
     // Detached, then `podman wait`: the container may finish before `start` looks at it.
     let mut argv = vec!["run", "-d", "--name", &c, "--network", "none", "-v", &mount];
-    let init_path = podman_common::reaper_binary();
+    let init_path = support::podman::reaper_binary();
     if let Pid1::InitPath = how {
         argv.extend(["--init", "--init-path", init_path.to_str().unwrap()]);
     }

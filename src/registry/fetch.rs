@@ -25,6 +25,10 @@ const MAX_CLIENTS: usize = 64;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 const USER_AGENT: &str = concat!("reaper-controller/", env!("CARGO_PKG_VERSION"));
+/// Why no registry client can be built here, and what to do.
+pub const NO_ROOTS: &str = "cannot build the registry client: no CA certificates on this system \
+     (the controller image carries /etc/ssl/certs/ca-certificates.crt; a custom image needs one, \
+     or SSL_CERT_FILE pointing at a PEM bundle)";
 /// Index annotation BuildKit puts on attestation manifests (platform `unknown/unknown`).
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
 
@@ -268,7 +272,12 @@ impl Fetcher {
             user_agent: USER_AGENT,
             ..Default::default()
         };
-        let client = Client::try_from(config).map_err(|e| {
+        // oci-client builds a default reqwest client as well, which panics instead of failing
+        // when the system has no CA certificates (an image without /etc/ssl/certs): say so.
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Client::try_from(config)))
+                .map_err(|_| Failure::new(FailureKind::Error, NO_ROOTS.to_string()))?;
+        let client = built.map_err(|e| {
             Failure::new(
                 FailureKind::Error,
                 format!("cannot build the registry client: {}", chain(&e)),
@@ -427,6 +436,15 @@ impl Fetcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_builds_with_plain_http_registries() {
+        let fetcher = Fetcher::new(Settings {
+            insecure: vec!["10.0.0.1:5000".into()],
+            extra_roots: Vec::new(),
+        });
+        assert!(fetcher.client(&Identity::Anonymous).is_ok());
+    }
 
     #[test]
     fn platforms_of_an_index() {

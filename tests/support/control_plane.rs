@@ -46,8 +46,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(120);
 const CONTROLLER_MANAGER_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often a start is retried when a port picked as free was taken meanwhile.
 const PORT_RETRIES: usize = 3;
-/// Service CIDR handed to the apiserver; nothing routes it, it only has to be valid.
-const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// Service CIDR handed to the apiserver. Only a node's kube-proxy routes it (tests/support/node.rs).
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
+/// The `kubernetes` Service's ClusterIP (the first address of [`SERVICE_CIDR`]).
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
 pub const SERVICE_ACCOUNT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
 const DIR_PREFIX: &str = "reaper-control-plane-";
@@ -115,7 +117,7 @@ pub fn reaper_controller_bin() -> PathBuf {
 
 /// A CA for tests: the control plane's own PKI, and webhook serving certificates.
 pub struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    pub issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A certificate and its private key, both PEM.
@@ -191,6 +193,15 @@ struct Proc {
     log: PathBuf,
 }
 
+/// How a control plane is reached.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Serve (and advertise, for the `kubernetes` Service) on this address instead of 127.0.0.1:
+    /// a node's pods reach the API server there through kube-proxy. Also makes the API server
+    /// talk to kubelets (client certificate, kubelet serving CA, InternalIP first).
+    pub address: Option<std::net::Ipv4Addr>,
+}
+
 /// A running etcd + kube-apiserver (+ kube-controller-manager on demand).
 pub struct ControlPlane {
     dir: PathBuf,
@@ -199,6 +210,8 @@ pub struct ControlPlane {
     etcd_url: String,
     kubeconfig: PathBuf,
     ca_pem: String,
+    /// Signs the serving and client certificates (also those of a node's components).
+    ca: TestCa,
     config: Config,
     procs: Mutex<Vec<Proc>>,
     /// Spawns on the thread that owns the children (PR_SET_PDEATHSIG fires when the spawning
@@ -214,16 +227,17 @@ impl ControlPlane {
     /// Starts a private control plane owned by the caller (stopped on drop). Blocking; callable
     /// from sync code or from inside a runtime.
     pub fn start() -> Result<Self, String> {
-        Self::start_owned(None)
+        Self::start_owned(None, &Options::default())
     }
 
-    fn start_owned(owner: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>) -> Result<Self, String> {
+    /// [`Self::start`] with [`Options`], spawning every process from `owner` (see [`owner_thread`]).
+    pub fn start_owned(owner: Option<Owner>, opts: &Options) -> Result<Self, String> {
         let apiserver = tool("kube-apiserver")?;
         let etcd = tool("etcd")?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut last = String::new();
         for attempt in 1..=PORT_RETRIES {
-            match Self::try_start(&apiserver, &etcd, owner.clone()) {
+            match Self::try_start(&apiserver, &etcd, owner.clone(), opts) {
                 Ok(cp) => return Ok(cp),
                 Err(StartError::PortTaken(e)) => {
                     eprintln!("control plane: port taken (attempt {attempt}), retrying: {e}");
@@ -242,7 +256,8 @@ impl ControlPlane {
     fn try_start(
         apiserver: &Path,
         etcd: &Path,
-        owner: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+        owner: Option<Owner>,
+        opts: &Options,
     ) -> Result<Self, StartError> {
         let began = Instant::now();
         remove_stale_dirs();
@@ -252,10 +267,15 @@ impl ControlPlane {
             .map_err(|e| StartError::Failed(format!("creating temp dir: {e}")))?
             .keep();
         let _ = fs::write(dir.join(OWNER_FILE), std::process::id().to_string());
-        let pki = Pki::write(&dir).map_err(|e| StartError::Failed(format!("writing PKI: {e}")))?;
-        let (etcd_port, peer_port, api_port) = (free_port(), free_port(), free_port());
+        let (pki, ca) = Pki::write(&dir, opts.address)
+            .map_err(|e| StartError::Failed(format!("writing PKI: {e}")))?;
+        let (etcd_port, peer_port) = (free_port(), free_port());
+        let api_ip = opts
+            .address
+            .map_or("127.0.0.1".to_string(), |a| a.to_string());
+        let api_port = free_port_on(&api_ip);
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
-        let server = format!("https://127.0.0.1:{api_port}");
+        let server = format!("https://{api_ip}:{api_port}");
         let kubeconfig = dir.join("admin.kubeconfig");
         fs::write(
             &kubeconfig,
@@ -276,6 +296,7 @@ impl ControlPlane {
 
         let mut cp = ControlPlane {
             ca_pem: fs::read_to_string(&pki.ca).unwrap_or_default(),
+            ca,
             dir: dir.clone(),
             server,
             etcd_url: etcd_url.clone(),
@@ -305,7 +326,7 @@ impl ControlPlane {
         cp.wait_port("etcd", etcd_port, ETCD_TIMEOUT)?;
 
         let mut api_cmd = Command::new(apiserver);
-        api_cmd.args(apiserver_args(&dir, &pki, &etcd_url, api_port));
+        api_cmd.args(apiserver_args(&dir, &pki, &etcd_url, &api_ip, api_port));
         cp.spawn("kube-apiserver", api_cmd)
             .map_err(StartError::Failed)?;
         cp.wait_ready()?;
@@ -319,8 +340,9 @@ impl ControlPlane {
         Ok(cp)
     }
 
-    /// Spawns a process whose output goes to `<dir>/<name>.log`, dying with its owner thread.
-    fn spawn(&self, name: &'static str, mut cmd: Command) -> Result<(), String> {
+    /// Spawns a process whose output goes to `<dir>/<name>.log`, dying with its owner thread;
+    /// returns its pid. [`Self::shutdown`] kills it (also a node's processes spawned here).
+    pub fn spawn(&self, name: &'static str, mut cmd: Command) -> Result<u32, String> {
         let log = self.dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -341,12 +363,43 @@ impl ControlPlane {
             }
         }
         .map_err(|e| format!("starting {name}: {e}"))?;
+        let pid = child.id();
         self.procs.lock().unwrap().push(Proc { name, child, log });
-        Ok(())
+        Ok(pid)
+    }
+
+    /// Kills and reaps the processes named `name` (spawned by [`Self::spawn`]); true if any.
+    pub fn kill(&self, name: &str, signal: i32) -> bool {
+        let mut procs = self.procs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut found = false;
+        for p in procs.iter_mut().filter(|p| p.name == name) {
+            found = true;
+            // SAFETY: kill(2) on our own child's pid, which is not reaped yet (no reuse).
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(p.child.id() as i32, signal);
+            }
+            if signal != libc::SIGKILL {
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while matches!(p.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+        procs.retain(|p| p.name != name);
+        found
     }
 
     /// Err with the log tail when a process has exited.
-    fn check_alive(&self) -> Result<(), StartError> {
+    pub fn check_alive(&self) -> Result<(), String> {
+        self.check_alive_start().map_err(|e| match e {
+            StartError::PortTaken(m) | StartError::Failed(m) => m,
+        })
+    }
+
+    fn check_alive_start(&self) -> Result<(), StartError> {
         let mut procs = self.procs.lock().unwrap();
         for p in procs.iter_mut() {
             if let Ok(Some(status)) = p.child.try_wait() {
@@ -372,7 +425,7 @@ impl ControlPlane {
             if TcpStream::connect(("127.0.0.1", port)).is_ok() {
                 return Ok(());
             }
-            self.check_alive()?;
+            self.check_alive_start()?;
             if Instant::now() > deadline {
                 return Err(StartError::Failed(format!(
                     "{name} did not listen on port {port} within {timeout:?}\n{}",
@@ -400,7 +453,7 @@ impl ControlPlane {
                 Ok(_) => return Ok(()),
                 Err(e) => e,
             };
-            self.check_alive()?;
+            self.check_alive_start()?;
             if Instant::now() > deadline {
                 return Err(StartError::Failed(format!(
                     "kube-apiserver not ready within {READY_TIMEOUT:?} (last /readyz: {last})\n{}",
@@ -455,6 +508,37 @@ impl ControlPlane {
     /// The CA that signed the apiserver's serving certificate.
     pub fn ca_pem(&self) -> &str {
         &self.ca_pem
+    }
+
+    /// The CA itself: clients it signs are trusted by the API server (`--client-ca-file`).
+    pub fn ca(&self) -> &TestCa {
+        &self.ca
+    }
+
+    /// A kubeconfig file for a client certificate of user `user` in `groups` (a node's kubelet,
+    /// kube-proxy, scheduler), written as `<dir>/<file>.kubeconfig`.
+    pub fn write_cert_kubeconfig(&self, file: &str, user: &str, groups: &[&str]) -> PathBuf {
+        let pair = self.ca.issue_client(user, groups);
+        let pki = self.dir.join("pki");
+        let (cert, key) = (
+            pki.join(format!("{file}.crt")),
+            pki.join(format!("{file}.key")),
+        );
+        let path = self.dir.join(format!("{file}.kubeconfig"));
+        fs::write(&cert, &pair.cert_pem)
+            .and_then(|()| fs::write(&key, &pair.key_pem))
+            .and_then(|()| {
+                fs::write(
+                    &path,
+                    kubeconfig_yaml(
+                        &self.server,
+                        &pki.join("ca.crt"),
+                        Credentials::Cert(&cert, &key),
+                    ),
+                )
+            })
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        path
     }
 
     /// The temp dir holding certificates, kubeconfigs and logs.
@@ -594,7 +678,7 @@ impl ControlPlane {
                     if let Ok(Some(_)) = cms.get_opt("kube-root-ca.crt").await {
                         break;
                     }
-                    if let Err(StartError::Failed(e) | StartError::PortTaken(e)) = self.check_alive() {
+                    if let Err(e) = self.check_alive() {
                         panic!("{e}");
                     }
                     assert!(
@@ -709,23 +793,11 @@ pub fn shared() -> Option<&'static ControlPlane> {
         return None;
     }
     let shared = SHARED.get_or_init(|| {
-        // One long-lived thread spawns (and so owns) every control-plane process: PR_SET_PDEATHSIG
-        // fires when the spawning thread ends, and test threads end after each test.
-        let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
-        std::thread::Builder::new()
-            .name("control-plane-owner".into())
-            .spawn(move || {
-                for job in jobs_rx {
-                    job();
-                }
-                // The sender lives in the leaked ControlPlane: never reached before exit.
-                loop {
-                    std::thread::park();
-                }
-            })
-            .map_err(|e| format!("spawning the control-plane thread: {e}"))?;
-        let cp: &'static ControlPlane =
-            Box::leak(Box::new(ControlPlane::start_owned(Some(jobs_tx))?));
+        let owner = owner_thread("control-plane-owner")?;
+        let cp: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start_owned(
+            Some(owner),
+            &Options::default(),
+        )?));
         register_exit_cleanup();
         Ok(cp)
     });
@@ -733,6 +805,28 @@ pub fn shared() -> Option<&'static ControlPlane> {
         Ok(cp) => Some(cp),
         Err(e) => panic!("control plane did not start: {e}"),
     }
+}
+
+/// Runs closures on one thread.
+pub type Owner = mpsc::Sender<Box<dyn FnOnce() + Send>>;
+
+/// A long-lived thread that spawns (and so owns) processes shared by many tests:
+/// PR_SET_PDEATHSIG fires when the spawning *thread* ends, and test threads end after each test.
+pub fn owner_thread(name: &str) -> Result<Owner, String> {
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Box<dyn FnOnce() + Send>>();
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            for job in jobs_rx {
+                job();
+            }
+            // The sender lives in a leaked static: never reached before exit.
+            loop {
+                std::thread::park();
+            }
+        })
+        .map_err(|e| format!("spawning the {name} thread: {e}"))?;
+    Ok(jobs_tx)
 }
 
 /// Statics are never dropped: stop the shared control plane from an exit handler (libtest ends
@@ -816,15 +910,20 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A free TCP port on loopback (bound then released: a small race that `PORT_RETRIES` covers).
 pub fn free_port() -> u16 {
-    TcpListener::bind(("127.0.0.1", 0))
+    free_port_on("127.0.0.1")
+}
+
+/// A free TCP port on `ip` (a local address).
+pub fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .expect("binding an ephemeral loopback port")
+        .unwrap_or_else(|e| panic!("binding an ephemeral port on {ip}: {e}"))
 }
 
 /// Runs a future to completion on a private runtime in a scoped thread, so it works from sync
 /// code and from inside another runtime alike.
-fn block_on<F: std::future::Future + Send>(f: F) -> F::Output
+pub fn block_on<F: std::future::Future + Send>(f: F) -> F::Output
 where
     F::Output: Send,
 {
@@ -856,19 +955,30 @@ struct Pki {
     admin_key: PathBuf,
     sa_pub: PathBuf,
     sa_key: PathBuf,
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
 impl Pki {
-    fn write(dir: &Path) -> io::Result<Self> {
+    fn write(dir: &Path, address: Option<std::net::Ipv4Addr>) -> io::Result<(Self, TestCa)> {
         let pki = dir.join("pki");
         fs::create_dir_all(&pki)?;
         let ca = TestCa::new("reaper-test-ca");
-        let serving = ca.issue_server(&[
+        let address = address.map(|a| a.to_string());
+        let mut sans = vec![
             "127.0.0.1",
             "localhost",
             "kubernetes",
+            "kubernetes.default",
             "kubernetes.default.svc",
-        ]);
+            "kubernetes.default.svc.cluster.local",
+            // What pods dial (the `kubernetes` Service) and where the server listens for them.
+            KUBERNETES_SERVICE_IP,
+        ];
+        sans.extend(address.as_deref());
+        let serving = ca.issue_server(&sans);
+        // The API server's identity towards kubelets (exec, logs, port-forward, proxy).
+        let kubelet_client = ca.issue_client("kube-apiserver-kubelet-client", &["system:masters"]);
         let admin = ca.issue_client("reaper-test-admin", &["system:masters"]);
         // ServiceAccount tokens are signed with this key (ES256) and verified with its public half.
         let sa = KeyPair::generate().expect("generate service-account key");
@@ -880,6 +990,8 @@ impl Pki {
             admin_key: pki.join("admin.key"),
             sa_pub: pki.join("sa.pub"),
             sa_key: pki.join("sa.key"),
+            kubelet_client_cert: pki.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: pki.join("apiserver-kubelet-client.key"),
         };
         fs::write(&p.ca, ca.cert_pem())?;
         fs::write(&p.serving_cert, &serving.cert_pem)?;
@@ -888,16 +1000,18 @@ impl Pki {
         fs::write(&p.admin_key, &admin.key_pem)?;
         fs::write(&p.sa_pub, sa.public_key_pem())?;
         fs::write(&p.sa_key, sa.serialize_pem())?;
-        Ok(p)
+        fs::write(&p.kubelet_client_cert, &kubelet_client.cert_pem)?;
+        fs::write(&p.kubelet_client_key, &kubelet_client.key_pem)?;
+        Ok((p, ca))
     }
 }
 
-fn apiserver_args(dir: &Path, pki: &Pki, etcd_url: &str, port: u16) -> Vec<String> {
+fn apiserver_args(dir: &Path, pki: &Pki, etcd_url: &str, ip: &str, port: u16) -> Vec<String> {
     let p = |path: &Path| path.display().to_string();
     vec![
         format!("--etcd-servers={etcd_url}"),
-        "--bind-address=127.0.0.1".into(),
-        "--advertise-address=127.0.0.1".into(),
+        format!("--bind-address={ip}"),
+        format!("--advertise-address={ip}"),
         format!("--secure-port={port}"),
         format!("--cert-dir={}", dir.join("apiserver-certs").display()),
         format!("--tls-cert-file={}", p(&pki.serving_cert)),
@@ -915,6 +1029,15 @@ fn apiserver_args(dir: &Path, pki: &Pki, etcd_url: &str, port: u16) -> Vec<Strin
         // The agent DaemonSet (hostPID, privileged) must be admissible, as on real clusters.
         "--allow-privileged=true".into(),
         "--profiling=false".into(),
+        // Towards kubelets (only a node has any): verify their serving certificates (signed by
+        // the same CA), authenticate with a client certificate, dial the InternalIP first.
+        format!(
+            "--kubelet-client-certificate={}",
+            p(&pki.kubelet_client_cert)
+        ),
+        format!("--kubelet-client-key={}", p(&pki.kubelet_client_key)),
+        format!("--kubelet-certificate-authority={}", p(&pki.ca)),
+        "--kubelet-preferred-address-types=InternalIP,Hostname".into(),
     ]
 }
 

@@ -3,4 +3,6 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod node;
+pub mod podman;
 pub mod registry;

@@ -762,7 +762,7 @@ impl Webhook {
         std::fs::write(p("tls.key"), &pair.key_pem).unwrap();
         let (port, admin) = (free_port(), free_port());
         let log = p("webhook.err");
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_reaper-controller"));
+        let mut cmd = std::process::Command::new(super::control_plane::reaper_controller_bin());
         cmd.args(["--log-level", "info,reaper=debug", "webhook"])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--admin-listen", &format!("127.0.0.1:{admin}")])

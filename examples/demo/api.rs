@@ -1,13 +1,15 @@
-//! `make demo`: Reaper on a local control plane (etcd + kube-apiserver from `make tools`, the same
-//! harness the integration tests use). Runs the steps below in order, prints what each did, then
-//! keeps everything up until Ctrl-C (or exits at once with `DEMO_EXIT=1`).
+//! The API-server-only demo (where no node can run: not root, no cgroups): Reaper on a local
+//! control plane (etcd + kube-apiserver from `make tools`, the same harness the integration tests
+//! use), its components as local processes. Shows admission, not execution. Runs the steps below
+//! in order, prints what each did, then keeps everything up until Ctrl-C (or exits at once with
+//! `DEMO_EXIT=1`).
 //!
 //! Adding a step: add a variant to [`Step`], its title, and its function in [`Demo::run`].
-#[path = "../tests/support/control_plane.rs"]
-mod control_plane;
-
+use crate::support::control_plane::{
+    self, ChildGuard, ControlPlane, TestCa, free_port, reaper_controller_bin,
+};
+use crate::{SAMPLE_POLICY, stop_requested};
 use anyhow::{Context, Result, bail};
-use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, reaper_controller_bin};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
@@ -23,8 +25,6 @@ use std::time::{Duration, Instant};
 
 /// Field manager for what the demo applies.
 const MANAGER: &str = "reaper-demo";
-/// The sample policy, shown to the user as a file they can edit and re-apply.
-const SAMPLE_POLICY: &str = include_str!("demo-policy.yaml");
 /// Namespace the sample pods go to (opted in with `reaper.dev/inject=enabled`).
 const DEMO_NAMESPACE: &str = "demo";
 /// The operator's namespace (Lease), as in the chart.
@@ -575,20 +575,10 @@ async fn skipped_or_opted_out(client: &Client) -> Result<u32> {
         .len() as u32)
 }
 
-/// Waits for Ctrl-C or SIGTERM.
-async fn stop_requested() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-#[tokio::main]
-async fn main() -> Result<()> {
+/// Runs the API-server-only demo.
+pub async fn run() -> Result<()> {
     let began = Instant::now();
-    println!("Reaper demo: {} steps", Step::ALL.len());
+    println!("Reaper demo (API server only): {} steps", Step::ALL.len());
     println!("== 1. {}", Step::ControlPlane.title());
     // Blocking start (a few seconds); stopped (processes killed, temp dir removed) when `demo` drops.
     let cp = ControlPlane::start().map_err(anyhow::Error::msg)?;

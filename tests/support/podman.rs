@@ -69,7 +69,7 @@ pub fn controller_binary() -> PathBuf {
 }
 
 /// Debian's busybox-static (a static binary runs in a FROM-scratch image).
-fn busybox() -> PathBuf {
+pub fn busybox() -> PathBuf {
     ["/bin/busybox", "/usr/bin/busybox"]
         .iter()
         .map(PathBuf::from)
@@ -557,10 +557,29 @@ impl Drop for Podman {
 /// Stages the workload image's build context in `ctx`: bin/busybox, one symlink per applet,
 /// scripts/ from e2e/podman/scripts. Shared with bench/podman.sh's layout.
 pub fn stage_workload_context(ctx: &Path) {
+    stage_busybox_context(ctx, APPLETS);
+}
+
+/// [`stage_workload_context`] with the given applets linked into bin/ (every applet of this
+/// busybox when empty: the node's workload image).
+pub fn stage_busybox_context(ctx: &Path, applets: &[&str]) {
     let bin = ctx.join("bin");
     fs::create_dir_all(&bin).expect("mkdir bin");
     fs::copy(busybox(), bin.join("busybox")).expect("copy busybox");
-    for applet in APPLETS {
+    let all: Vec<String> = if applets.is_empty() {
+        let out = Command::new(busybox())
+            .arg("--list")
+            .output()
+            .expect("busybox --list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|a| *a != "busybox")
+            .map(str::to_owned)
+            .collect()
+    } else {
+        applets.iter().map(|a| a.to_string()).collect()
+    };
+    for applet in &all {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).expect("symlink applet");
     }
     let scripts = ctx.join("scripts");
