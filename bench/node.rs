@@ -69,7 +69,8 @@ fn pod(series: Series, name: &str, node: &Node) -> Result<Pod> {
     let security = json!({"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
                           "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}});
     // No probes: an exec probe per pod per second would load the node more than what is measured.
-    let mut app = json!({"name": "app", "image": node.images.workload, "securityContext": security});
+    let mut app =
+        json!({"name": "app", "image": node.images.workload, "securityContext": security});
     if series != Series::Auto {
         app["command"] = json!(["sleep", "3600"]);
     }

@@ -169,6 +169,9 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
     }
     indent(&kubectl(&["-n", NAMESPACE, "get", "pods", "-o", "wide"])?);
 
+    // The orphans exit after a second: wait until the agent has seen their zombies, so `ps` shows
+    // them too.
+    let (unprotected_z, protected_z) = zombies(&client, &pods).await?;
     step(5, "PID 1 of each (kubectl exec ... ps)");
     for name in ["unprotected", "protected"] {
         println!("   -- {name}");
@@ -185,7 +188,6 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
     }
 
     step(6, "zombies in the node's ZombieReport (agent)");
-    let (unprotected_z, protected_z) = zombies(&client, &pods).await?;
     println!("   unprotected: {unprotected_z} zombies   protected: {protected_z} zombies");
     indent(&kubectl(&["get", "zombiereports"])?);
 
