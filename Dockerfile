@@ -43,12 +43,13 @@ RUN set -eux; \
     echo "$triple" > /triple
 COPY Cargo.toml Cargo.lock ./
 COPY src/ src/
+COPY crates/ crates/
 # Cargo.toml names an example and a bench under bench/: the manifest does not load without them.
 COPY bench/ bench/
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,id=reaper-target-${TARGETARCH} \
     set -eux; . /env.sh; triple=$(cat /triple); \
-    cargo rustc --locked --profile reaper --bin reaper --target "$triple" -- \
+    cargo rustc --locked -p reaper-init --profile reaper --bin reaper --target "$triple" -- \
       -C target-feature=+crt-static -C relocation-model=static; \
     cargo rustc --locked --release --bin reaper-controller --target "$triple" -- \
       -C target-feature=+crt-static; \

@@ -19,9 +19,9 @@ IMAGE_REPO ?= ghcr.io/reaper-dev
 build: reaper
 	$(CARGO) build --bin reaper-controller
 
-## The static init binary (target/reaper/reaper).
+## The static init binary (target/reaper/reaper), from crates/reaper-init.
 reaper:
-	$(CARGO) rustc --profile reaper --bin reaper -- $(REAPER_RUSTFLAGS)
+	$(CARGO) rustc -p reaper-init --profile reaper --bin reaper -- $(REAPER_RUSTFLAGS)
 	@file $(REAPER_BIN) | grep -q 'statically linked' || { echo "$(REAPER_BIN) is not static" >&2; exit 1; }
 
 ## The init against tini, tini-static, dumb-init and catatonit (root; prints a Markdown table).
@@ -57,11 +57,11 @@ tools:
 ## Every test of the project (the README's test command).
 test: reaper controller-static tools lint shellcheck
 	$(CARGO) build --bin reaper-controller --example demo
-	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-2}
+	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-2}
 
 ## Unit tests only (no root, no control plane): the quick loop.
 unit:
-	$(CARGO) test --lib --bins
+	$(CARGO) test --workspace --lib --bins
 
 ## Agent scan vs ps(1) with 1,000 and 10,000 processes, and agent RSS (root for realistic cgroups).
 bench-agent:
@@ -70,7 +70,7 @@ bench-agent:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 fmt:
 	$(CARGO) fmt --all

@@ -38,8 +38,7 @@ impl Drop for Load {
             // Each spawner leads its own process group (sleepers and zombie-makers included).
             let pgid = c.id() as libc::pid_t;
             if pgid > 1 {
-                // SAFETY: kill(2) with a negative pid signals that process group; no memory involved.
-                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+                reaper_test_support::process::signal(-pgid, libc::SIGKILL);
             }
             let _ = c.wait();
         }
@@ -50,8 +49,7 @@ impl Drop for Load {
                 .split_whitespace()
             {
                 if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: as above, one pid.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    reaper_test_support::process::signal(pid, libc::SIGKILL);
                 }
             }
         }

@@ -11,8 +11,7 @@
 //! of each and the deltas; nothing is asserted (target: at most +3 ms at p99).
 //!
 //! `LATENCY_PODS` (default 300) creations per side.
-#[path = "../tests/support/control_plane.rs"]
-mod control_plane;
+use reaper_test_support::control_plane;
 
 use anyhow::{Context, Result, bail};
 use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, unique_name};

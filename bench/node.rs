@@ -10,8 +10,7 @@
 //! Prints a Markdown table and ends with one summary line:
 //! `bench-node: delete-s unmutated=A share=B inject=C auto=D; running-p50-ms unmutated=E noop-init=F share=G inject=H auto=I`
 //! `BENCH_PODS` sets the pods per series (default 20).
-#[path = "../tests/support/mod.rs"]
-mod support;
+use reaper_test_support as support;
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -325,9 +324,7 @@ async fn bench(node: &Node) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (t1, rss) = cpu_and_rss(agent).context("agent /proc")?;
-    // SAFETY: sysconf has no preconditions.
-    #[allow(unsafe_code)]
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = support::process::clock_ticks_per_second() as f64;
     let cpu_ms_per_s = (t1 - t0) as f64 / hz * 1e3 / began.elapsed().as_secs_f64();
     let mut processes = 0;
     for p in api.list(&ListParams::default()).await?.items {

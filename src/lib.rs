@@ -1,13 +1,14 @@
 //! Reaper: PID 1 done right for every Pod.
 //!
 //! One module per role; the `reaper-controller` binary (`src/main.rs`) only parses flags and
-//! dispatches. The `reaper` init (`src/bin/reaper.rs`) is deliberately *not* part of this library.
+//! dispatches. The `reaper` init is its own crate (crates/reaper-init); the names both share
+//! live in crates/reaper-contract ([`keys`] is re-exported from there).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod agent;
 pub mod crd;
-pub mod keys;
+pub use reaper_contract::keys;
 pub mod metrics;
 pub mod operator;
 pub mod registry;

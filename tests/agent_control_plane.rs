@@ -5,7 +5,7 @@
 //! with its Node.
 
 mod agent_common;
-mod support;
+use reaper_test_support as support;
 
 use agent_common::{PARENT_COMM, V1Pod, ids, output_within_deadline, v1_pod_with};
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};

@@ -7,7 +7,7 @@
 //! Certificate, ServiceMonitor) are served by stand-in CRDs with an open schema, so for those
 //! objects the dry run checks the group/version/kind and the metadata only.
 mod chart_common;
-mod support;
+use reaper_test_support as support;
 
 use chart_common::{V, certs_modes, cluster, parse_stream, render};
 use k8s_openapi::api::core::v1::Pod;

@@ -1,6 +1,6 @@
 //! Integration suite, part 1: the CRDs on a real kube-apiserver (tests/support/control_plane.rs).
 //! The files under `crds/` are what gets installed; a unit test in src/crd keeps them in sync.
-mod support;
+use reaper_test_support as support;
 
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

@@ -1,7 +1,7 @@
 //! `make demo` is the README's main job: run it unattended (`DEMO_EXIT=1`) and check that every
 //! step did what it prints. On the real node (tests/support/node.rs) where one can run, and the
 //! API-server-only fallback (`DEMO_MODE=api`, tests/support/control_plane.rs).
-mod support;
+use reaper_test_support as support;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -15,7 +15,7 @@
 //! and every policy selects only its own test's namespace (a unique label).
 
 mod agent_common;
-mod support;
+use reaper_test_support as support;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
@@ -100,12 +100,7 @@ impl Operator {
 
     /// SIGTERM, then the exit status (killed after 15 s).
     async fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.0.id() as libc::pid_t;
-        // SAFETY: kill(2) on our own child's pid.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(pid, libc::SIGTERM);
-        }
+        support::process::signal(self.child.0.id() as i32, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self.child.0.try_wait().unwrap() {

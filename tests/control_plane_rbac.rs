@@ -10,7 +10,7 @@
 //! branch is being written in parallel).
 mod chart_common;
 mod e2e_scenarios;
-mod support;
+use reaper_test_support as support;
 
 use chart_common::{Objects, V, cluster, render};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};

@@ -5,7 +5,7 @@
 //! Each test starts its own `reaper-controller webhook` (cluster mode: reflectors over
 //! ReaperPolicies and Namespaces) and its own registration, scoped by a per-test namespace label,
 //! so tests run in parallel without seeing each other's pods.
-mod support;
+use reaper_test_support as support;
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;

@@ -15,7 +15,7 @@
 //! Root and podman (see tests/support/podman.rs); skipped like the podman scenarios otherwise.
 mod chart_common;
 
-mod support;
+use reaper_test_support as support;
 
 use base64::Engine as _;
 use chart_common::{V, cluster, render};

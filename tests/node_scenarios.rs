@@ -7,7 +7,7 @@
 //! The scenarios share one node and one release. Most run side by side (a read lock); the ones
 //! that take the webhook away (fail-open, upgrade/uninstall) run alone (the write lock).
 mod e2e_scenarios;
-mod support;
+use reaper_test_support as support;
 
 use e2e_scenarios::{Env, create, injected, restricted_pod, wait_for, wait_running};
 use k8s_openapi::api::core::v1::Pod;
@@ -162,13 +162,9 @@ fn webhook_processes(node: &Node, webhook_pods: &[Pod]) -> Vec<i32> {
         .collect()
 }
 
-#[allow(unsafe_code)]
 fn signal_all(pids: &[i32], sig: i32) {
     for pid in pids {
-        // SAFETY: kill(2) on pids just read from the webhook pods' cgroups.
-        unsafe {
-            libc::kill(*pid, sig);
-        }
+        support::process::signal(*pid, sig);
     }
 }
 

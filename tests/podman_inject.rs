@@ -7,7 +7,7 @@
 //! expansion). They must run, reap and stop as in scenarios 1-3; the unpatched pod, played the
 //! same way, is the control.
 
-mod support;
+use reaper_test_support as support;
 
 use k8s_openapi::api::core::v1::{Container, Pod};
 use reaper::crd::PolicySet;

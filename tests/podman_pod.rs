@@ -4,7 +4,7 @@
 //! The control is the same pod without `pid` in `--share`: the app is then PID 1 of its own
 //! namespace, as in a pod without `shareProcessNamespace`.
 
-mod support;
+use reaper_test_support as support;
 
 use std::collections::HashSet;
 use std::fs;

@@ -5,7 +5,7 @@
 //! from the reaper image) and through `podman run --init --init-path target/reaper/reaper`
 //! (podman bind-mounts it as /run/podman-init and runs `/run/podman-init -- CMD`).
 
-mod support;
+use reaper_test_support as support;
 
 use std::time::Duration;
 use support::podman::{
@@ -145,8 +145,7 @@ fn child_killed_by_signal_gives_128_plus_n() {
             .into_iter()
             .find(|p| p.ppid == pid)
             .expect("the init's child");
-        // SAFETY: plain kill(2) of a pid we just read from /proc.
-        assert_eq!(unsafe { libc::kill(child.pid, libc::SIGKILL) }, 0);
+        assert!(support::process::signal(child.pid, libc::SIGKILL));
         assert_eq!(pm.wait_exit(&c), 137, "reaper ({how:?}): {}", pm.logs(&c));
     }
 

@@ -4,7 +4,7 @@
 //! Zombies are counted from the host's /proc: the container's processes are its first
 //! process (the host pid `podman inspect` reports) and everything below it by parent pid.
 
-mod support;
+use reaper_test_support as support;
 
 use std::collections::HashSet;
 use std::time::Duration;

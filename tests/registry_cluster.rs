@@ -4,7 +4,7 @@
 //! against a registry that requires htpasswd basic auth; AdmissionReviews are posted to its
 //! `/mutate` over HTTPS. Warm-up watches a Deployment's template and looks its image up before
 //! any pod exists.
-mod support;
+use reaper_test_support as support;
 
 use base64::Engine as _;
 use k8s_openapi::ByteString;

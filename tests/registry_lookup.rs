@@ -2,7 +2,7 @@
 //! pushed with skopeo from OCI layouts written here): single-platform configs, image indexes,
 //! digests, failures and their cache, basic and token auth, the time budget, tag TTLs and
 //! coalescing (counted at a delaying proxy and in the metrics).
-mod support;
+use reaper_test_support as support;
 
 use k8s_openapi::api::core::v1::Pod;
 use reaper::metrics::Metrics;

@@ -3,7 +3,7 @@
 //! docker-registry on loopback, images pushed with skopeo), sometimes behind a delaying proxy that
 //! counts requests. The multi-arch case then runs the dev `reaper` binary with the
 //! `REAPER_PLATFORM_ARGV` the webhook produced.
-mod support;
+use reaper_test_support as support;
 
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -233,7 +233,7 @@ async fn multi_arch_images_and_the_reaper_picks_its_platform() {
     // reaper in place of the mounted one.
     let expand = |s: &String| kube_expand(s, &[("KEEP", "1")]);
     let run = |argv: Vec<String>, platform_argv: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_reaper"))
+        let out = std::process::Command::new(support::control_plane::reaper_bin())
             .args(&argv[1..])
             .env("REAPER_PLATFORM_ARGV", platform_argv)
             .env("REAPER_VERBOSE", "1")

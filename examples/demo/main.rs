@@ -3,8 +3,7 @@
 //! side by side. Where no node can run (not root, no cgroups) it says why and falls back to the
 //! API-server-only demo (admission without execution). `DEMO_MODE=api` picks that one;
 //! `DEMO_EXIT=1` exits 0 right after printing instead of waiting for Ctrl-C.
-#[path = "../../tests/support/mod.rs"]
-mod support;
+use reaper_test_support as support;
 
 mod api;
 mod node;

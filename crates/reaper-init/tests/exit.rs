@@ -1,12 +1,15 @@
 //! The `reaper` init: exit codes, option parsing, the environment, `--version`/`--help`,
 //! `--install` and `REAPER_PLATFORM_ARGV`. Real processes, as PID 1 and as subreaper.
 
-mod reaper_common;
+// These tests signal the init and re-wire its file descriptors and signal state.
+#![allow(unsafe_code)]
+
+mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use reaper_common::*;
+use common::*;
 
 #[test]
 fn passes_exit_codes_and_signal_deaths() {

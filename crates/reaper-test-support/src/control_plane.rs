@@ -9,8 +9,6 @@
 //! the process dies without running exit handlers.
 //!
 //! Used by `tests/*.rs` through `mod support;` and by `examples/demo.rs` through `#[path]`.
-// Each test binary uses a different part of this file.
-#![allow(dead_code)]
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
@@ -76,9 +74,14 @@ fn remove_stale_dirs() {
     }
 }
 
-/// The repository root (where `bin/` and `crds/` live).
+/// The repository root (where `bin/` and `crds/` live): this crate sits in `crates/`.
 pub fn repo_root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = here.join("../..");
+        root.canonicalize().unwrap_or(root)
+    })
 }
 
 /// Where the Go-built tools are.
@@ -107,12 +110,31 @@ fn tool_in(dir: &Path, name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// The `reaper-controller` binary: cargo's own path in integration tests, `target/debug/` from
-/// the demo (which `make demo` builds first).
+/// The `reaper-controller` binary: `REAPER_CONTROLLER_BIN`, or the one beside the running test
+/// or example (`target/<profile>/deps/<test>` and `target/<profile>/examples/<x>` both have it
+/// two levels up; cargo builds it before running integration tests, `make demo` before the demo).
 pub fn reaper_controller_bin() -> PathBuf {
-    option_env!("CARGO_BIN_EXE_reaper-controller")
-        .map(PathBuf::from)
+    if let Some(p) = std::env::var_os("REAPER_CONTROLLER_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("reaper-controller")))
+        .filter(|p| p.is_file())
         .unwrap_or_else(|| repo_root().join("target/debug/reaper-controller"))
+}
+
+/// The `reaper` init's dev build beside the running test (`cargo test --workspace` builds it),
+/// or `REAPER_BIN`.
+pub fn reaper_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("REAPER_BIN") {
+        return PathBuf::from(p);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("reaper")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| repo_root().join("target/debug/reaper"))
 }
 
 /// A CA for tests: the control plane's own PKI, and webhook serving certificates.
@@ -643,10 +665,11 @@ impl ControlPlane {
         Client::try_from(config).expect("client from token kubeconfig")
     }
 
-    /// Server-side applies the project's CRDs (`reaper::crd::all()`) and waits until they are
-    /// Established. Idempotent; safe from concurrent tests.
+    /// Server-side applies the project's CRDs (the generated `crds/*.yaml`, which a test keeps
+    /// equal to the Rust types) and waits until they are Established. Idempotent; safe from
+    /// concurrent tests.
     pub async fn install_crds(&self, client: &Client) {
-        install_crds(client, reaper::crd::all()).await
+        install_crds(client, project_crds()).await
     }
 
     /// Starts kube-controller-manager once (namespace deletion, garbage collection, service
@@ -727,6 +750,25 @@ enum StartError {
     /// A port picked as free was taken before the process bound it: worth another try.
     PortTaken(String),
     Failed(String),
+}
+
+/// The CRDs users install: every `crds/*.yaml` of the repository.
+pub fn project_crds() -> Vec<CustomResourceDefinition> {
+    let dir = repo_root().join("crds");
+    let mut paths: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| {
+            let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect()
 }
 
 /// Server-side applies CRDs and waits until each is Established.

@@ -14,6 +14,7 @@ use libc::c_int;
 use crate::log::Line;
 use crate::signals::{self, Rewrite, RewriteError};
 use crate::status::RemapExit;
+use reaper_contract::init as opt;
 
 /// Drain time when neither `--grace` nor `REAPER_GRACE` is given.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(2);
@@ -140,73 +141,73 @@ struct Spec {
 const SPECS: &[Spec] = &[
     Spec {
         opt: Opt::Subreaper,
-        long: "subreaper",
+        long: opt::OPT_SUBREAPER,
         short: Some(b's'),
         takes_value: false,
     },
     Spec {
         opt: Opt::ProcessGroup,
-        long: "process-group",
+        long: opt::OPT_PROCESS_GROUP,
         short: Some(b'g'),
         takes_value: false,
     },
     Spec {
         opt: Opt::RemapExit,
-        long: "remap-exit",
+        long: opt::OPT_REMAP_EXIT,
         short: Some(b'e'),
         takes_value: true,
     },
     Spec {
         opt: Opt::Pdeathsig,
-        long: "pdeathsig",
+        long: opt::OPT_PDEATHSIG,
         short: Some(b'p'),
         takes_value: true,
     },
     Spec {
         opt: Opt::WarnReap,
-        long: "warn-reap",
+        long: opt::OPT_WARN_REAP,
         short: Some(b'w'),
         takes_value: false,
     },
     Spec {
         opt: Opt::Verbose,
-        long: "verbose",
+        long: opt::OPT_VERBOSE,
         short: Some(b'v'),
         takes_value: false,
     },
     Spec {
         opt: Opt::Rewrite,
-        long: "rewrite",
+        long: opt::OPT_REWRITE,
         short: None,
         takes_value: true,
     },
     Spec {
         opt: Opt::Grace,
-        long: "grace",
+        long: opt::OPT_GRACE,
         short: None,
         takes_value: true,
     },
     Spec {
         opt: Opt::Install,
-        long: "install",
+        long: opt::OPT_INSTALL,
         short: None,
         takes_value: true,
     },
     Spec {
         opt: Opt::Pause,
-        long: "pause",
+        long: opt::OPT_PAUSE,
         short: None,
         takes_value: false,
     },
     Spec {
         opt: Opt::Version,
-        long: "version",
+        long: opt::OPT_VERSION,
         short: Some(b'V'),
         takes_value: false,
     },
     Spec {
         opt: Opt::Help,
-        long: "help",
+        long: opt::OPT_HELP,
         short: Some(b'h'),
         takes_value: false,
     },
@@ -425,17 +426,11 @@ pub fn parse_duration(s: &[u8]) -> Option<Duration> {
     Some(Duration::from_nanos(total))
 }
 
-/// Environment names, one per long option (listed here so the README table can follow).
-pub const ENV_SUBREAPER: &str = "REAPER_SUBREAPER";
-pub const ENV_PROCESS_GROUP: &str = "REAPER_PROCESS_GROUP";
-pub const ENV_REMAP_EXIT: &str = "REAPER_REMAP_EXIT";
-pub const ENV_PDEATHSIG: &str = "REAPER_PDEATHSIG";
-pub const ENV_WARN_REAP: &str = "REAPER_WARN_REAP";
-pub const ENV_VERBOSE: &str = "REAPER_VERBOSE";
-pub const ENV_REWRITE: &str = "REAPER_REWRITE";
-pub const ENV_GRACE: &str = "REAPER_GRACE";
-pub const ENV_TINI_SUBREAPER: &str = "TINI_SUBREAPER";
-pub const ENV_TINI_KILL_PROCESS_GROUP: &str = "TINI_KILL_PROCESS_GROUP";
+/// Environment names, one per long option (the contract crate holds the spellings).
+pub use reaper_contract::init::{
+    ENV_GRACE, ENV_PDEATHSIG, ENV_PROCESS_GROUP, ENV_REMAP_EXIT, ENV_REWRITE, ENV_SUBREAPER,
+    ENV_TINI_KILL_PROCESS_GROUP, ENV_TINI_SUBREAPER, ENV_VERBOSE, ENV_WARN_REAP,
+};
 
 fn merge_env<'a>(
     cli: Cli<'a>,

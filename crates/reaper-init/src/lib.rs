@@ -1,25 +1,24 @@
-//! `reaper`: a tiny PID 1 (tini class). std + libc only; never imports the `reaper` library.
+//! `reaper`: a tiny PID 1 (tini class). std + libc (and the constants-only contract crate).
 //!
 //! Runs a command, forwards signals to it, reaps every zombie, drains leftovers when the command
-//! exits, and exits with the command's status. Built static by `make reaper`.
+//! exits, and exits with the command's status. Built static by `make reaper`; the binary
+//! (src/main.rs) is only the C entry point.
 //!
 //! Layout: pure modules (`args`, `signals`, `status`, `platform`, `log`) carry the logic and the
-//! unit tests; `sys` is the only module with `unsafe`; `init` is the loop; `install` is
-//! `--install`. The hot path avoids `format!`/fmt so a start touches as few pages as possible.
-#![cfg_attr(not(test), no_main)]
+//! unit tests, and are public so fuzz targets can reach the parsers; `sys` is the only module
+//! with `unsafe`; `init` is the loop; `install` is `--install`. The hot path avoids
+//! `format!`/fmt so a start touches as few pages as possible.
 #![deny(unsafe_code)]
-// Under `cargo test` the C entry point is compiled out, so the code it reaches looks unused.
-#![cfg_attr(test, allow(dead_code))]
 
-mod args;
-mod init;
-mod install;
-mod log;
-mod platform;
-mod signals;
-mod status;
+pub mod args;
+pub mod init;
+pub mod install;
+pub mod log;
+pub mod platform;
+pub mod signals;
+pub mod status;
 #[allow(unsafe_code)]
-mod sys;
+pub mod sys;
 
 use std::ffi::{CStr, CString};
 
@@ -29,10 +28,10 @@ use log::Part::{Num, Str};
 use log::say;
 
 /// The environment variable with per-platform argvs (see `platform`).
-const ENV_PLATFORM_ARGV: &str = "REAPER_PLATFORM_ARGV";
+use reaper_contract::init::ENV_PLATFORM_ARGV;
 
 /// Everything after the C entry point; returns the exit code.
-fn run(argv: &[&'static CStr]) -> u8 {
+pub fn run(argv: &[&'static CStr]) -> u8 {
     let rest = argv.get(1..).unwrap_or(&[]);
     let env = |name| -> Option<&[u8]> { sys::getenv(name) };
     let parsed = match args::parse(rest, &env) {

@@ -33,9 +33,8 @@ pub const ANNOTATION_RESTARTED_AT: &str = "kubectl.kubernetes.io/restartedAt";
 pub const LABEL_ARCH: &str = "kubernetes.io/arch";
 pub const LABEL_ARCH_BETA: &str = "beta.kubernetes.io/arch";
 
-/// Env var of a wrapped container whose image's platforms run different argvs: JSON object
-/// `os/arch[/variant]` → argv, read by the reaper at start.
-pub const ENV_PLATFORM_ARGV: &str = "REAPER_PLATFORM_ARGV";
+/// Env var of a wrapped container whose image's platforms run different argvs (see [`crate::init`]).
+pub const ENV_PLATFORM_ARGV: &str = crate::init::ENV_PLATFORM_ARGV;
 
 /// Server-side apply field managers.
 pub const MANAGER_AGENT: &str = "reaper-agent";

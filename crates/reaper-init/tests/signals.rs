@@ -2,7 +2,10 @@
 //! the child's clean signal state, signal storms, the parent-death signal, job control and the
 //! terminal hand-over.
 
-mod reaper_common;
+// These tests signal the init and re-wire its file descriptors and signal state.
+#![allow(unsafe_code)]
+
+mod common;
 
 use std::fs;
 use std::os::unix::process::CommandExt;
@@ -11,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use reaper_common::*;
+use common::*;
 
 const FORWARDED: [(&str, i32); 8] = [
     ("TERM", libc::SIGTERM),

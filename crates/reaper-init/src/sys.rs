@@ -12,11 +12,14 @@ use crate::log::Line;
 use crate::signals;
 use crate::status;
 
-/// The C entry point. `#![no_main]` skips std's runtime setup (it would install handlers and
-/// ignore SIGPIPE, which the child must not inherit, and it costs pages at every start).
-#[cfg(not(test))]
-#[unsafe(no_mangle)]
-extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+/// What the binary's C `main` runs (src/main.rs): `#![no_main]` skips std's runtime setup (it
+/// would install handlers and ignore SIGPIPE, which the child must not inherit, and it costs
+/// pages at every start). Never returns.
+///
+/// # Safety
+/// `argv` must hold `argc` pointers to NUL-terminated strings that live until the process exits
+/// (what the C runtime passes to `main`).
+pub unsafe fn entry(argc: c_int, argv: *const *const c_char) -> c_int {
     let n = usize::try_from(argc).unwrap_or(0);
     // The usual start allocates nothing: malloc never initialises and no heap page is touched.
     let mut stack: [&'static CStr; STACK_ARGS] = [c""; STACK_ARGS];

@@ -1,10 +1,9 @@
-//! Helpers shared by the `podman_*` integration tests: drive the podman CLI with
+//! Helpers of the podman suites (and the node's image builds): drive the podman CLI with
 //! e2e/podman/containers.conf, build the FROM-scratch images from local files, remove everything a test
 //! created (also when it fails), and read the containers' processes from the host's /proc.
 //!
 //! Every podman command and every wait has a deadline. Names are unique per test run
 //! (`reaper-e2e-<pid>-<n>-<what>`), so parallel tests and parallel runs do not collide.
-#![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
@@ -42,7 +41,7 @@ const APPLETS: &[&str] = &[
 
 /// The project root.
 pub fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    crate::control_plane::repo_root()
 }
 
 /// `target/reaper/reaper`, the static init built by `make reaper` (which `make test` runs first).
@@ -189,8 +188,7 @@ pub fn podman(test: &str) -> Option<Podman> {
         );
         return None;
     }
-    // SAFETY: geteuid has no preconditions.
-    let problem = if unsafe { libc::geteuid() } != 0 {
+    let problem = if !crate::node::is_root() {
         Some("the podman tests need root (rootful podman, host /proc of the containers)".to_owned())
     } else {
         match Command::new("podman").arg("--version").output() {
@@ -656,20 +654,7 @@ pub fn cmdline(pid: i32) -> String {
         .to_owned()
 }
 
-/// Polls `f` every 20 ms until it yields a value; panics naming `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::wait::until as wait_until;
 
 /// One process as the host's /proc shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

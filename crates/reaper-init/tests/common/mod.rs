@@ -184,19 +184,7 @@ pub fn run_env(how: As, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 /// Polls `f` every 10 ms until it yields a value; panics naming `what` after `timeout`.
-pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(10));
-    }
-}
+pub use reaper_test_support::wait::until as wait_until;
 
 /// Direct children of `pid` (from /proc; empty when it is gone).
 pub fn children(pid: i32) -> Vec<i32> {
@@ -246,7 +234,7 @@ pub fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
 
 /// `target/reaper/reaper`, built by `make reaper` (which `make test` runs first).
 pub fn static_reaper() -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/reaper/reaper");
+    let p = reaper_test_support::control_plane::repo_root().join("target/reaper/reaper");
     assert!(
         p.exists(),
         "{} is missing: run `make reaper` (or `make test`, which builds it first)",

@@ -20,7 +20,6 @@
 //! cleaned up by the next start. Settings that this machine needs (cgroup v1 without systemd,
 //! no CAP_SYS_RESOURCE): kubelet `cgroupDriver: cgroupfs` + `failCgroupV1: false`, containerd
 //! `restrict_oom_score_adj = true`.
-#![allow(dead_code)]
 
 use super::control_plane::{self, ControlPlane, Options, block_on, free_port, free_port_on, tool};
 use super::podman;
@@ -105,8 +104,7 @@ pub struct Node {
 
 /// Why this machine cannot run a node (not root, no cgroups, a missing binary), if it cannot.
 pub fn unavailable() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         return Some("a node needs root (cgroups, mounts, network namespaces)".into());
     }
     if !Path::new("/sys/fs/cgroup/pids").is_dir()
@@ -154,6 +152,8 @@ pub fn unavailable() -> Option<String> {
     }
     None
 }
+
+pub use crate::process::is_root;
 
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
@@ -766,7 +766,7 @@ pub async fn wait_webhook_answers(client: &Client) {
     let ns_name = control_plane::unique_name("reaper-probe");
     let ns: Namespace = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1", "kind": "Namespace",
-        "metadata": {"name": ns_name, "labels": {reaper::keys::LABEL_INJECT: reaper::keys::INJECT_ENABLED}}
+        "metadata": {"name": ns_name, "labels": {reaper_contract::keys::LABEL_INJECT: reaper_contract::keys::INJECT_ENABLED}}
     }))
     .unwrap();
     let nss = Api::<Namespace>::all(client.clone());
@@ -789,7 +789,7 @@ pub async fn wait_webhook_answers(client: &Client) {
         match pods.create(&dry, &probe).await {
             Ok(p)
                 if p.annotations()
-                    .contains_key(reaper::keys::ANNOTATION_INJECTED) =>
+                    .contains_key(reaper_contract::keys::ANNOTATION_INJECTED) =>
             {
                 in_a_row += 1;
                 continue;
@@ -1371,19 +1371,7 @@ fn write(path: &Path, content: &str) -> Result<(), String> {
 
 /// A plain-HTTP GET answering 200.
 fn http_get_ok(host: &str, port: u16, path: &str) -> bool {
-    use std::io::{Read as _, Write as _};
-    let Ok(mut s) = TcpStream::connect((host, port)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).contains(" 200 ")
+    crate::wait::http_ok(&format!("{host}:{port}"), path)
 }
 
 fn run_cmd(program: &str, args: &[&str]) -> (bool, String, String) {

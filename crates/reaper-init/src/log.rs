@@ -52,6 +52,7 @@ pub struct Line {
 
 impl Line {
     /// A line starting with `reaper: `.
+    #[allow(clippy::new_without_default)] // a new line carries the `reaper: ` prefix: not a neutral default
     pub fn new() -> Self {
         let mut l = Self::bare();
         l.bytes(PREFIX);

@@ -1,13 +1,16 @@
 //! The `reaper` init: reaping orphans (hundreds, as PID 1 and as subreaper), draining leftovers
 //! after the main child exits, `--pause`, and the static build from `make reaper`.
 
-mod reaper_common;
+// These tests signal the init and re-wire its file descriptors and signal state.
+#![allow(unsafe_code)]
+
+mod common;
 
 use std::fs;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use reaper_common::*;
+use common::*;
 
 const ORPHANS: usize = 300;
 

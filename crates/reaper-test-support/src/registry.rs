@@ -3,7 +3,6 @@
 //! (a small JWT issuer written here); images are OCI layouts written by test code and pushed with
 //! `skopeo copy` (an implementation independent of the one under test); a delaying TCP proxy
 //! that counts the HTTP requests passing through.
-#![allow(dead_code)]
 
 use super::control_plane::{ChildGuard, TestCa, free_port};
 use base64::Engine as _;
