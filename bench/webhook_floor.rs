@@ -5,8 +5,8 @@
 //! `cargo bench --bench webhook_floor` measures for ~3 s per stage; under `cargo test` it runs a
 //! few iterations as a smoke test.
 use reaper::crd::PolicySet;
-use reaper::webhook::images::ImageIndex;
-use reaper::webhook::plan::{Config, Scope, plan};
+use reaper::image::ImageIndex;
+use reaper::webhook::decide::{Config, Scope, plan};
 use reaper::webhook::review::{self, PodObject};
 use reaper::webhook::server::answer_sync;
 use reaper::webhook::sources::{Sources, parse_policies};

@@ -8,10 +8,12 @@
 pub mod admin;
 pub mod agent;
 pub mod crd;
+pub mod image;
 pub use reaper_contract::keys;
 pub mod metrics;
 pub mod operator;
 pub mod registry;
+pub mod scope;
 pub mod shutdown;
 pub mod telemetry;
 pub mod webhook;

@@ -4,7 +4,7 @@
 use base64::Engine;
 use libfuzzer_sys::fuzz_target;
 use reaper::crd::PolicySet;
-use reaper::webhook::plan::Config;
+use reaper::webhook::decide::Config;
 use reaper::webhook::server::answer_sync;
 use reaper::webhook::sources::Sources;
 use serde_json::Value;

@@ -4,8 +4,8 @@
 use k8s_openapi::api::core::v1::Pod;
 use libfuzzer_sys::fuzz_target;
 use reaper::crd::PolicySet;
-use reaper::webhook::images::{ImageConfig, ImageIndex};
-use reaper::webhook::plan::{Config, Scope, plan};
+use reaper::image::{ImageConfig, ImageIndex};
+use reaper::webhook::decide::{Config, Scope, plan};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;

@@ -1,14 +1,13 @@
-//! kube-runtime wiring: reflectors over Namespaces, Pods and ReplicaSets (metadata only) and
-//! ZombieReports; a [`Controller`] for ReaperPolicy whose `watches_stream` mappers re-trigger
-//! reconciles when any of them changes (no polling); [`reconcile`] turns the indexes into a
-//! [`status::Snapshot`], calls [`status::compute`], writes the status only when it changed, and
-//! carries out the actions (Events, restarts).
-//!
-//! Pod, namespace and report changes affect every policy's status (precedence and conflicts are
-//! cluster-wide), so they map to all policies; they are batched per `--batch-window` so a busy
-//! cluster costs at most one pass per window rather than one per pod update.
+//! kube-runtime wiring: reflectors over ReaperPolicies, ZombieReports, and Namespaces, Pods and
+//! ReplicaSets (metadata only), and one batch loop: any change marks the state dirty, and at most
+//! once per `--batch-window` [`reconcile`] turns the indexes into an [`index::Snapshot`], calls
+//! [`status::compute`] once for every policy (precedence and conflicts are cluster-wide), writes
+//! the statuses that changed, and carries out the actions (Events, restarts). Actions that become
+//! due later (the next Event interval, a restart cooldown) wake the loop without a change.
+use super::actions::{self, Action, ActionLog};
+use super::index::{self, PodInfo, Snapshot};
 use super::metrics::OperatorMetrics;
-use super::status::{self, Action, ActionLog, PodInfo, Settings, Snapshot};
+use super::status::{self, Settings};
 use crate::crd::{PolicySet, ReaperPolicy, ReaperPolicyStatus, ZombieReport};
 use crate::keys;
 use futures::{Stream, StreamExt};
@@ -17,7 +16,6 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet}
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::controller::{Action as Requeue, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -27,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-/// Retry delay after a failed reconcile.
+/// Retry delay after a failed batch.
 const ERROR_REQUEUE: Duration = Duration::from_secs(10);
 /// Restarts are remembered in memory this long (the live `restartedAt` covers longer cooldowns).
 const RESTART_MEMORY: Duration = Duration::from_secs(24 * 3600);
@@ -138,7 +136,7 @@ fn pod_info(
     let namespace = meta.namespace.clone()?;
     let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
     Some(PodInfo {
-        owner: status::resolve_owner(
+        owner: index::resolve_owner(
             &namespace,
             meta.owner_references.as_deref().unwrap_or_default(),
             rs_owners,
@@ -200,10 +198,11 @@ impl Context {
     }
 }
 
-/// Reconcile one policy: status, then its actions.
-pub async fn reconcile(policy: Arc<ReaperPolicy>, ctx: Arc<Context>) -> Result<Requeue> {
+/// One batch: every policy's status, then every action. `Ok(Some(d))`: run again after `d` even
+/// without a change (an action may become due); `Ok(None)`: only when something changes.
+pub async fn reconcile(ctx: Arc<Context>) -> Result<Option<Duration>> {
     let started = Instant::now();
-    let result = reconcile_inner(&policy, &ctx).await;
+    let result = reconcile_inner(&ctx).await;
     ctx.metrics
         .reconcile_duration
         .observe(started.elapsed().as_secs_f64());
@@ -215,20 +214,20 @@ pub async fn reconcile(policy: Arc<ReaperPolicy>, ctx: Arc<Context>) -> Result<R
     result
 }
 
-async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue> {
+async fn reconcile_inner(ctx: &Context) -> Result<Option<Duration>> {
     // One waiter only: kube-runtime's `Store::wait_until_ready` keeps a single waker, so two
     // reconciles waiting on it at once can lose the wake-up and hang. The OnceCell lets one
     // task wait while the others queue on the cell.
     ctx.ready
         .get_or_try_init(|| ctx.stores.wait_until_ready())
         .await?;
-    let name = policy.name_any();
     let now = (ctx.clock)();
-    let policies = PolicySet::new(ctx.stores.policies.state());
+    let policy_objects = ctx.stores.policies.state();
+    let policies = PolicySet::new(policy_objects.clone());
     let namespaces = ctx.stores.namespaces();
     let pods = ctx.stores.pods();
     let reports = ctx.stores.reports.state();
-    let zombies = status::index_zombies(reports.iter().map(|r| &r.spec));
+    let zombies = index::index_zombies(reports.iter().map(|r| &r.spec));
     let outcome = {
         let mut log = ctx.log();
         let live: BTreeSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
@@ -247,18 +246,34 @@ async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue
     };
     ctx.metrics.set_policies(&outcome.statuses);
 
-    if let Some(desired) = outcome.statuses.get(&name) {
+    // A failed status write holds up that policy's actions only (as a per-policy reconcile
+    // did); the batch is retried.
+    let mut first_error = None;
+    let mut unwritten: BTreeSet<String> = BTreeSet::new();
+    for policy in &policy_objects {
+        let name = policy.name_any();
+        let Some(desired) = outcome.statuses.get(&name) else {
+            continue;
+        };
         let current = policy.status.clone().unwrap_or_default();
-        if !status::same_status(&current, desired) {
-            write_status(ctx, &name, desired, now).await?;
+        if !status::same_status(&current, desired)
+            && let Err(e) = write_status(ctx, &name, desired, now).await
+        {
+            tracing::warn!(policy = %name, error = %e, "status write failed; retrying later");
+            first_error.get_or_insert(e);
+            unwritten.insert(name);
         }
     }
     for (pod, why) in &outcome.not_restarted {
-        tracing::debug!(policy = %name, pod = %format!("{}/{}", pod.namespace, pod.name), reason = ?why, "not restarting");
+        tracing::debug!(pod = %format!("{}/{}", pod.namespace, pod.name), reason = ?why, "not restarting");
     }
-    let mut first_error = None;
     let mut next_due = outcome.next_due;
-    for action in outcome.actions.iter().filter(|a| a.policy() == name) {
+    for action in outcome
+        .actions
+        .iter()
+        .filter(|a| !unwritten.contains(a.policy()))
+    {
+        let name = action.policy();
         match execute(ctx, action, now).await {
             // Look again when the same action may be due next (zombies that stay are reported
             // again after the interval, restarted again after the cooldown).
@@ -283,13 +298,10 @@ async fn reconcile_inner(policy: &ReaperPolicy, ctx: &Context) -> Result<Requeue
     if let Some(e) = first_error {
         return Err(e);
     }
-    Ok(match next_due {
-        Some(at) => {
-            let wait: Duration = at.duration_since(now).try_into().unwrap_or_default();
-            Requeue::requeue(wait.max(Duration::from_secs(1)))
-        }
-        None => Requeue::await_change(),
-    })
+    Ok(next_due.map(|at| {
+        let wait: Duration = at.duration_since(now).try_into().unwrap_or_default();
+        wait.max(Duration::from_secs(1))
+    }))
 }
 
 /// Server-side applies the status subresource (field manager `reaper-operator`): fields left out
@@ -387,11 +399,11 @@ async fn publish(
         })
 }
 
-fn workload_resource(kind: status::WorkloadKind) -> ApiResource {
+fn workload_resource(kind: index::WorkloadKind) -> ApiResource {
     match kind {
-        status::WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
-        status::WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
-        status::WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
+        index::WorkloadKind::Deployment => ApiResource::erase::<Deployment>(&()),
+        index::WorkloadKind::StatefulSet => ApiResource::erase::<StatefulSet>(&()),
+        index::WorkloadKind::DaemonSet => ApiResource::erase::<DaemonSet>(&()),
     }
 }
 
@@ -399,8 +411,8 @@ fn workload_resource(kind: status::WorkloadKind) -> ApiResource {
 /// annotation (RFC 3339, seconds), after checking the live annotation against the cooldown.
 async fn restart(
     ctx: &Context,
-    workload: &status::WorkloadRef,
-    pod: &status::PodRef,
+    workload: &index::WorkloadRef,
+    pod: &index::PodRef,
     zombies: u32,
     cooldown: Duration,
     now: Timestamp,
@@ -419,7 +431,7 @@ async fn restart(
     let restarted_at = live.data["spec"]["template"]["metadata"]["annotations"]
         [keys::ANNOTATION_RESTARTED_AT]
         .as_str();
-    if !status::cooldown_elapsed(restarted_at, now, cooldown) {
+    if !actions::cooldown_elapsed(restarted_at, now, cooldown) {
         if let Some(at) = restarted_at.and_then(|s| s.parse().ok()) {
             ctx.log().restarts.insert(workload.clone(), at);
         }
@@ -468,78 +480,6 @@ async fn restart(
         &reference,
     )
     .await
-}
-
-fn error_policy(_policy: Arc<ReaperPolicy>, error: &Error, _ctx: Arc<Context>) -> Requeue {
-    tracing::warn!(%error, "reconcile failed");
-    Requeue::requeue(ERROR_REQUEUE)
-}
-
-/// Passes items through, at most one per `window`: the first at once, later ones coalesced into
-/// the latest, emitted when the window ends. The inner stream is always drained, so a reflector
-/// behind it keeps its store current. Errors pass at once.
-pub fn throttle<S, T, E>(inner: S, window: Duration) -> impl Stream<Item = Result<T, E>> + Send
-where
-    S: Stream<Item = Result<T, E>> + Send + 'static,
-    T: Send + 'static,
-    E: Send + 'static,
-{
-    struct State<S, T> {
-        inner: std::pin::Pin<Box<S>>,
-        pending: Option<T>,
-        open_at: tokio::time::Instant,
-        done: bool,
-    }
-    let state = State {
-        inner: Box::pin(inner),
-        pending: None,
-        open_at: tokio::time::Instant::now(),
-        done: false,
-    };
-    futures::stream::unfold(state, move |mut st| async move {
-        loop {
-            if st.done {
-                // Flush what is left, then end.
-                return match st.pending.take() {
-                    Some(item) => {
-                        tokio::time::sleep_until(st.open_at).await;
-                        Some((Ok(item), st))
-                    }
-                    None => None,
-                };
-            }
-            tokio::select! {
-                next = st.inner.next() => match next {
-                    None => st.done = true,
-                    Some(Err(e)) => return Some((Err(e), st)),
-                    Some(Ok(item)) => {
-                        let now = tokio::time::Instant::now();
-                        if st.pending.is_none() && now >= st.open_at {
-                            st.open_at = now + window;
-                            return Some((Ok(item), st));
-                        }
-                        st.pending = Some(item);
-                    }
-                },
-                _ = tokio::time::sleep_until(st.open_at), if st.pending.is_some() => {
-                    st.open_at = tokio::time::Instant::now() + window;
-                    let item = st.pending.take().expect("checked by the branch guard");
-                    return Some((Ok(item), st));
-                }
-            }
-        }
-    })
-}
-
-/// A mapper sending any change to every policy.
-fn all_policies<T>(store: Store<ReaperPolicy>) -> impl Fn(T) -> Vec<ObjectRef<ReaperPolicy>> {
-    move |_| {
-        store
-            .state()
-            .iter()
-            .map(|p| ObjectRef::from_obj(p.as_ref()))
-            .collect()
-    }
 }
 
 /// Runs the reflectors and the policy controller until `stop` fires (leadership lost or shutdown).
@@ -606,12 +546,18 @@ pub async fn run(
     )
     .touched_objects();
 
-    let controller = Controller::new(Api::<ReaperPolicy>::all(client.clone()), wc);
-    let policies = controller.store();
+    let (policies, policy_writer) = reflector::store();
+    let policy_stream = reflector::reflector(
+        policy_writer,
+        watcher(Api::<ReaperPolicy>::all(client.clone()), wc)
+            .default_backoff()
+            .modify(|p| p.metadata.managed_fields = None),
+    )
+    .touched_objects();
     let ctx = Arc::new(Context::new(
         client,
         Stores {
-            policies: policies.clone(),
+            policies,
             namespaces,
             pods,
             replica_sets,
@@ -621,34 +567,75 @@ pub async fn run(
         metrics,
         identity,
     ));
-    tracing::info!("policy controller starting");
-    controller
-        .watches_stream(
-            throttle(ns_stream, batch_window),
-            all_policies(policies.clone()),
-        )
-        .watches_stream(
-            throttle(pod_stream, batch_window),
-            all_policies(policies.clone()),
-        )
-        .watches_stream(
-            throttle(rs_stream, batch_window),
-            all_policies(policies.clone()),
-        )
-        .watches_stream(
-            throttle(report_stream, batch_window),
-            all_policies(policies),
-        )
-        .with_config(ControllerConfig::default().concurrency(2))
-        .graceful_shutdown_on(stop.cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::warn!(error = %e, "policy controller");
+    // Every change, of any kind, only marks the state dirty; polling the streams is also what
+    // keeps the reflectors' stores current.
+    fn changes<K, E: std::fmt::Display>(
+        s: impl Stream<Item = Result<K, E>> + Send + 'static,
+    ) -> futures::stream::BoxStream<'static, ()> {
+        s.map(|r| {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "watch error (retrying with backoff)");
             }
         })
-        .await;
+        .boxed()
+    }
+    let all = futures::stream::select_all([
+        changes(policy_stream),
+        changes(ns_stream),
+        changes(pod_stream),
+        changes(rs_stream),
+        changes(report_stream),
+    ]);
+    tracing::info!("policy controller starting");
+    batch_loop(ctx, all, batch_window, stop).await;
     tracing::info!("policy controller stopped");
+}
+
+/// Runs [`reconcile`] when something changed (at most once per `window`), when an action falls
+/// due, and again after [`ERROR_REQUEUE`] when a batch failed; until `stop` fires (a batch in
+/// flight finishes first). `changes` is drained by a task of its own, so the reflectors behind it
+/// keep their stores current while a batch runs (a batch first waits for their initial lists).
+pub async fn batch_loop(
+    ctx: Arc<Context>,
+    changes: impl Stream<Item = ()> + Send + 'static,
+    window: Duration,
+    stop: CancellationToken,
+) {
+    use tokio::time::Instant as At;
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let drain = {
+        let changed = changed.clone();
+        tokio::spawn(async move {
+            let mut changes = std::pin::pin!(changes);
+            while changes.next().await.is_some() {
+                // Stores one permit at most: a burst is one wake-up.
+                changed.notify_one();
+            }
+        })
+    };
+    let mut dirty = true;
+    let mut not_before = At::now();
+    let mut due: Option<At> = None;
+    loop {
+        let wake = if dirty { Some(not_before) } else { due };
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = changed.notified() => dirty = true,
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(At::now)), if wake.is_some() => {
+                dirty = false;
+                not_before = At::now() + window;
+                match reconcile(ctx.clone()).await {
+                    Ok(next) => due = next.map(|d| At::now() + d),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "batch failed; retrying");
+                        dirty = true;
+                        not_before = At::now() + ERROR_REQUEUE;
+                    }
+                }
+            }
+        }
+    }
+    drain.abort();
 }
 
 /// Reconcile against a mocked API server (`tower_test::mock::pair`): which calls are made, in
@@ -870,7 +857,7 @@ mod tests {
             zombies: 1,
         };
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         let body = expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         assert_eq!(body["apiVersion"], "reaper.dev/v1alpha1");
         assert_eq!(body["kind"], "ReaperPolicy");
@@ -885,7 +872,7 @@ mod tests {
         assert_eq!(status["conditions"][0]["reason"], "Reconciled");
         assert_eq!(status["topOffenders"][0]["pod"], "web-1");
         let action = run.await.unwrap().unwrap();
-        assert_eq!(action, Requeue::await_change());
+        assert_eq!(action, None);
         no_more_requests(&mut handle).await;
 
         // Same state, status already written (with an older lastUpdated): no API call at all.
@@ -898,9 +885,7 @@ mod tests {
         let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
         let mut handle = pin!(handle);
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        reconcile(Arc::new(scene.policy.clone()), ctx.clone())
-            .await
-            .unwrap();
+        reconcile(ctx.clone()).await.unwrap();
         no_more_requests(&mut handle).await;
         let text = {
             let m = crate::metrics::Metrics::new();
@@ -924,7 +909,7 @@ mod tests {
             zombies: 4,
         };
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         assert_eq!(event["reason"], keys::REASON_ZOMBIES_DETECTED);
@@ -942,11 +927,11 @@ mod tests {
         );
         // Requeued for when the next Event would be allowed.
         let action = run.await.unwrap().unwrap();
-        assert_eq!(action, Requeue::requeue(Duration::from_secs(15 * 60)));
+        assert_eq!(action, Some(Duration::from_secs(15 * 60)));
 
         // Again (e.g. triggered by a report update): the status is stale in this scene's
         // policy object, but no second Event within the interval.
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         run.await.unwrap().unwrap();
         no_more_requests(&mut handle).await;
@@ -962,7 +947,7 @@ mod tests {
             zombies: 3,
         };
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         expect(&mut handle, Method::GET, DEPLOY_PATH, |_| deployment(None)).await;
@@ -993,7 +978,7 @@ mod tests {
         assert_eq!(ctx.metrics.restarts.get(), 1);
 
         // Right after: neither a restart (cooldown) nor an Event (interval).
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         run.await.unwrap().unwrap();
         no_more_requests(&mut handle).await;
@@ -1009,7 +994,7 @@ mod tests {
             zombies: 5,
         };
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         // Someone ran `kubectl rollout restart` 10 minutes ago.
@@ -1034,7 +1019,7 @@ mod tests {
             zombies: 9,
         };
         let (ctx, _w) = context(&scene, Client::new(service, "default"));
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         // The status write is refused: the reconcile fails with an actionable error.
         let (req, send) = handle.next_request().await.unwrap();
         assert_eq!(req.method(), Method::PATCH);
@@ -1054,7 +1039,7 @@ mod tests {
         assert_eq!(err.metric_label(), "status_error");
         assert!(err.to_string().contains("reaperpolicies/status"), "{err}");
 
-        let run = tokio::spawn(reconcile(Arc::new(scene.policy.clone()), ctx.clone()));
+        let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         assert_eq!(event["regarding"]["kind"], "Pod");
@@ -1062,31 +1047,58 @@ mod tests {
         no_more_requests(&mut handle).await;
     }
 
+    /// Batches run per window, not per change: a burst of changes costs one batch at once and
+    /// one at the window's end; a failed batch is retried; `stop` ends the loop.
     #[tokio::test(start_paused = true)]
-    async fn throttle_coalesces_bursts_and_keeps_draining() {
-        let (tx, rx) = futures::channel::mpsc::unbounded::<Result<u32, ()>>();
-        let drained = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let d = drained.clone();
-        let inner = rx.inspect(move |_| {
-            d.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        });
-        let mut out = Box::pin(throttle(inner, Duration::from_secs(1)));
-        let start = tokio::time::Instant::now();
-        for i in 0..5 {
-            tx.unbounded_send(Ok(i)).unwrap();
+    async fn the_batch_loop_coalesces_changes_and_retries_failures() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Event, None),
+            pod_owner: rs_owner(),
+            zombies: 1,
+        };
+        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        let batches = |ctx: &Context, result: &str| {
+            ctx.metrics
+                .reconcile_total
+                .get_or_create(&crate::operator::metrics::ResultLabels {
+                    result: result.into(),
+                })
+                .get()
+        };
+        let (tx, rx) = futures::channel::mpsc::unbounded::<()>();
+        let stop = CancellationToken::new();
+        let run = tokio::spawn(batch_loop(
+            ctx.clone(),
+            rx,
+            Duration::from_secs(1),
+            stop.clone(),
+        ));
+        // The first batch runs at once; its status write fails.
+        let (req, send) = handle.next_request().await.expect("a status write");
+        assert_eq!(req.method(), Method::PATCH);
+        send.send_response(Response::builder().status(500).body(Body::empty()).unwrap());
+        // Retried after ERROR_REQUEUE, and changes meanwhile do not bring it forward.
+        let failed_at = tokio::time::Instant::now();
+        for _ in 0..5 {
+            tx.unbounded_send(()).unwrap();
         }
-        // Leading edge at once; the rest coalesced into the latest at the window's end.
-        assert_eq!(out.next().await, Some(Ok(0)));
-        assert_eq!(start.elapsed(), Duration::ZERO);
-        assert_eq!(out.next().await, Some(Ok(4)));
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
-        assert_eq!(drained.load(std::sync::atomic::Ordering::SeqCst), 5);
-        tx.unbounded_send(Err(())).unwrap();
-        assert_eq!(out.next().await, Some(Err(())), "errors are not held back");
-        tx.unbounded_send(Ok(9)).unwrap();
-        drop(tx);
-        assert_eq!(out.next().await, Some(Ok(9)));
-        assert_eq!(start.elapsed(), Duration::from_secs(2));
-        assert_eq!(out.next().await, None);
+        tokio::time::sleep(ERROR_REQUEUE - Duration::from_secs(1)).await;
+        no_more_requests(&mut handle).await;
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        assert!(failed_at.elapsed() >= ERROR_REQUEUE);
+        assert_eq!(batches(&ctx, "status_error"), 1);
+        // A burst of 100 changes: one batch, at the end of the window (the status in the store is
+        // still the stale one, so the batch writes it again).
+        for _ in 0..100 {
+            tx.unbounded_send(()).unwrap();
+        }
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert_eq!(batches(&ctx, "ok"), 2);
+        stop.cancel();
+        run.await.unwrap();
+        no_more_requests(&mut handle).await;
     }
 }

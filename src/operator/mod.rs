@@ -1,12 +1,16 @@
 //! Operator: ReaperPolicy status from node ZombieReports, Events, opt-in restarts of unprotected
 //! workloads, leader election, and self-managed webhook certificates.
 //!
-//! - [`status`]: the pure decision (indexes → desired status per policy + actions)
-//! - [`controller`]: reflectors, the ReaperPolicy controller, status writes, Events, restarts
+//! - [`index`]: the cluster as plain data (pods, owners, zombies per pod)
+//! - [`status`]: the pure decision, once per batch (indexes → desired status of every policy)
+//! - [`actions`]: Events and restarts a batch decides, and the log that rate-limits them
+//! - [`controller`]: reflectors, the batch loop, status writes, Events, restarts
 //! - [`leader`]: Lease-based leader election; only the leader reconciles and manages certificates
 //! - [`certs`]: CA + serving certificate rotation (pure) and its Secret/MWC shell
+pub mod actions;
 pub mod certs;
 pub mod controller;
+pub mod index;
 pub mod leader;
 pub mod metrics;
 pub mod status;
@@ -19,7 +23,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use metrics::{OperatorMetrics, StepLabels};
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -87,7 +90,7 @@ pub struct Args {
         long,
         env = "REAPER_EXCLUDED_NAMESPACES",
         value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease"
+        default_value = crate::scope::DEFAULT_EXCLUDED_NAMESPACES
     )]
     pub excluded_namespaces: Vec<String>,
     /// Length of `status.topOffenders`.
@@ -181,13 +184,8 @@ impl Args {
                 "--batch-window and --event-interval must be positive".into(),
             ));
         }
-        let mut excluded: BTreeSet<String> = self
-            .excluded_namespaces
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        excluded.extend(namespace.clone());
+        let excluded =
+            crate::scope::excluded_namespaces(&self.excluded_namespaces, namespace.as_deref());
         Ok(Config {
             namespace: namespace.unwrap_or_default(),
             settings: status::Settings {

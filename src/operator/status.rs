@@ -1,19 +1,19 @@
-//! The operator's decision, as a pure function of its in-memory indexes: for every ReaperPolicy
-//! the status it should have, and the actions to take (Events to record, workloads to restart).
-//! No I/O here; [`super::controller`] fills the indexes from reflectors, calls [`compute`] and
-//! writes what differs.
+//! The operator's decision, as a pure function of its in-memory indexes ([`super::index`]): for
+//! every ReaperPolicy the status it should have, and the actions to take ([`super::actions`]).
+//! Computed once per batch for all policies; [`super::controller`] writes the statuses that
+//! changed and carries out the actions.
 //!
 //! Which policy governs a pod is the webhook's rule ([`PolicySet::matching`]: highest priority,
 //! ties by name), so the operator counts exactly the pods the webhook mutates.
-use crate::crd::selector::matches_valid;
-use crate::crd::{
-    Enforcement, Mode, Offender, PolicySet, ReaperPolicy, ReaperPolicyStatus, ZombieAction,
-    ZombieReportSpec,
+use super::actions::{
+    Action, ActionLog, NoRestart, add, cooldown_of, elapsed, event_note, restart_decision,
 };
-use crate::keys;
-use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use super::index::{PodInfo, PodRef, Snapshot, WorkloadRef};
+use crate::crd::selector::matches_valid;
+use crate::crd::{Offender, ReaperPolicy, ReaperPolicyStatus};
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// The one condition type a ReaperPolicy carries.
@@ -24,212 +24,8 @@ pub const REASON_RECONCILED: &str = "Reconciled";
 pub const REASON_INVALID_SELECTOR: &str = "InvalidSelector";
 /// `Ready=False`: another policy of equal priority matches some of the same pods.
 pub const REASON_CONFLICTING: &str = "Conflicting";
-/// Cooldown used when a policy's `zombies.cooldown` cannot be parsed (the CRD schema prevents it).
-pub const DEFAULT_COOLDOWN: Duration = Duration::from_secs(3600);
 /// How many pods a `Conflicting` message names.
 const CONFLICT_EXAMPLES: usize = 3;
-
-/// Workload kinds the operator may roll out (`kubectl rollout restart` supports exactly these).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum WorkloadKind {
-    Deployment,
-    StatefulSet,
-    DaemonSet,
-}
-
-impl WorkloadKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WorkloadKind::Deployment => "Deployment",
-            WorkloadKind::StatefulSet => "StatefulSet",
-            WorkloadKind::DaemonSet => "DaemonSet",
-        }
-    }
-
-    fn from_owner(o: &OwnerReference) -> Option<Self> {
-        if o.api_version != "apps/v1" {
-            return None;
-        }
-        match o.kind.as_str() {
-            "Deployment" => Some(WorkloadKind::Deployment),
-            "StatefulSet" => Some(WorkloadKind::StatefulSet),
-            "DaemonSet" => Some(WorkloadKind::DaemonSet),
-            _ => None,
-        }
-    }
-}
-
-/// A restartable workload.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct WorkloadRef {
-    pub kind: WorkloadKind,
-    pub namespace: String,
-    pub name: String,
-}
-
-impl std::fmt::Display for WorkloadRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
-    }
-}
-
-/// Who controls a pod, as far as restarts are concerned.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Owner {
-    /// A Deployment (through its ReplicaSet), StatefulSet or DaemonSet.
-    Workload(WorkloadRef),
-    /// No controller: a bare pod (deleting it would lose it).
-    Bare,
-    /// Something never restarted: a Job, a ReplicaSet without a Deployment, any other kind, or a
-    /// ReplicaSet the index does not know yet.
-    Other { kind: String, name: String },
-}
-
-/// Resolves a pod's controller. `replica_set_owners(namespace, name)` gives a ReplicaSet's
-/// ownerReferences (`None` when the ReplicaSet is not indexed).
-pub fn resolve_owner(
-    namespace: &str,
-    owner_references: &[OwnerReference],
-    replica_set_owners: impl Fn(&str, &str) -> Option<Vec<OwnerReference>>,
-) -> Owner {
-    let Some(controller) = controller_of(owner_references) else {
-        return Owner::Bare;
-    };
-    let other = |o: &OwnerReference| Owner::Other {
-        kind: o.kind.clone(),
-        name: o.name.clone(),
-    };
-    if let Some(kind) = WorkloadKind::from_owner(controller) {
-        return Owner::Workload(WorkloadRef {
-            kind,
-            namespace: namespace.to_string(),
-            name: controller.name.clone(),
-        });
-    }
-    if controller.api_version == "apps/v1" && controller.kind == "ReplicaSet" {
-        let Some(rs_owners) = replica_set_owners(namespace, &controller.name) else {
-            return other(controller);
-        };
-        return match controller_of(&rs_owners) {
-            Some(d) if WorkloadKind::from_owner(d) == Some(WorkloadKind::Deployment) => {
-                Owner::Workload(WorkloadRef {
-                    kind: WorkloadKind::Deployment,
-                    namespace: namespace.to_string(),
-                    name: d.name.clone(),
-                })
-            }
-            _ => other(controller),
-        };
-    }
-    other(controller)
-}
-
-fn controller_of(refs: &[OwnerReference]) -> Option<&OwnerReference> {
-    refs.iter().find(|o| o.controller == Some(true))
-}
-
-/// What the operator knows about one pod (from a metadata-only reflector).
-#[derive(Clone, Debug, PartialEq)]
-pub struct PodInfo {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub labels: BTreeMap<String, String>,
-    /// `reaper.dev/injected`, as the webhook wrote it.
-    pub injected: Option<String>,
-    /// `reaper.dev/mode`, raw.
-    pub mode: Option<String>,
-    /// A static pod's mirror (the webhook never mutates those).
-    pub mirror: bool,
-    /// `kubectl.kubernetes.io/restartedAt` inherited from the pod template.
-    pub restarted_at: Option<Timestamp>,
-    pub owner: Owner,
-}
-
-impl PodInfo {
-    /// Protected: the webhook shared the PID namespace or wrapped containers with reaper.
-    pub fn protected(&self) -> bool {
-        is_protected(self.injected.as_deref())
-    }
-
-    fn reference(&self) -> PodRef {
-        PodRef {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-            uid: self.uid.clone(),
-        }
-    }
-}
-
-/// `share` and `inject:<containers>` protect a pod; `skipped:…`, `audit:…` and no annotation do not.
-pub fn is_protected(injected: Option<&str>) -> bool {
-    matches!(injected, Some(v) if v == "share" || v.starts_with("inject:"))
-}
-
-/// Zombies of one container, from the ZombieReports.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ContainerZombieCount {
-    /// Container name, or the first 12 characters of its ID when the agent did not know the name.
-    pub container: String,
-    pub count: u32,
-    /// `comm` of the worst parent.
-    pub parent_comm: String,
-    pub age_seconds: u64,
-}
-
-/// Zombies of one pod, summed over the reports that mention it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PodZombies {
-    /// The pod's zombies (containers and the pod's own cgroup).
-    pub total: u32,
-    pub containers: Vec<ContainerZombieCount>,
-}
-
-/// Zombies per pod UID over every node's report.
-pub fn index_zombies<'a>(
-    reports: impl IntoIterator<Item = &'a ZombieReportSpec>,
-) -> HashMap<String, PodZombies> {
-    let mut out: HashMap<String, PodZombies> = HashMap::new();
-    let mut pod_level: HashMap<String, u32> = HashMap::new();
-    for report in reports {
-        for c in &report.containers {
-            let entry = out.entry(c.pod_uid.clone()).or_default();
-            entry.containers.push(ContainerZombieCount {
-                container: c
-                    .container
-                    .clone()
-                    .unwrap_or_else(|| c.container_id.chars().take(12).collect()),
-                count: c.count,
-                parent_comm: c
-                    .parents
-                    .first()
-                    .map(|p| p.comm.clone())
-                    .unwrap_or_default(),
-                age_seconds: c.oldest_age_seconds,
-            });
-        }
-        for p in &report.pods {
-            *pod_level.entry(p.pod_uid.clone()).or_default() += p.zombies;
-        }
-    }
-    for (uid, zombies) in pod_level {
-        if zombies > 0 {
-            out.entry(uid).or_default().total = zombies;
-        } else if let Some(entry) = out.get_mut(&uid) {
-            entry.total = zombies;
-        }
-    }
-    for entry in out.values_mut() {
-        // `pods[].zombies` includes zombies outside containers; a report without the pod entry
-        // still has its containers.
-        let in_containers = entry
-            .containers
-            .iter()
-            .fold(0u32, |sum, c| sum.saturating_add(c.count));
-        entry.total = entry.total.max(in_containers);
-    }
-    out
-}
 
 /// Operator-wide settings (flags).
 #[derive(Clone, Debug)]
@@ -253,165 +49,6 @@ impl Default for Settings {
             event_interval: Duration::from_secs(15 * 60),
         }
     }
-}
-
-/// What the operator did recently, kept in memory to rate-limit actions. Restarts also leave
-/// `kubectl.kubernetes.io/restartedAt` on the workload, which survives a new leader.
-#[derive(Clone, Debug, Default)]
-pub struct ActionLog {
-    /// Last `ZombiesDetected` Event per pod UID.
-    pub events: HashMap<String, Timestamp>,
-    /// Last restart per workload.
-    pub restarts: HashMap<WorkloadRef, Timestamp>,
-}
-
-impl ActionLog {
-    /// Drops entries of pods that no longer exist and restarts older than `keep` (bounds memory).
-    pub fn prune(&mut self, live_pods: &BTreeSet<&str>, now: Timestamp, keep: Duration) {
-        self.events
-            .retain(|uid, _| live_pods.contains(uid.as_str()));
-        self.restarts.retain(|_, at| elapsed(*at, now) < keep);
-    }
-}
-
-/// The indexed state [`compute`] works on.
-#[derive(Clone, Copy, Debug)]
-pub struct Snapshot<'a> {
-    pub policies: &'a PolicySet,
-    /// Namespace name → labels.
-    pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
-    pub pods: &'a [PodInfo],
-    /// Pod UID → zombies ([`index_zombies`]).
-    pub zombies: &'a HashMap<String, PodZombies>,
-}
-
-/// A pod named in an action.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-}
-
-/// Something to do against the API.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Record a `ZombiesDetected` Warning on the pod.
-    Event {
-        policy: String,
-        pod: PodRef,
-        note: String,
-    },
-    /// Roll out the workload (`kubectl.kubernetes.io/restartedAt` on its pod template), then
-    /// record an Event on it.
-    Restart {
-        policy: String,
-        workload: WorkloadRef,
-        pod: PodRef,
-        zombies: u32,
-        cooldown: Duration,
-    },
-}
-
-impl Action {
-    pub fn policy(&self) -> &str {
-        match self {
-            Action::Event { policy, .. } | Action::Restart { policy, .. } => policy,
-        }
-    }
-}
-
-/// Why a pod at the threshold is not restarted.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum NoRestart {
-    /// `zombies.action` is `Event`.
-    EventOnly,
-    /// The webhook already protects it: restarting would not help.
-    Protected,
-    /// The webhook would not protect new pods either (mode `off`, or `Audit` enforcement).
-    NotEnforced,
-    /// No controller; deleting it would lose it.
-    BarePod,
-    /// Jobs, ReplicaSets without a Deployment, unknown controllers: never restarted.
-    NotRestartable { kind: String, name: String },
-    /// Restarted less than `cooldown` ago; possible again at `until`.
-    CoolingDown { until: Timestamp },
-}
-
-/// Whether a pod at or above its policy's threshold gets its workload restarted.
-pub fn restart_decision(
-    pod: &PodInfo,
-    policy: &ReaperPolicy,
-    log: &ActionLog,
-    now: Timestamp,
-) -> Result<WorkloadRef, NoRestart> {
-    let spec = &policy.spec;
-    if spec.zombies.action != ZombieAction::Restart {
-        return Err(NoRestart::EventOnly);
-    }
-    if pod.protected() {
-        return Err(NoRestart::Protected);
-    }
-    let mode = pod
-        .mode
-        .as_deref()
-        .and_then(|m| m.parse::<Mode>().ok())
-        .unwrap_or(spec.mode);
-    if mode == Mode::Off || spec.enforcement == Enforcement::Audit {
-        return Err(NoRestart::NotEnforced);
-    }
-    let workload = match &pod.owner {
-        Owner::Workload(w) => w.clone(),
-        Owner::Bare => return Err(NoRestart::BarePod),
-        Owner::Other { kind, name } => {
-            return Err(NoRestart::NotRestartable {
-                kind: kind.clone(),
-                name: name.clone(),
-            });
-        }
-    };
-    let cooldown = cooldown_of(policy);
-    // The pod's inherited restartedAt covers restarts by an earlier leader or by hand.
-    let last = [log.restarts.get(&workload).copied(), pod.restarted_at]
-        .into_iter()
-        .flatten()
-        .max();
-    if let Some(last) = last
-        && elapsed(last, now) < cooldown
-    {
-        return Err(NoRestart::CoolingDown {
-            until: add(last, cooldown),
-        });
-    }
-    Ok(workload)
-}
-
-/// Whether a workload whose pod template says `restartedAt` may be restarted again now
-/// (checked against the live object right before patching it).
-pub fn cooldown_elapsed(restarted_at: Option<&str>, now: Timestamp, cooldown: Duration) -> bool {
-    match restarted_at.and_then(|s| s.parse::<Timestamp>().ok()) {
-        Some(at) => elapsed(at, now) >= cooldown,
-        None => true,
-    }
-}
-
-/// A policy's `zombies.cooldown` (`30s`, `15m`, `1h`, ...).
-pub fn cooldown_of(policy: &ReaperPolicy) -> Duration {
-    humantime::parse_duration(policy.spec.zombies.cooldown.trim()).unwrap_or(DEFAULT_COOLDOWN)
-}
-
-/// Time from `since` to `now` (zero when `since` is in the future).
-fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
-    now.duration_since(since)
-        .try_into()
-        .unwrap_or(Duration::ZERO)
-}
-
-fn add(t: Timestamp, d: Duration) -> Timestamp {
-    SignedDuration::try_from(d)
-        .ok()
-        .and_then(|d| t.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX)
 }
 
 /// Everything [`compute`] decided.
@@ -448,8 +85,7 @@ pub fn compute(
         .namespaces
         .iter()
         .filter(|(name, labels)| {
-            labels.get(keys::LABEL_INJECT).map(String::as_str) == Some(keys::INJECT_ENABLED)
-                && !settings.excluded_namespaces.contains(name.as_str())
+            crate::scope::namespace_opted_in(name, labels, &settings.excluded_namespaces)
         })
         .map(|(name, labels)| (name.as_str(), labels))
         .collect();
@@ -467,9 +103,7 @@ pub fn compute(
         let Some(ns_labels) = opted_in.get(pod.namespace.as_str()) else {
             continue;
         };
-        if pod.mirror
-            || pod.labels.get(keys::LABEL_INJECT).map(String::as_str) == Some(keys::INJECT_DISABLED)
-        {
+        if pod.out_of_scope(&settings.excluded_namespaces).is_some() {
             continue;
         }
         let matching: Vec<&ReaperPolicy> = snapshot
@@ -664,37 +298,6 @@ fn conflict_message(
     )
 }
 
-fn event_note(
-    pod: &PodInfo,
-    zombies: Option<&PodZombies>,
-    total: u32,
-    threshold: u32,
-    policy: &str,
-) -> String {
-    let worst = zombies.and_then(|z| z.containers.iter().max_by_key(|c| c.count));
-    let whom = match worst {
-        Some(c) if !c.parent_comm.is_empty() => {
-            format!(
-                "; worst: container {} ({} held by {})",
-                c.container, c.count, c.parent_comm
-            )
-        }
-        Some(c) => format!("; worst: container {} ({})", c.container, c.count),
-        None => String::new(),
-    };
-    let protection = match pod.injected.as_deref() {
-        _ if pod.protected() => "protected by Reaper".to_string(),
-        Some(other) => format!("not protected ({} {other})", keys::ANNOTATION_INJECTED),
-        None => "not protected (created before Reaper or not mutated)".to_string(),
-    };
-    // The API server caps notes at 1 kB.
-    let mut note = format!(
-        "{total} zombie processes (threshold {threshold}, policy {policy}){whom}; pod {protection}"
-    );
-    note.truncate(1000);
-    note
-}
-
 /// A condition carrying over `lastTransitionTime` when its status did not change.
 fn condition(
     previous: &[Condition],
@@ -740,9 +343,18 @@ fn plural(n: u64, noun: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    // The decision as a whole: statuses (here), with the index and actions it uses.
+    use super::super::actions::*;
+    use super::super::index::*;
     use super::*;
-    use crate::crd::{ContainerZombies, PodPids, ReaperPolicySpec, ZombieParent, ZombiePolicy};
+    use crate::crd::{
+        ContainerZombies, Enforcement, PodPids, PolicySet, ReaperPolicySpec, ZombieAction,
+        ZombieParent, ZombiePolicy, ZombieReportSpec,
+    };
+    use jiff::SignedDuration;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use std::collections::HashMap;
     use std::sync::Arc;
 
     fn now() -> Timestamp {

@@ -228,25 +228,13 @@ impl Keyring {
             }
         }
         if out.is_empty()
-            && is_docker_hub(image)
+            && crate::image::reference::is_docker_hub(image)
             && let Some((_, creds)) = self.keys.iter().find(|(k, _)| k == DOCKER_HUB_KEY)
         {
             out = creds.clone();
         }
         out
     }
-}
-
-/// Whether `image` (schemeless `host/path`) is pulled from Docker Hub.
-fn is_docker_hub(image: &str) -> bool {
-    let first = image.split('/').next().unwrap_or_default();
-    if first.is_empty() {
-        return false;
-    }
-    if !image.contains('/') || first == "docker.io" || first == "index.docker.io" {
-        return true;
-    }
-    !first.contains(['.', ':'])
 }
 
 fn split_host(hostport: &str) -> (&str, &str) {

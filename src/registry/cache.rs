@@ -11,7 +11,7 @@
 //! with bad credentials does not hide a success with good ones.
 use super::Failure;
 use super::auth::Identity;
-use crate::webhook::images::ImageConfig;
+use crate::image::ImageConfig;
 use lru::LruCache;
 use std::num::NonZeroUsize;
 use std::sync::Arc;

@@ -4,7 +4,7 @@
 //! hand a token obtained with one secret to a pod that has another.
 use super::auth::{Credential, Identity};
 use super::{Failure, FailureKind};
-use crate::webhook::images::{ImageConfig, PlatformConfig};
+use crate::image::{ImageConfig, PlatformConfig};
 use futures::future::join_all;
 use lru::LruCache;
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};

@@ -17,8 +17,8 @@ pub mod fetch;
 pub mod secrets;
 pub mod warmup;
 
+use crate::image::{ImageConfig, ImageIndex, ImageResolver};
 use crate::metrics::Metrics;
-use crate::webhook::images::{ImageConfig, ImageIndex, ImageResolver};
 use async_trait::async_trait;
 use auth::{Credential, Identity, Keyring};
 use cache::{Cache, Cached, LookupKey, RepoKey};

@@ -11,8 +11,8 @@
 //!
 //! The kubelet expands `$(VAR)` in command and args (`$$` → `$`), so every string copied from an
 //! image config is written with `$` doubled; the pod's own strings are kept as they are.
-use super::images::ImageConfig;
 use crate::crd::EntrypointOverride;
+use crate::image::ImageConfig;
 use k8s_openapi::api::core::v1::Container;
 use std::collections::BTreeMap;
 
@@ -380,7 +380,7 @@ mod tests {
 
     #[test]
     fn per_platform_argv() {
-        use crate::webhook::images::PlatformConfig;
+        use crate::image::PlatformConfig;
         let v = |x: &[&str]| x.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         let img = ImageConfig::from_platforms(vec![
             PlatformConfig::new("linux/arm64/v8", v(&["/arm", "$A"]), v(&["serve"])),

@@ -8,8 +8,10 @@
 //!   and namespace labels from a file or the cluster
 pub mod argv;
 pub mod files;
-pub mod images;
-pub mod plan;
+
+pub mod decide;
+pub mod install;
+mod patch;
 pub mod review;
 pub mod server;
 pub mod sources;
@@ -18,7 +20,6 @@ pub mod tls;
 use crate::crd::Mode;
 use crate::registry::{self, Registry};
 use crate::{admin, keys, metrics::Metrics};
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -59,7 +60,7 @@ pub struct Args {
         long,
         env = "REAPER_EXCLUDED_NAMESPACES",
         value_delimiter = ',',
-        default_value = "kube-system,kube-public,kube-node-lease"
+        default_value = crate::scope::DEFAULT_EXCLUDED_NAMESPACES
     )]
     pub excluded_namespaces: Vec<String>,
     /// YAML stream of ReaperPolicy objects; with it the webhook needs no API server
@@ -162,7 +163,7 @@ fn quantity_value(q: &str) -> Option<f64> {
 
 impl Args {
     /// The planner's configuration; `own_namespace` is `POD_NAMESPACE`, always excluded.
-    pub fn config(&self, own_namespace: Option<&str>) -> Result<plan::Config> {
+    pub fn config(&self, own_namespace: Option<&str>) -> Result<decide::Config> {
         let mount = self.mount_path.trim_end_matches('/');
         if !mount.starts_with('/') || mount.is_empty() || mount.split('/').any(|p| p == "..") {
             return Err(Error::MountPath(self.mount_path.clone()));
@@ -203,21 +204,13 @@ impl Args {
             }
         }
         check("volume-size-limit", &self.volume_size_limit)?;
-        let mut excluded: BTreeSet<String> = self
-            .excluded_namespaces
-            .iter()
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        if let Some(own) = own_namespace.filter(|n| !n.is_empty()) {
-            excluded.insert(own.to_string());
-        }
-        Ok(plan::Config {
+        let excluded = crate::scope::excluded_namespaces(&self.excluded_namespaces, own_namespace);
+        Ok(decide::Config {
             reaper_image: self.reaper_image.trim().to_string(),
             mount_path: mount.to_string(),
             default_mode: self.default_mode,
             excluded_namespaces: excluded,
-            install: plan::InstallSettings {
+            install: install::InstallSettings {
                 run_as_user: self.install_run_as_user,
                 cpu_request: self.install_cpu_request.clone(),
                 memory_request: self.install_memory_request.clone(),
@@ -237,7 +230,7 @@ pub async fn run(args: Args) -> Result<()> {
 /// Run with a given image resolver (instead of the registries) until `stop` resolves.
 pub async fn run_with(
     args: Args,
-    resolver: Arc<dyn images::ImageResolver>,
+    resolver: Arc<dyn crate::image::ImageResolver>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     serve(args, Some(resolver), stop).await
@@ -246,7 +239,7 @@ pub async fn run_with(
 /// The webhook; `resolver: None` means the registry resolver built from the flags.
 async fn serve(
     args: Args,
-    resolver: Option<Arc<dyn images::ImageResolver>>,
+    resolver: Option<Arc<dyn crate::image::ImageResolver>>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let own_namespace = std::env::var("POD_NAMESPACE").ok();
@@ -288,7 +281,7 @@ async fn serve(
         (None, None) => unreachable!("cluster mode always has a client"),
     };
     let resolve_timeout = lookup.lookup_timeout + server::RESOLVE_GRACE;
-    let resolver: Arc<dyn images::ImageResolver> = match resolver {
+    let resolver: Arc<dyn crate::image::ImageResolver> = match resolver {
         Some(r) => r,
         None => {
             tracing::info!(
@@ -385,7 +378,7 @@ fn start_warm_up(
     client: kube::Client,
     reg: Registry,
     sources: &sources::Sources,
-    config: &plan::Config,
+    config: &decide::Config,
     tag_ttl: Duration,
     shutdown: &CancellationToken,
 ) {
@@ -396,11 +389,11 @@ fn start_warm_up(
             return Vec::new();
         }
         let policies = s.policies();
-        let scope = plan::Scope {
+        let scope = decide::Scope {
             namespace,
             namespace_labels: &ns.labels,
         };
-        plan::images_to_resolve(pod, scope, &policies, &cfg)
+        decide::images_to_resolve(pod, scope, &policies, &cfg)
     });
     // Re-checked a few times per TTL so entries are looked up again soon after they expire.
     let refresh = (tag_ttl / 4).max(Duration::from_secs(5));

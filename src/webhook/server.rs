@@ -4,10 +4,10 @@
 //! The handler decodes, asks the image resolver about images the pod does not spell out, calls
 //! the pure planner and encodes. A pod the webhook cannot handle is admitted unchanged with a
 //! warning: the webhook never blocks a pod on its own error.
-use super::images::{ImageIndex, ImageResolver};
-use super::plan::{self, Config, Plan, Scope};
+use super::decide::{self, Config, Plan, Scope};
 use super::review::{self, BadReview, PodObject, Review};
 use super::sources::Sources;
+use crate::image::{ImageIndex, ImageResolver};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::Bytes;
@@ -242,9 +242,9 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
         namespace,
         namespace_labels: &ns.labels,
     };
-    let mut plan = plan::plan(&pod, scope, &policies, images, config);
+    let mut plan = decide::plan(&pod, scope, &policies, images, config);
     if let Some(w) = ns.warning
-        && !matches!(plan.outcome, plan::Outcome::Ignored(_))
+        && !matches!(plan.outcome, decide::Outcome::Ignored(_))
     {
         plan.warnings.insert(0, w);
     }
@@ -336,7 +336,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
                 namespace,
                 namespace_labels: &ns.labels,
             };
-            let wanted = plan::images_to_resolve(pod, scope, &policies, &s.config);
+            let wanted = decide::images_to_resolve(pod, scope, &policies, &s.config);
             if !wanted.is_empty() && s.sources.is_synced() {
                 match tokio::time::timeout(
                     s.resolve_timeout,
@@ -352,7 +352,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
         let answer = respond(review, &s.config, &s.sources, &images);
         span.record("result", answer.result);
         match &answer.plan {
-            Some(p) if !matches!(p.outcome, plan::Outcome::Ignored(_)) => tracing::info!(
+            Some(p) if !matches!(p.outcome, decide::Outcome::Ignored(_)) => tracing::info!(
                 annotation = p.annotation().as_deref().unwrap_or_default(),
                 policy = p.policy.as_deref().unwrap_or_default(),
                 warnings = p.warnings.len(),

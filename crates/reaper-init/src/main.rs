@@ -1,11 +1,11 @@
 //! The `reaper` binary: only the C entry point (see the library for everything else).
-#![no_main]
+// Under `cargo test --bins` the test harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
-use libc::{c_char, c_int};
-
+#[cfg(not(test))]
 #[allow(unsafe_code)] // the C entry point, and the call into `sys`, which holds all other unsafe
 #[unsafe(no_mangle)]
-extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+extern "C" fn main(argc: libc::c_int, argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: the C runtime passes main `argc` NUL-terminated strings that live until exit.
     unsafe { reaper_init::sys::entry(argc, argv) }
 }

@@ -818,12 +818,18 @@ pub async fn wait_crd_established(
     }
 }
 
-static SHARED: OnceLock<Result<&'static ControlPlane, String>> = OnceLock::new();
+/// One suite's control plane, started on first use (or why it did not start).
+type SharedCell = OnceLock<Result<&'static ControlPlane, String>>;
+/// Control planes shared by the tests of a suite, by suite.
+static SHARED: OnceLock<Mutex<BTreeMap<String, &'static SharedCell>>> = OnceLock::new();
 
-/// The control plane shared by the tests of this test binary, started on first use.
+/// The control plane shared by the tests of one suite (`suite` is the caller's
+/// `module_path!()`; its first two segments name the suite, e.g. `control_plane::operator`), started
+/// on first use. Suites of one test binary get separate control planes: cluster-scoped objects
+/// (policies, webhook configurations, CRD versions) of one never leak into another's assertions.
 /// `None` (with a loud notice) when `REAPER_SKIP_CONTROL_PLANE=1`; panics with the reason when it
 /// cannot start (binaries missing: run `make tools`).
-pub fn shared() -> Option<&'static ControlPlane> {
+pub fn shared(suite: &str) -> Option<&'static ControlPlane> {
     if std::env::var(SKIP_ENV).is_ok_and(|v| v == "1") {
         assert!(
             !std::env::var("CI").is_ok_and(|v| v == "true"),
@@ -834,7 +840,14 @@ pub fn shared() -> Option<&'static ControlPlane> {
         );
         return None;
     }
-    let shared = SHARED.get_or_init(|| {
+    let key: String = suite.split("::").take(2).collect::<Vec<_>>().join("::");
+    let cell: &'static SharedCell = SHARED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(key)
+        .or_insert_with(|| Box::leak(Box::new(OnceLock::new())));
+    let shared = cell.get_or_init(|| {
         let owner = owner_thread("control-plane-owner")?;
         let cp: &'static ControlPlane = Box::leak(Box::new(ControlPlane::start_owned(
             Some(owner),
@@ -876,14 +889,21 @@ pub fn owner_thread(name: &str) -> Result<Owner, String> {
 #[allow(unsafe_code)]
 fn register_exit_cleanup() {
     extern "C" fn stop_shared() {
-        if let Some(Ok(cp)) = SHARED.get() {
-            cp.shutdown();
+        let Some(all) = SHARED.get() else { return };
+        let all = all.lock().unwrap_or_else(|e| e.into_inner());
+        for cell in all.values() {
+            if let Some(Ok(cp)) = cell.get() {
+                cp.shutdown();
+            }
         }
     }
-    // SAFETY: registers a plain `extern "C" fn` with no arguments; it only touches statics.
-    unsafe {
-        libc::atexit(stop_shared);
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: registers a plain `extern "C" fn` with no arguments; it only touches statics.
+        unsafe {
+            libc::atexit(stop_shared);
+        }
+    });
 }
 
 /// Makes a child get SIGKILL when the thread that spawned it ends (test or owner thread), so no

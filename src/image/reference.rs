@@ -1,0 +1,131 @@
+//! Image references: the one parser (the registry client's) and the glob policies match
+//! images with.
+use oci_client::Reference;
+
+/// `*` matches any run of characters (including none and `/`); everything else is literal.
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // Position of the last `*` seen and the text position it currently stands for.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            // Let the last star absorb one more character and retry.
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+/// The fully qualified form of an image reference, as registries and `crictl` show it:
+/// `nginx` → `docker.io/library/nginx:latest`, `team/app:1` → `docker.io/team/app:1`. Parsed by
+/// the registry client's own parser (`oci_spec`'s [`Reference`]); a reference it refuses is
+/// returned as written (no registry would serve it either).
+pub fn normalize_image_reference(image: &str) -> String {
+    parse(image).map_or_else(|| image.to_string(), |r| r.whole())
+}
+
+/// The registry client's parse of an image reference (`None` when it is not one).
+pub fn parse(image: &str) -> Option<Reference> {
+    image.parse::<Reference>().ok()
+}
+
+/// Whether `image` (with or without tag or digest) is pulled from Docker Hub.
+pub fn is_docker_hub(image: &str) -> bool {
+    parse(image).is_some_and(|r| r.registry() == "docker.io")
+}
+
+/// Whether an image reference matches a policy's `image` glob, as written in the pod or in its
+/// fully qualified form (so `*/library/nginx:*` and `nginx:*` both catch `nginx:1.27`).
+pub fn image_matches(pattern: &str, image: &str) -> bool {
+    glob_matches(pattern, image) || glob_matches(pattern, &normalize_image_reference(image))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob() {
+        for (p, t, want) in [
+            ("*", "", true),
+            ("*", "anything/at:all", true),
+            ("nginx", "nginx", true),
+            ("nginx", "nginx:1", false),
+            ("nginx:*", "nginx:1.27", true),
+            ("*/nginx:*", "docker.io/library/nginx:1.27", true),
+            (
+                "registry.example.com/team/*",
+                "registry.example.com/team/app:v1",
+                true,
+            ),
+            (
+                "registry.example.com/team/*",
+                "registry.example.com/other/app:v1",
+                false,
+            ),
+            ("a*b*c", "aXXbYYc", true),
+            ("a*b*c", "aXXbYY", false),
+            ("*a", "banana", true),
+            ("*an*an*", "banana", true),
+            ("**", "x", true),
+            ("", "", true),
+            ("", "x", false),
+        ] {
+            assert_eq!(glob_matches(p, t), want, "{p:?} vs {t:?}");
+        }
+    }
+
+    #[test]
+    fn glob_is_not_exponential() {
+        let text = "a".repeat(5000);
+        let pattern = format!("{}b", "*a".repeat(50));
+        assert!(!glob_matches(&pattern, &text));
+    }
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn normalize() {
+        for (i, want) in [
+            ("nginx", "docker.io/library/nginx:latest"),
+            ("nginx:1.27", "docker.io/library/nginx:1.27"),
+            ("team/app", "docker.io/team/app:latest"),
+            ("ghcr.io/o/app:v1", "ghcr.io/o/app:v1"),
+            ("localhost/app", "localhost/app:latest"),
+            ("127.0.0.1:5000/app", "127.0.0.1:5000/app:latest"),
+            ("127.0.0.1:5000/app:2", "127.0.0.1:5000/app:2"),
+            ("index.docker.io/team/app:3", "docker.io/team/app:3"),
+            (
+                &format!("nginx@{D}"),
+                &format!("docker.io/library/nginx@{D}"),
+            ),
+            (
+                &format!("nginx:1@{D}"),
+                &format!("docker.io/library/nginx:1@{D}"),
+            ),
+            // Not a reference (short digest, upper case): as written.
+            ("nginx@sha256:abc", "nginx@sha256:abc"),
+            ("Bad/Name", "Bad/Name"),
+        ] {
+            assert_eq!(normalize_image_reference(i), want, "{i}");
+        }
+        assert!(is_docker_hub("nginx") && is_docker_hub("docker.io/team/app:1"));
+        assert!(is_docker_hub("index.docker.io/library/nginx"));
+        assert!(!is_docker_hub("ghcr.io/o/app") && !is_docker_hub("localhost/app"));
+        assert!(!is_docker_hub("127.0.0.1:5000/app"));
+        assert!(image_matches("*/library/nginx:*", "nginx:1.27"));
+        assert!(image_matches("nginx:*", "nginx:1.27"));
+        assert!(!image_matches("redis:*", "nginx:1.27"));
+    }
+}

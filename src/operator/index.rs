@@ -1,0 +1,250 @@
+//! The operator's view of the cluster, as plain data: pods with what decides their fate (owner
+//! workload, labels, the webhook's annotation), zombies per pod from the nodes' reports, and the
+//! [`Snapshot`] that [`super::status::compute`] works on. Built by [`super::controller`] from its
+//! reflectors once per batch.
+use crate::crd::{PolicySet, ZombieReportSpec};
+use crate::keys;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use std::collections::{BTreeMap, HashMap};
+
+/// Workload kinds the operator may roll out (`kubectl rollout restart` supports exactly these).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WorkloadKind {
+    Deployment,
+    StatefulSet,
+    DaemonSet,
+}
+
+impl WorkloadKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkloadKind::Deployment => "Deployment",
+            WorkloadKind::StatefulSet => "StatefulSet",
+            WorkloadKind::DaemonSet => "DaemonSet",
+        }
+    }
+
+    fn from_owner(o: &OwnerReference) -> Option<Self> {
+        if o.api_version != "apps/v1" {
+            return None;
+        }
+        match o.kind.as_str() {
+            "Deployment" => Some(WorkloadKind::Deployment),
+            "StatefulSet" => Some(WorkloadKind::StatefulSet),
+            "DaemonSet" => Some(WorkloadKind::DaemonSet),
+            _ => None,
+        }
+    }
+}
+
+/// A restartable workload.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WorkloadRef {
+    pub kind: WorkloadKind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl std::fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}/{}", self.kind.as_str(), self.namespace, self.name)
+    }
+}
+
+/// Who controls a pod, as far as restarts are concerned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Owner {
+    /// A Deployment (through its ReplicaSet), StatefulSet or DaemonSet.
+    Workload(WorkloadRef),
+    /// No controller: a bare pod (deleting it would lose it).
+    Bare,
+    /// Something never restarted: a Job, a ReplicaSet without a Deployment, any other kind, or a
+    /// ReplicaSet the index does not know yet.
+    Other { kind: String, name: String },
+}
+
+/// Resolves a pod's controller. `replica_set_owners(namespace, name)` gives a ReplicaSet's
+/// ownerReferences (`None` when the ReplicaSet is not indexed).
+pub fn resolve_owner(
+    namespace: &str,
+    owner_references: &[OwnerReference],
+    replica_set_owners: impl Fn(&str, &str) -> Option<Vec<OwnerReference>>,
+) -> Owner {
+    let Some(controller) = controller_of(owner_references) else {
+        return Owner::Bare;
+    };
+    let other = |o: &OwnerReference| Owner::Other {
+        kind: o.kind.clone(),
+        name: o.name.clone(),
+    };
+    if let Some(kind) = WorkloadKind::from_owner(controller) {
+        return Owner::Workload(WorkloadRef {
+            kind,
+            namespace: namespace.to_string(),
+            name: controller.name.clone(),
+        });
+    }
+    if controller.api_version == "apps/v1" && controller.kind == "ReplicaSet" {
+        let Some(rs_owners) = replica_set_owners(namespace, &controller.name) else {
+            return other(controller);
+        };
+        return match controller_of(&rs_owners) {
+            Some(d) if WorkloadKind::from_owner(d) == Some(WorkloadKind::Deployment) => {
+                Owner::Workload(WorkloadRef {
+                    kind: WorkloadKind::Deployment,
+                    namespace: namespace.to_string(),
+                    name: d.name.clone(),
+                })
+            }
+            _ => other(controller),
+        };
+    }
+    other(controller)
+}
+
+fn controller_of(refs: &[OwnerReference]) -> Option<&OwnerReference> {
+    refs.iter().find(|o| o.controller == Some(true))
+}
+
+/// What the operator knows about one pod (from a metadata-only reflector).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodInfo {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub labels: BTreeMap<String, String>,
+    /// `reaper.dev/injected`, as the webhook wrote it.
+    pub injected: Option<String>,
+    /// `reaper.dev/mode`, raw.
+    pub mode: Option<String>,
+    /// A static pod's mirror (the webhook never mutates those).
+    pub mirror: bool,
+    /// `kubectl.kubernetes.io/restartedAt` inherited from the pod template.
+    pub restarted_at: Option<Timestamp>,
+    pub owner: Owner,
+}
+
+impl PodInfo {
+    /// Protected: the webhook shared the PID namespace or wrapped containers with reaper.
+    pub fn protected(&self) -> bool {
+        is_protected(self.injected.as_deref())
+    }
+
+    /// The shared scope rule ([`crate::scope`]) applied to what the index keeps of the pod.
+    pub fn out_of_scope(
+        &self,
+        excluded: &std::collections::BTreeSet<String>,
+    ) -> Option<crate::scope::Exclusion> {
+        let mirror: BTreeMap<String, String> = self
+            .mirror
+            .then(|| (keys::ANNOTATION_MIRROR.to_string(), String::new()))
+            .into_iter()
+            .collect();
+        crate::scope::exclusion(
+            crate::scope::PodFacts {
+                namespace: &self.namespace,
+                labels: Some(&self.labels),
+                annotations: Some(&mirror),
+            },
+            excluded,
+        )
+    }
+
+    pub fn reference(&self) -> PodRef {
+        PodRef {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+        }
+    }
+}
+
+/// `share` and `inject:<containers>` protect a pod; `skipped:…`, `audit:…` and no annotation do not.
+pub fn is_protected(injected: Option<&str>) -> bool {
+    matches!(injected, Some(v) if v == "share" || v.starts_with("inject:"))
+}
+
+/// Zombies of one container, from the ZombieReports.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContainerZombieCount {
+    /// Container name, or the first 12 characters of its ID when the agent did not know the name.
+    pub container: String,
+    pub count: u32,
+    /// `comm` of the worst parent.
+    pub parent_comm: String,
+    pub age_seconds: u64,
+}
+
+/// Zombies of one pod, summed over the reports that mention it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodZombies {
+    /// The pod's zombies (containers and the pod's own cgroup).
+    pub total: u32,
+    pub containers: Vec<ContainerZombieCount>,
+}
+
+/// Zombies per pod UID over every node's report.
+pub fn index_zombies<'a>(
+    reports: impl IntoIterator<Item = &'a ZombieReportSpec>,
+) -> HashMap<String, PodZombies> {
+    let mut out: HashMap<String, PodZombies> = HashMap::new();
+    let mut pod_level: HashMap<String, u32> = HashMap::new();
+    for report in reports {
+        for c in &report.containers {
+            let entry = out.entry(c.pod_uid.clone()).or_default();
+            entry.containers.push(ContainerZombieCount {
+                container: c
+                    .container
+                    .clone()
+                    .unwrap_or_else(|| c.container_id.chars().take(12).collect()),
+                count: c.count,
+                parent_comm: c
+                    .parents
+                    .first()
+                    .map(|p| p.comm.clone())
+                    .unwrap_or_default(),
+                age_seconds: c.oldest_age_seconds,
+            });
+        }
+        for p in &report.pods {
+            *pod_level.entry(p.pod_uid.clone()).or_default() += p.zombies;
+        }
+    }
+    for (uid, zombies) in pod_level {
+        if zombies > 0 {
+            out.entry(uid).or_default().total = zombies;
+        } else if let Some(entry) = out.get_mut(&uid) {
+            entry.total = zombies;
+        }
+    }
+    for entry in out.values_mut() {
+        // `pods[].zombies` includes zombies outside containers; a report without the pod entry
+        // still has its containers.
+        let in_containers = entry
+            .containers
+            .iter()
+            .fold(0u32, |sum, c| sum.saturating_add(c.count));
+        entry.total = entry.total.max(in_containers);
+    }
+    out
+}
+
+/// The indexed state [`compute`] works on.
+#[derive(Clone, Copy, Debug)]
+pub struct Snapshot<'a> {
+    pub policies: &'a PolicySet,
+    /// Namespace name → labels.
+    pub namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+    pub pods: &'a [PodInfo],
+    /// Pod UID → zombies ([`index_zombies`]).
+    pub zombies: &'a HashMap<String, PodZombies>,
+}
+
+/// A pod named in an action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}

@@ -1,0 +1,943 @@
+//! The webhook's decision, as a pure function: pod + policies + resolved images → [`Plan`].
+//! `super::patch` turns a plan into an RFC 6902 JSONPatch and `super::install` describes the
+//! injected init container and volume. No I/O here; the handler decodes, calls [`plan`], and
+//! encodes.
+//!
+//! The planner is *convergent*: it recognises every piece of its own earlier work (a container
+//! whose `command[0]` is the reaper path, the install init container and its volume, a shared PID
+//! namespace, the annotation) and only adds what is missing. So `mutate(mutate(p)) == mutate(p)`,
+//! and a reinvocation after another webhook added a container wraps just that container.
+use super::argv::{Argv, ImageArgv, plan_argv, platform_argv};
+use super::install::{self, InstallSettings};
+use crate::crd::{Enforcement, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
+use crate::image::{ImageIndex, image_matches};
+use crate::keys;
+use crate::scope::Exclusion;
+use k8s_openapi::api::core::v1::{Container, Pod, Volume, VolumeMount};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Warnings past this many are summarised (the API server truncates long warning lists anyway).
+const MAX_WARNINGS: usize = 12;
+
+/// Settings that shape every plan (from the webhook's flags).
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Image whose `/reaper` is the static init (`--reaper-image`).
+    pub reaper_image: String,
+    /// Where the volume is mounted in wrapped containers (`--mount-path`), absolute, no trailing `/`.
+    pub mount_path: String,
+    /// Mode when no policy matches (`--default-mode`).
+    pub default_mode: Mode,
+    /// Namespaces never touched (`--excluded-namespaces` plus the webhook's own).
+    pub excluded_namespaces: BTreeSet<String>,
+    /// The injected init container and volume.
+    pub install: InstallSettings,
+}
+
+impl Config {
+    /// A config with defaults for everything but the image (tests, benchmarks, fuzzing).
+    pub fn new(reaper_image: impl Into<String>) -> Self {
+        Self {
+            reaper_image: reaper_image.into(),
+            mount_path: "/.reaper".into(),
+            default_mode: Mode::Auto,
+            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+            install: InstallSettings::default(),
+        }
+    }
+
+    /// `<mount-path>/reaper`: argv[0] of every wrapped container.
+    pub fn reaper_path(&self) -> String {
+        format!("{}/reaper", self.mount_path)
+    }
+}
+
+/// Where the pod is being created.
+#[derive(Clone, Copy, Debug)]
+pub struct Scope<'a> {
+    /// The request's namespace (a pod's own `metadata.namespace` may be empty at CREATE).
+    pub namespace: &'a str,
+    /// Labels of that namespace (only `kubernetes.io/metadata.name` in `--policies` mode).
+    pub namespace_labels: &'a BTreeMap<String, String>,
+}
+
+/// Why a pod is left alone without even an annotation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IgnoreReason {
+    /// No `spec`, or neither `metadata.name` nor `metadata.generateName`: the API server rejects
+    /// such a pod after admission anyway, and a patch could not rely on those fields existing.
+    Incomplete,
+    ExcludedNamespace,
+    MirrorPod,
+    OptedOut,
+    ModeOff,
+}
+
+/// Why an in-scope pod is left alone (recorded as `skipped:<reason>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SkipReason {
+    /// `spec.os.name: windows` (or a `kubernetes.io/os: windows` node selector).
+    Windows,
+    /// The filters (policy containers, `initContainers`, `reaper.dev/containers`) left nothing.
+    NoTargets,
+    /// Every target container already runs an init.
+    AlreadyInit,
+    /// No target container could be wrapped (unknown argv, mount path taken) and sharing the PID
+    /// namespace was not an option.
+    NotWrappable,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::Windows => "windows",
+            SkipReason::NoTargets => "no-targets",
+            SkipReason::AlreadyInit => "already-init",
+            SkipReason::NotWrappable => "not-wrappable",
+        }
+    }
+}
+
+/// What the webhook decided for a pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ignored(IgnoreReason),
+    Skipped(SkipReason),
+    /// `shareProcessNamespace: true`.
+    Share,
+    /// These containers run under reaper (newly wrapped or already), in spec order.
+    Inject(Vec<String>),
+}
+
+/// A container's position in the pod spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Slot {
+    pub list: List,
+    pub index: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum List {
+    Init,
+    Regular,
+}
+
+impl List {
+    /// The pod spec field holding this list.
+    pub fn field(self) -> &'static str {
+        match self {
+            List::Init => "initContainers",
+            List::Regular => "containers",
+        }
+    }
+}
+
+/// One container's rewrite.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Wrap {
+    pub slot: Slot,
+    /// New `command` (`None`: already wrapped, only the mount may be missing).
+    pub command: Option<Vec<String>>,
+    /// New `args` (`None`: keep the pod's).
+    pub args: Option<Vec<String>>,
+    /// Mount to add (`None`: already there).
+    pub mount: Option<VolumeMount>,
+    /// `REAPER_PLATFORM_ARGV` to add: the image's platforms run different argvs (JSON object).
+    pub platform_argv: Option<String>,
+    /// Whether the container already has a `volumeMounts` list.
+    pub(super) had_mounts: bool,
+    /// Whether the container already has an `env` list.
+    pub(super) had_env: bool,
+}
+
+/// The injected volume and init container, when the pod does not have them yet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Install {
+    pub volume: Volume,
+    pub container: Container,
+}
+
+/// Spec changes of a plan (all empty for ignored, skipped and audited pods).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Changes {
+    pub share_process_namespace: bool,
+    pub install: Option<Install>,
+    /// Index of our existing install container, to move to the front of `initContainers` because
+    /// a wrapped init container now runs before it.
+    pub move_install_from: Option<usize>,
+    pub wraps: Vec<Wrap>,
+    pub(super) had_volumes: bool,
+    pub(super) had_init_containers: bool,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        !self.share_process_namespace
+            && self.install.is_none()
+            && self.move_install_from.is_none()
+            && self.wraps.is_empty()
+    }
+}
+
+/// The decision for one pod and everything needed to turn it into a patch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub outcome: Outcome,
+    /// The mode asked for (annotation, else policy, else `--default-mode`); `None` when the pod
+    /// was ignored before a mode was chosen.
+    pub mode: Option<Mode>,
+    /// Name of the governing policy, if any.
+    pub policy: Option<String>,
+    /// `Audit` enforcement: annotate only.
+    pub audit: bool,
+    /// Shown by `kubectl` (AdmissionResponse `warnings`).
+    pub warnings: Vec<String>,
+    pub changes: Changes,
+    /// New value of `reaper.dev/injected`, when it differs from the pod's.
+    pub set_annotation: Option<String>,
+    pub(super) had_annotations: bool,
+}
+
+impl Plan {
+    fn ignored(reason: IgnoreReason, mode: Option<Mode>, policy: Option<String>) -> Self {
+        Self {
+            outcome: Outcome::Ignored(reason),
+            mode,
+            policy,
+            audit: false,
+            warnings: Vec::new(),
+            changes: Changes::default(),
+            set_annotation: None,
+            had_annotations: false,
+        }
+    }
+
+    /// The `reaper.dev/injected` value this outcome stands for (`None` for ignored pods).
+    pub fn annotation(&self) -> Option<String> {
+        let what = match &self.outcome {
+            Outcome::Ignored(_) => return None,
+            Outcome::Skipped(r) => return Some(format!("skipped:{}", r.as_str())),
+            Outcome::Share => "share".to_string(),
+            Outcome::Inject(names) => format!("inject:{}", names.join(",")),
+        };
+        Some(if self.audit {
+            format!("audit:{what}")
+        } else {
+            what
+        })
+    }
+
+    /// Short name of the outcome for metrics and logs.
+    pub fn result_label(&self) -> &'static str {
+        match (&self.outcome, self.audit) {
+            (Outcome::Ignored(_), _) => "ignored",
+            (Outcome::Skipped(_), _) => "skipped",
+            (_, true) => "audit",
+            (Outcome::Share, false) => "share",
+            (Outcome::Inject(_), false) => "inject",
+        }
+    }
+}
+
+/// What the planner found out before looking at images.
+struct Prepared<'a> {
+    spec: std::borrow::Cow<'a, ReaperPolicySpec>,
+    policy: Option<String>,
+    mode: Mode,
+    audit: bool,
+    targets: Vec<(Slot, &'a Container)>,
+    install: Option<install::ExistingInstall>,
+    warnings: Vec<String>,
+}
+
+enum Stage<'a> {
+    Done(Box<Plan>),
+    Go(Box<Prepared<'a>>),
+}
+
+fn annotation<'a>(pod: &'a Pod, key: &str) -> Option<&'a str> {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+fn is_windows(pod: &Pod) -> bool {
+    let Some(spec) = &pod.spec else { return false };
+    let by_os = spec
+        .os
+        .as_ref()
+        .is_some_and(|os| os.name.eq_ignore_ascii_case("windows"));
+    let by_selector = spec
+        .node_selector
+        .as_ref()
+        .and_then(|s| s.get("kubernetes.io/os"))
+        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
+    by_os || by_selector
+}
+
+fn is_sidecar(c: &Container) -> bool {
+    c.restart_policy.as_deref() == Some("Always")
+}
+
+/// Steps common to [`images_to_resolve`] and [`plan`]: scope, policy, mode, targets.
+fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Config) -> Stage<'a> {
+    let named = |n: &Option<String>| n.as_deref().is_some_and(|n| !n.is_empty());
+    if pod.spec.is_none() || !(named(&pod.metadata.name) || named(&pod.metadata.generate_name)) {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::Incomplete,
+            None,
+            None,
+        )));
+    }
+    let facts = crate::scope::PodFacts {
+        namespace: scope.namespace,
+        labels: pod.metadata.labels.as_ref(),
+        annotations: pod.metadata.annotations.as_ref(),
+    };
+    if let Some(why) = crate::scope::exclusion(facts, &cfg.excluded_namespaces) {
+        let reason = match why {
+            Exclusion::ExcludedNamespace => IgnoreReason::ExcludedNamespace,
+            Exclusion::MirrorPod => IgnoreReason::MirrorPod,
+            Exclusion::OptedOut => IgnoreReason::OptedOut,
+        };
+        return Stage::Done(Box::new(Plan::ignored(reason, None, None)));
+    }
+    let empty = BTreeMap::new();
+    let pod_labels = pod.metadata.labels.as_ref().unwrap_or(&empty);
+    let mut warnings = Vec::new();
+    let winner: Option<&'a ReaperPolicy> = policies
+        .winner(scope.namespace_labels, pod_labels)
+        .map(|p| p.as_ref());
+    let policy_name = winner.map(|p| p.metadata.name.clone().unwrap_or_default());
+    let spec = match winner {
+        Some(p) => std::borrow::Cow::Borrowed(&p.spec),
+        None => std::borrow::Cow::Owned(ReaperPolicySpec {
+            mode: cfg.default_mode,
+            ..Default::default()
+        }),
+    };
+    let raw_mode = annotation(pod, keys::ANNOTATION_MODE);
+    let mode = match crate::scope::effective_mode(raw_mode, spec.mode) {
+        Ok(m) => m,
+        Err(fallback) => {
+            let source = match &policy_name {
+                Some(p) => format!("policy {p}"),
+                None => "--default-mode".to_string(),
+            };
+            warnings.push(format!(
+                "reaper: annotation {} {:?} is not auto, inject, share or off; using {fallback} from {source}",
+                keys::ANNOTATION_MODE,
+                raw_mode.unwrap_or_default(),
+            ));
+            fallback
+        }
+    };
+    if mode == Mode::Off {
+        return Stage::Done(Box::new(Plan::ignored(
+            IgnoreReason::ModeOff,
+            Some(mode),
+            policy_name,
+        )));
+    }
+    let audit = spec.enforcement == Enforcement::Audit;
+    if is_windows(pod) {
+        warnings.push("reaper: Windows pod left unchanged".to_string());
+        return Stage::Done(Box::new(finish(
+            pod,
+            Verdict {
+                outcome: Outcome::Skipped(SkipReason::Windows),
+                mode: Some(mode),
+                policy: policy_name,
+                audit,
+                warnings,
+                changes: Changes::default(),
+            },
+        )));
+    }
+    let install = install::find_install(pod, cfg);
+    let only: Option<BTreeSet<&str>> = annotation(pod, keys::ANNOTATION_CONTAINERS).map(|raw| {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let spec_ref = pod.spec.as_ref();
+    let init = spec_ref
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let regular = spec_ref
+        .map(|s| s.containers.as_slice())
+        .unwrap_or_default();
+    if let Some(only) = &only {
+        for name in only {
+            if !init.iter().chain(regular).any(|c| c.name == *name) {
+                warnings.push(format!(
+                    "reaper: annotation {} names {name:?}, which is not a container of this pod",
+                    keys::ANNOTATION_CONTAINERS
+                ));
+            }
+        }
+    }
+    let wanted = |c: &Container| {
+        spec.containers.allows(&c.name) && only.as_ref().is_none_or(|o| o.contains(c.name.as_str()))
+    };
+    let mut targets = Vec::new();
+    for (index, c) in init.iter().enumerate() {
+        let ours = install.as_ref().is_some_and(|i| i.index == index);
+        if !ours && (is_sidecar(c) || spec.init_containers) && wanted(c) {
+            targets.push((
+                Slot {
+                    list: List::Init,
+                    index,
+                },
+                c,
+            ));
+        }
+    }
+    for (index, c) in regular.iter().enumerate() {
+        if wanted(c) {
+            targets.push((
+                Slot {
+                    list: List::Regular,
+                    index,
+                },
+                c,
+            ));
+        }
+    }
+    Stage::Go(Box::new(Prepared {
+        spec,
+        policy: policy_name,
+        mode,
+        audit,
+        targets,
+        install,
+        warnings,
+    }))
+}
+
+/// How the governing policy's `entrypoints` (first glob match wins) or else the image index
+/// describe a container's image.
+pub fn image_argv<'a>(
+    c: &Container,
+    spec: &'a ReaperPolicySpec,
+    images: &'a ImageIndex,
+) -> ImageArgv<'a> {
+    let image = c.image.as_deref().unwrap_or_default();
+    if let Some(e) = spec
+        .entrypoints
+        .iter()
+        .find(|e| image_matches(&e.image, image))
+    {
+        return ImageArgv::Policy(e);
+    }
+    match images.get(image) {
+        Some(Ok(config)) => ImageArgv::Resolved(config),
+        Some(Err(why)) => ImageArgv::Failed(why),
+        None => ImageArgv::Unknown,
+    }
+}
+
+/// Images the planner would like to know the config of: those of target containers without a
+/// `command` and without a matching policy entrypoint. Empty for ignored pods.
+pub fn images_to_resolve(
+    pod: &Pod,
+    scope: Scope<'_>,
+    policies: &PolicySet,
+    cfg: &Config,
+) -> Vec<String> {
+    let Stage::Go(p) = prepare(pod, scope, policies, cfg) else {
+        return Vec::new();
+    };
+    let shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+    if (p.mode == Mode::Share || p.mode == Mode::Auto && shared) && !host_pid(pod) {
+        // The outcome is share whatever the images say.
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::new();
+    for (_, c) in &p.targets {
+        let has_command = c.command.as_ref().is_some_and(|v| !v.is_empty());
+        let Some(image) = c.image.as_deref().filter(|i| !i.is_empty()) else {
+            continue;
+        };
+        if !has_command
+            && !p
+                .spec
+                .entrypoints
+                .iter()
+                .any(|e| image_matches(&e.image, image))
+            && !out.iter().any(|i| i == image)
+        {
+            out.push(image.to_string());
+        }
+    }
+    out
+}
+
+fn host_pid(pod: &Pod) -> bool {
+    pod.spec.as_ref().and_then(|s| s.host_pid) == Some(true)
+}
+
+/// Decide what to do with `pod`.
+pub fn plan(
+    pod: &Pod,
+    scope: Scope<'_>,
+    policies: &PolicySet,
+    images: &ImageIndex,
+    cfg: &Config,
+) -> Plan {
+    let p = match prepare(pod, scope, policies, cfg) {
+        Stage::Done(plan) => return *plan,
+        Stage::Go(p) => *p,
+    };
+    let Prepared {
+        spec,
+        policy,
+        mode,
+        audit,
+        targets,
+        install,
+        mut warnings,
+    } = p;
+    let already_shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
+    let host_pid = host_pid(pod);
+    // Multi-platform images: only the architectures the pod can be scheduled on count.
+    let narrowed;
+    let images = if images.has_platforms() {
+        narrowed = images.narrowed(|arch| arch_allowed(pod, arch));
+        &narrowed
+    } else {
+        images
+    };
+
+    let share = |warnings: Vec<String>| {
+        let changes = Changes {
+            share_process_namespace: !already_shared && !audit,
+            ..Default::default()
+        };
+        finish(
+            pod,
+            Verdict {
+                outcome: Outcome::Share,
+                mode: Some(mode),
+                policy: policy.clone(),
+                audit,
+                warnings,
+                changes,
+            },
+        )
+    };
+    // A pod whose PID namespace is already shared (by its author or an earlier pass) is protected
+    // by the pause container; `auto` leaves it at that.
+    if mode == Mode::Share && !host_pid || mode == Mode::Auto && already_shared {
+        return share(warnings);
+    }
+
+    let reaper_path = cfg.reaper_path();
+    let flags = spec.reaper.to_flags();
+    // Classify every target.
+    let mut wrapped: Vec<Target> = Vec::new();
+    let mut unwrappable: Vec<String> = Vec::new();
+    let mut with_init: Vec<(String, String)> = Vec::new();
+    let install_volume = install.as_ref().map(|i| i.volume.as_str());
+    for (slot, c) in &targets {
+        let image = image_argv(c, &spec, images);
+        let argv = plan_argv(c, image, &reaper_path, &flags);
+        match argv {
+            Argv::Wrapped => wrapped.push(Target {
+                slot: *slot,
+                container: c,
+                argv: None,
+                platform_argv: None,
+            }),
+            Argv::HasInit(init) => with_init.push((c.name.clone(), init)),
+            Argv::Unknown(why) => {
+                unwrappable.push(format!("container {:?}: cannot wrap, {why}", c.name))
+            }
+            wrap @ Argv::Wrap { .. } => {
+                match install::mount_conflict(c, &cfg.mount_path, install_volume) {
+                    Some(other) => unwrappable.push(format!(
+                        "container {:?}: cannot wrap, its volumeMount {other:?} already uses {}",
+                        c.name, cfg.mount_path
+                    )),
+                    None => {
+                        let per_platform = platform_argv(c, image).and_then(|m| {
+                        if has_env(c, keys::ENV_PLATFORM_ARGV) {
+                            warnings.push(format!(
+                                "reaper: container {:?} sets {} itself; the image's per-platform argv was not added",
+                                c.name,
+                                keys::ENV_PLATFORM_ARGV
+                            ));
+                            return None;
+                        }
+                        // A map of string vectors always serialises.
+                        serde_json::to_string(&m).ok()
+                    });
+                        wrapped.push(Target {
+                            slot: *slot,
+                            container: c,
+                            argv: Some(wrap),
+                            platform_argv: per_platform,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    let reasons =
+        |w: &mut Vec<String>| w.extend(unwrappable.iter().map(|u| format!("reaper: {u}")));
+    let init_notes =
+        |w: &mut Vec<String>| {
+            w.extend(with_init.iter().map(|(c, init)| {
+                format!("reaper: container {c:?} already runs {init}; left as is")
+            }))
+        };
+    let skipped = |mut warnings: Vec<String>, reason: SkipReason| {
+        warnings.push(match reason {
+            SkipReason::NoTargets => {
+                "reaper: no container left to wrap after the policy and reaper.dev/containers filters; pod unchanged".to_string()
+            }
+            SkipReason::AlreadyInit => {
+                "reaper: every target container already runs an init; pod unchanged".to_string()
+            }
+            _ => "reaper: no container could be wrapped; pod unchanged".to_string(),
+        });
+        finish(
+            pod,
+            Verdict {
+                outcome: Outcome::Skipped(reason),
+                mode: Some(mode),
+                policy: policy.clone(),
+                audit,
+                warnings,
+                changes: Changes::default(),
+            },
+        )
+    };
+
+    if mode == Mode::Share {
+        // Only reached with hostPID.
+        warnings.push(
+            "reaper: shareProcessNamespace cannot be combined with hostPID; injecting reaper instead"
+                .to_string(),
+        );
+    } else if mode == Mode::Auto && !unwrappable.is_empty() {
+        if !host_pid {
+            reasons(&mut warnings);
+            warnings.push(
+                "reaper: falling back to shareProcessNamespace because not every container can be wrapped"
+                    .to_string(),
+            );
+            return share(warnings);
+        }
+        warnings.push(
+            "reaper: shareProcessNamespace is impossible with hostPID; wrapping the containers that can be"
+                .to_string(),
+        );
+    }
+    reasons(&mut warnings);
+    if wrapped.is_empty() {
+        let reason = if targets.is_empty() {
+            SkipReason::NoTargets
+        } else if unwrappable.is_empty() {
+            SkipReason::AlreadyInit
+        } else {
+            init_notes(&mut warnings);
+            SkipReason::NotWrappable
+        };
+        return skipped(warnings, reason);
+    }
+    init_notes(&mut warnings);
+    let names: Vec<String> = wrapped.iter().map(|t| t.container.name.clone()).collect();
+    let changes = if audit {
+        Changes::default()
+    } else {
+        inject_changes(pod, cfg, install.as_ref(), &wrapped)
+    };
+    finish(
+        pod,
+        Verdict {
+            outcome: Outcome::Inject(names),
+            mode: Some(mode),
+            policy,
+            audit,
+            warnings,
+            changes,
+        },
+    )
+}
+
+/// A container to run under reaper.
+struct Target<'a> {
+    slot: Slot,
+    container: &'a Container,
+    /// Its new argv (`None`: wrapped by an earlier pass).
+    argv: Option<Argv>,
+    /// Its `REAPER_PLATFORM_ARGV` value, if any.
+    platform_argv: Option<String>,
+}
+
+fn has_env(c: &Container, name: &str) -> bool {
+    c.env.iter().flatten().any(|e| e.name == name)
+}
+
+/// Whether the pod may be scheduled on nodes of CPU architecture `arch` (GOARCH name), judging by
+/// `kubernetes.io/arch` in its `nodeSelector` and in its required node affinity (terms are ORed,
+/// expressions ANDed; `In`, `NotIn`, `Exists`, `DoesNotExist`; other keys are ignored).
+pub fn arch_allowed(pod: &Pod, arch: &str) -> bool {
+    let Some(spec) = &pod.spec else { return true };
+    let is_arch_key = |k: &str| k == keys::LABEL_ARCH || k == keys::LABEL_ARCH_BETA;
+    if let Some(selector) = &spec.node_selector
+        && selector
+            .iter()
+            .any(|(k, v)| is_arch_key(k) && v.as_str() != arch)
+    {
+        return false;
+    }
+    let terms = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| r.node_selector_terms.as_slice())
+        .unwrap_or_default();
+    if terms.is_empty() {
+        return true;
+    }
+    terms.iter().any(|term| {
+        term.match_expressions
+            .iter()
+            .flatten()
+            .filter(|e| is_arch_key(&e.key))
+            .all(|e| {
+                let listed = e.values.iter().flatten().any(|v| v == arch);
+                match e.operator.as_str() {
+                    "In" => listed,
+                    "NotIn" => !listed,
+                    "DoesNotExist" => false,
+                    _ => true,
+                }
+            })
+    })
+}
+
+fn inject_changes(
+    pod: &Pod,
+    cfg: &Config,
+    existing: Option<&install::ExistingInstall>,
+    wrapped: &[Target<'_>],
+) -> Changes {
+    let spec = pod.spec.as_ref();
+    let init = spec
+        .and_then(|s| s.init_containers.as_deref())
+        .unwrap_or_default();
+    let mut changes = Changes {
+        had_volumes: spec.is_some_and(|s| s.volumes.is_some()),
+        had_init_containers: spec.is_some_and(|s| s.init_containers.is_some()),
+        ..Default::default()
+    };
+    let volume_name = match existing {
+        Some(e) => e.volume.clone(),
+        None => {
+            // Names mounted by containers count as taken even without a volume (an invalid
+            // pod), or a user's mount could end up pointing at our volume.
+            let volumes: BTreeSet<&str> = spec
+                .and_then(|s| s.volumes.as_deref())
+                .unwrap_or_default()
+                .iter()
+                .map(|v| v.name.as_str())
+                .chain(spec.iter().flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .flat_map(|c| c.volume_mounts.iter().flatten())
+                        .map(|m| m.name.as_str())
+                }))
+                .collect();
+            let containers: BTreeSet<&str> = spec
+                .iter()
+                .flat_map(|s| {
+                    s.containers
+                        .iter()
+                        .chain(s.init_containers.iter().flatten())
+                        .map(|c| c.name.as_str())
+                        .chain(
+                            s.ephemeral_containers
+                                .iter()
+                                .flatten()
+                                .map(|c| c.name.as_str()),
+                        )
+                })
+                .collect();
+            let volume = install::free_name(install::VOLUME_NAME, &volumes);
+            let container = install::free_name(install::INSTALL_CONTAINER_NAME, &containers);
+            changes.install = Some(Install {
+                volume: install::volume(cfg, &volume),
+                container: install::container(cfg, &container, &volume),
+            });
+            volume
+        }
+    };
+    let mount = VolumeMount {
+        name: volume_name.clone(),
+        mount_path: cfg.mount_path.clone(),
+        read_only: Some(true),
+        ..Default::default()
+    };
+    for Target {
+        slot,
+        container: c,
+        argv,
+        platform_argv: per_platform,
+    } in wrapped
+    {
+        let mount = if install::has_our_mount(c, &cfg.mount_path, &volume_name)
+            || (argv.is_none() && install::has_mount_at(c, &cfg.mount_path))
+        {
+            None
+        } else {
+            Some(mount.clone())
+        };
+        let (command, args) = match argv {
+            Some(Argv::Wrap { command, args }) => (Some(command.clone()), args.clone()),
+            _ => (None, None),
+        };
+        if command.is_none() && mount.is_none() {
+            continue;
+        }
+        changes.wraps.push(Wrap {
+            slot: *slot,
+            command,
+            args,
+            mount,
+            platform_argv: per_platform.clone(),
+            had_mounts: c.volume_mounts.is_some(),
+            had_env: c.env.is_some(),
+        });
+    }
+    // Our install container must run before every wrapped init container.
+    if let Some(e) = existing {
+        let first_wrapped_init = wrapped
+            .iter()
+            .filter(|t| t.slot.list == List::Init)
+            .map(|t| t.slot.index)
+            .min();
+        if e.index > 0 && first_wrapped_init.is_some_and(|i| i < e.index) && e.index < init.len() {
+            changes.move_install_from = Some(e.index);
+        }
+    }
+    changes
+}
+
+/// What was decided, before the annotation and warnings are settled by [`finish`].
+struct Verdict {
+    outcome: Outcome,
+    mode: Option<Mode>,
+    policy: Option<String>,
+    audit: bool,
+    warnings: Vec<String>,
+    changes: Changes,
+}
+
+fn finish(pod: &Pod, verdict: Verdict) -> Plan {
+    let Verdict {
+        outcome,
+        mode,
+        policy,
+        audit,
+        mut warnings,
+        changes,
+    } = verdict;
+    let had_annotations = pod.metadata.annotations.is_some();
+    let mut plan = Plan {
+        outcome,
+        mode,
+        policy,
+        audit,
+        warnings: Vec::new(),
+        changes,
+        set_annotation: None,
+        had_annotations,
+    };
+    if audit {
+        let what = match &plan.outcome {
+            Outcome::Share => Some("set shareProcessNamespace".to_string()),
+            Outcome::Inject(names) => Some(format!("inject reaper into {}", names.join(","))),
+            _ => None,
+        };
+        if let Some(what) = what {
+            let by = plan.policy.as_deref().unwrap_or("--default-mode");
+            warnings.push(format!(
+                "reaper: audit ({by}): would {what}; pod not changed"
+            ));
+        }
+    }
+    let desired = plan.annotation();
+    if desired.as_deref() != annotation(pod, keys::ANNOTATION_INJECTED) {
+        plan.set_annotation = desired;
+    }
+    if warnings.len() > MAX_WARNINGS {
+        let more = warnings.len() - (MAX_WARNINGS - 1);
+        warnings.truncate(MAX_WARNINGS - 1);
+        warnings.push(format!("reaper: {more} more warnings not shown"));
+    }
+    plan.warnings = warnings;
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::arch_allowed;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(spec: serde_json::Value) -> Pod {
+        let mut spec = spec;
+        spec["containers"] = serde_json::json!([{"name": "c", "image": "i"}]);
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+            .unwrap()
+    }
+
+    fn affinity(terms: serde_json::Value) -> Pod {
+        pod(serde_json::json!({"affinity": {"nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
+        }}}))
+    }
+
+    #[test]
+    fn architecture_constraints() {
+        let free = pod(serde_json::json!({}));
+        assert!(arch_allowed(&free, "arm64") && arch_allowed(&free, "amd64"));
+        let sel =
+            pod(serde_json::json!({"nodeSelector": {"kubernetes.io/arch": "arm64", "zone": "a"}}));
+        assert!(arch_allowed(&sel, "arm64") && !arch_allowed(&sel, "amd64"));
+        let beta = pod(serde_json::json!({"nodeSelector": {"beta.kubernetes.io/arch": "amd64"}}));
+        assert!(!arch_allowed(&beta, "arm64"));
+        // Terms are ORed, expressions ANDed; other keys do not matter.
+        let a = affinity(serde_json::json!([
+            {"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64", "s390x"]},
+                {"key": "kubernetes.io/arch", "operator": "NotIn", "values": ["s390x"]}
+            ]},
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["ppc64le"]}]}
+        ]));
+        assert!(arch_allowed(&a, "arm64") && arch_allowed(&a, "ppc64le"));
+        assert!(!arch_allowed(&a, "s390x") && !arch_allowed(&a, "amd64"));
+        let other = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+        ]));
+        assert!(arch_allowed(&other, "amd64"));
+        let none = affinity(serde_json::json!([
+            {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "DoesNotExist"}]}
+        ]));
+        assert!(!arch_allowed(&none, "amd64"));
+    }
+}

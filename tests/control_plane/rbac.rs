@@ -1,0 +1,523 @@
+//! Each component runs on a real kube-apiserver (tests/support/control_plane.rs) as its chart
+//! ServiceAccount, with a token of that ServiceAccount and only the RBAC the chart renders
+//! (applied for real under a release name of the test), and does its job with no 403:
+//! - the webhook: ready (its ReaperPolicy and Namespace reflectors listed and watch), then mutates a
+//!   pod through the chart's own MutatingWebhookConfiguration (pointed at the process by URL);
+//! - the agent: ready, and its ZombieReport for the Node applied;
+//! - Secrets: the webhook's ServiceAccount cannot read them unless `registry.auth=pull-secrets`.
+//!
+//! The operator is checked the same way once `reaper-controller operator` exists in main (its
+//! branch is being written in parallel).
+use reaper_test_support as support;
+use reaper_test_support::chart as chart_common;
+use reaper_test_support::scenarios as e2e_scenarios;
+
+use chart_common::{Objects, V, cluster, render};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{Api, PostParams};
+use kube::{Client, ResourceExt};
+use reaper::crd::ZombieReport;
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::control_plane::{
+    self, ChildGuard, ControlPlane, TestCa, free_port, reaper_controller_bin, unique_name,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A release of the chart's RBAC in a fresh namespace: the rendering and the namespace.
+async fn install_rbac(
+    cp: &ControlPlane,
+    client: &Client,
+    values: &[V<'_>],
+) -> (Objects, String, String) {
+    cp.install_crds(client).await;
+    let ns = cp.ns(client, "rbac").await;
+    let release = unique_name("rb");
+    let objs = render(&release, &ns, values);
+    let rbac = cluster::rbac(objs.all());
+    assert!(rbac.len() >= 9, "{} RBAC objects", rbac.len());
+    let errors = cluster::apply_all(client, &rbac, false).await;
+    assert!(errors.is_empty(), "{errors:#?}");
+    (objs, ns, release)
+}
+
+/// The ServiceAccount of `component` in the rendering, and a kubeconfig with its token.
+async fn identity(
+    cp: &ControlPlane,
+    client: &Client,
+    objs: &Objects,
+    ns: &str,
+    component: &str,
+) -> (String, PathBuf) {
+    let sa = objs
+        .of_kind("ServiceAccount")
+        .into_iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .find(|n| n.ends_with(&format!("-{component}")))
+        .unwrap_or_else(|| panic!("no ServiceAccount for {component}"));
+    let token = cp
+        .service_account_token(client, ns, &sa, Duration::from_secs(3600))
+        .await;
+    let kc = cp.write_token_kubeconfig(&sa, &token);
+    (sa, kc)
+}
+
+async fn client_from(kubeconfig: &Path) -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+/// A process of `reaper-controller` as a ServiceAccount (its stderr in `log`).
+fn spawn(kubeconfig: &Path, log: &Path, args: &[String]) -> ChildGuard {
+    let mut cmd = Command::new(reaper_controller_bin());
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAMESPACE", "reaper-system")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller")
+}
+
+fn read(log: &Path) -> String {
+    std::fs::read_to_string(log).unwrap_or_default()
+}
+
+/// No authorization failure in a component's log (kube's 403 errors say "forbidden"; a bare
+/// "403" also shows up in timestamps).
+fn assert_no_403(what: &str, log: &Path) {
+    let text = read(log);
+    let lower = text.to_lowercase();
+    assert!(
+        !lower.contains("forbidden") && !text.contains("code: 403"),
+        "{what} was refused something by the API server:\n{text}"
+    );
+}
+
+async fn wait_ready(what: &str, admin: u16, log: &Path) {
+    let url = format!("http://127.0.0.1:{admin}/readyz");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = reqwest::get(&url).await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} not ready within {WAIT:?}; its log:\n{}",
+            read(log)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Scenario 5 of the kind suite, locally: the admin port's `/metrics` answers with the
+/// component's own metrics (`reaper_<component>_*`).
+async fn assert_metrics(component: &str, admin: u16) {
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    let r = reqwest::get(&url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(r.status(), 200, "GET {url}");
+    let text = r.text().await.unwrap();
+    let prefix = format!("reaper_{component}_");
+    assert!(
+        text.contains(&prefix),
+        "{component} /metrics has no {prefix}*:\n{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_works_as_its_chart_service_account() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let (objs, release_ns, release) = install_rbac(cp, &admin, &[]).await;
+    let (_, kubeconfig) = identity(cp, &admin, &objs, &release_ns, "webhook").await;
+
+    let dir = cp.dir().join(&release);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = TestCa::new("rbac test webhook CA");
+    let pair = ca.issue_server(&["127.0.0.1"]);
+    std::fs::write(dir.join("tls.crt"), &pair.cert_pem).unwrap();
+    std::fs::write(dir.join("tls.key"), &pair.key_pem).unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    // The chart's own flags, with local ports and files.
+    let mut args: Vec<String> = objs
+        .args("Deployment", &format!("{release}-reaper-webhook"))
+        .into_iter()
+        .filter(|a| {
+            !["--listen=", "--admin-listen=", "--tls-cert=", "--tls-key="]
+                .iter()
+                .any(|f| a.starts_with(f))
+        })
+        .collect();
+    assert_eq!(args[0], "webhook");
+    args.extend([
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--admin-listen=127.0.0.1:{admin_port}"),
+        format!("--tls-cert={}", dir.join("tls.crt").display()),
+        format!("--tls-key={}", dir.join("tls.key").display()),
+    ]);
+    let log = dir.join("webhook.log");
+    let _child = spawn(&kubeconfig, &log, &args);
+    wait_ready("webhook", admin_port, &log).await;
+    assert_metrics("webhook", admin_port).await;
+
+    // The chart's MutatingWebhookConfiguration, reaching this process by URL, limited to the
+    // namespaces of this test, failing closed so a broken call fails the create.
+    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
+    let hook = &mut mwc["webhooks"][0];
+    hook["clientConfig"] = json!({
+        "url": format!("https://127.0.0.1:{port}/mutate"),
+        "caBundle": base64_encode(ca.cert_pem().as_bytes()),
+    });
+    hook["failurePolicy"] = json!("Fail");
+    hook["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
+    cluster::apply(&admin, &mwc, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let labels = [
+        ("reaper.dev/inject", "enabled"),
+        ("reaper.dev/test-rbac", release.as_str()),
+    ];
+    let app_ns = cp.ns_with_labels(&admin, "rbac-app", &labels).await;
+    let pod: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1", "command": ["/app", "serve"]}]}
+    }))
+    .unwrap();
+    // The new registration takes a moment to reach the API server's admission chain.
+    let deadline = Instant::now() + WAIT;
+    let stored = loop {
+        let name = unique_name("app");
+        let mut p = pod.clone();
+        p.metadata.name = Some(name);
+        let created = Api::<Pod>::namespaced(admin.clone(), &app_ns)
+            .create(&PostParams::default(), &p)
+            .await
+            .unwrap_or_else(|e| panic!("pod create failed: {e}\nwebhook log:\n{}", read(&log)));
+        if created
+            .annotations()
+            .contains_key(reaper::keys::ANNOTATION_INJECTED)
+        {
+            break created;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pod mutated within {WAIT:?}; webhook log:\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let spec = stored.spec.unwrap();
+    assert!(
+        spec.init_containers
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.image.as_deref().is_some_and(|i| i.contains("/reaper"))),
+        "no reaper init container"
+    );
+    // The release namespace is excluded by the chart's selector, even when labelled.
+    for (k, v) in labels {
+        let patch = json!({"metadata": {"labels": {k: v}}});
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+            .patch(
+                &release_ns,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&patch),
+            )
+            .await
+            .unwrap();
+    }
+    let mut p = pod.clone();
+    p.metadata.name = Some("own".into());
+    let own = Api::<Pod>::namespaced(admin.clone(), &release_ns)
+        .create(&PostParams::default(), &p)
+        .await
+        .unwrap();
+    assert!(
+        !own.annotations()
+            .contains_key(reaper::keys::ANNOTATION_INJECTED),
+        "own namespace mutated"
+    );
+    // Scenario 3 of the kind suite at the API level: inject, share and auto pods are mutated and,
+    // as mutated, admitted by Pod Security "restricted" (it checks the pod after mutation).
+    let env = e2e_scenarios::Env {
+        client: admin.clone(),
+        release_ns: release_ns.clone(),
+        fullname: format!("{release}-reaper"),
+        image: "registry.example.com/library/busybox:1.36".into(),
+        ns_labels: vec![("reaper.dev/test-rbac".into(), release.clone())],
+        entrypoint_image: None,
+        settle: std::time::Duration::ZERO,
+        kubectl: "kubectl".into(),
+        kubeconfig: None,
+    };
+    e2e_scenarios::every_mode_runs_under_restricted(&env, false).await;
+    assert_no_403("webhook", &log);
+    Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+        admin.clone(),
+    )
+    .delete(
+        mwc["metadata"]["name"].as_str().unwrap(),
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Secrets: refused to the webhook's ServiceAccount by default, `get` (only) with pull-secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_reads_secrets_only_with_pull_secrets() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let other = cp.ns(&admin, "secrets").await;
+    let mut secret = Secret::default();
+    secret.metadata.name = Some("pull".into());
+    secret.string_data = Some([(".dockerconfigjson".to_string(), "{}".to_string())].into());
+    Api::<Secret>::namespaced(admin.clone(), &other)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+
+    let (objs, ns, _) = install_rbac(cp, &admin, &[]).await;
+    let (sa, kc) = identity(cp, &admin, &objs, &ns, "webhook").await;
+    let as_webhook = client_from(&kc).await;
+    let secrets = Api::<Secret>::namespaced(as_webhook.clone(), &other);
+    match secrets.get("pull").await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{sa} (anonymous registry auth) read a Secret: {other:?}"),
+    }
+
+    let (objs, ns, _) = install_rbac(cp, &admin, &[V::Set("registry.auth", "pull-secrets")]).await;
+    let (sa, kc) = identity(cp, &admin, &objs, &ns, "webhook").await;
+    let as_webhook = client_from(&kc).await;
+    let secrets = Api::<Secret>::namespaced(as_webhook.clone(), &other);
+    secrets
+        .get("pull")
+        .await
+        .unwrap_or_else(|e| panic!("{sa} with pull-secrets: {e}"));
+    let sas = Api::<k8s_openapi::api::core::v1::ServiceAccount>::namespaced(as_webhook, &other);
+    sas.get("default")
+        .await
+        .unwrap_or_else(|e| panic!("{sa} with pull-secrets, serviceaccounts: {e}"));
+    match secrets.list(&Default::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("{sa} may list Secrets: {:?}", other.map(|l| l.items.len())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_works_as_its_chart_service_account() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let (objs, ns, release) = install_rbac(cp, &admin, &[]).await;
+    let (_, kubeconfig) = identity(cp, &admin, &objs, &ns, "agent").await;
+    let node_name = unique_name("node");
+    let node: Node = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node_name}}),
+    )
+    .unwrap();
+    let node = Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node)
+        .await
+        .unwrap();
+
+    let admin_port = free_port();
+    // The chart's flags, with the node name the downward API gives and a local admin port.
+    let mut args: Vec<String> = objs
+        .args("DaemonSet", &format!("{release}-reaper-agent"))
+        .into_iter()
+        .filter(|a| !a.starts_with("--admin-listen="))
+        .collect();
+    assert_eq!(args[0], "agent");
+    args.extend([
+        format!("--admin-listen=127.0.0.1:{admin_port}"),
+        format!("--node-name={node_name}"),
+    ]);
+    let log = cp.dir().join(format!("{release}-agent.log"));
+    let _child = spawn(&kubeconfig, &log, &args);
+    wait_ready("agent", admin_port, &log).await;
+    assert_metrics("agent", admin_port).await;
+    let reports = Api::<ZombieReport>::all(admin.clone());
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        if let Some(r) = reports.get_opt(&node_name).await.unwrap() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ZombieReport within {WAIT:?}; agent log:\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let owner: Value = serde_json::to_value(&report.metadata.owner_references.unwrap()[0]).unwrap();
+    assert_eq!(
+        (owner["kind"].as_str(), owner["uid"].as_str()),
+        (Some("Node"), node.metadata.uid.as_deref())
+    );
+    assert_no_403("agent", &log);
+    Api::<Node>::all(admin.clone())
+        .delete(&node_name, &Default::default())
+        .await
+        .unwrap();
+}
+
+/// The operator binary: `REAPER_OPERATOR_BIN` (e.g. another build), else this package's
+/// `reaper-controller`.
+fn operator_bin() -> PathBuf {
+    std::env::var_os("REAPER_OPERATOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(reaper_controller_bin)
+}
+
+/// The operator with the chart's flags (self-managed certificates, leader election): takes the
+/// Lease, writes the certificate Secrets and the caBundle of the chart's webhook configuration,
+/// and patches a ReaperPolicy's status, with no 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_works_as_its_chart_service_account() {
+    let bin = operator_bin();
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let (objs, ns, release) = install_rbac(cp, &admin, &[]).await;
+    let (sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
+    // The chart's webhook configuration, for real, matching no namespace of other tests.
+    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
+    mwc["webhooks"][0]["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
+    cluster::apply(&admin, &mwc, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mwc_name = mwc["metadata"]["name"].as_str().unwrap().to_string();
+
+    let admin_port = free_port();
+    let deployment = objs.get("Deployment", &format!("{release}-reaper-operator"));
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["serviceAccountName"],
+        sa.as_str()
+    );
+    let mut args: Vec<String> = objs
+        .args("Deployment", &format!("{release}-reaper-operator"))
+        .into_iter()
+        .filter(|a| !a.starts_with("--admin-listen="))
+        .collect();
+    assert_eq!(args[0], "operator");
+    args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
+    let secret = chart_common::flag(&args, "cert-secret")
+        .expect("--cert-secret")
+        .to_string();
+    let log = cp.dir().join(format!("{release}-operator.log"));
+    let mut cmd = Command::new(&bin);
+    cmd.env("KUBECONFIG", &kubeconfig)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("POD_NAMESPACE", &ns)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _child = ChildGuard::spawn(&mut cmd).expect("spawning the operator");
+    wait_ready("operator", admin_port, &log).await;
+    assert_metrics("operator", admin_port).await;
+
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &ns);
+    let mwcs =
+        Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+            admin.clone(),
+        );
+    let leases = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(admin.clone(), &ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let tls = secrets.get_opt(&secret).await.unwrap();
+        let ca = secrets.get_opt(&format!("{secret}-ca")).await.unwrap();
+        let bundle = mwcs
+            .get(&mwc_name)
+            .await
+            .unwrap()
+            .webhooks
+            .unwrap_or_default()[0]
+            .client_config
+            .ca_bundle
+            .clone();
+        let lease = leases.get_opt(reaper::keys::LEASE_OPERATOR).await.unwrap();
+        let held = lease
+            .and_then(|l| l.spec?.holder_identity)
+            .is_some_and(|h| !h.is_empty());
+        let has = |s: &Option<Secret>, k: &str| {
+            s.as_ref()
+                .and_then(|s| s.data.as_ref())
+                .is_some_and(|d| d.contains_key(k))
+        };
+        if held
+            && has(&tls, "tls.crt")
+            && has(&tls, "ca.crt")
+            && has(&ca, "tls.key")
+            && bundle.is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "operator: Lease held {held}, Secret {secret} {}, CA Secret {}, caBundle {} within {WAIT:?}; log:\n{}",
+            tls.is_some(),
+            ca.is_some(),
+            bundle.is_some(),
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+
+    // A policy's status is written (reflectors over policies, namespaces, pods, replicasets and
+    // reports all listed and watching).
+    let name = unique_name("rbac-policy");
+    let policy: reaper::crd::ReaperPolicy = serde_json::from_value(json!({
+        "apiVersion": "reaper.dev/v1alpha1", "kind": "ReaperPolicy", "metadata": {"name": name},
+        "spec": {"mode": "Auto", "namespaceSelector": {"matchLabels": {"reaper.dev/test-rbac": release}}}
+    }))
+    .unwrap();
+    let policies = Api::<reaper::crd::ReaperPolicy>::all(admin.clone());
+    policies
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let p = policies.get(&name).await.unwrap();
+        if p.status
+            .as_ref()
+            .and_then(|s| s.observed_generation)
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status on {name} within {WAIT:?}; log:\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_no_403("operator", &log);
+    policies.delete(&name, &Default::default()).await.unwrap();
+    mwcs.delete(&mwc_name, &Default::default()).await.unwrap();
+}

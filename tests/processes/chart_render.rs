@@ -1,0 +1,876 @@
+//! The Helm chart without a cluster: `helm lint` (also `--strict`), `helm template` for the default
+//! values and every certificate mode, and what the rendered objects must say (security contexts,
+//! the MutatingWebhookConfiguration, least-privilege RBAC, flags the binary accepts), plus the
+//! generated files kept in sync: the chart's CRDs and `deploy/reaper.yaml`.
+//! Needs `bin/helm` (`make tools`).
+use reaper_test_support::chart as chart_common;
+
+use chart_common::{Objects, V, allows, certs_modes, flag, render, strings, template_text};
+use clap::Parser;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+const NS: &str = "reaper-system";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn default_render() -> Objects {
+    render("reaper", NS, &[])
+}
+
+#[test]
+fn helm_lint_is_clean_also_strict_for_every_certs_mode() {
+    for (mode, values) in certs_modes() {
+        let mut args = vec![
+            "lint".to_string(),
+            chart_common::chart_dir().display().to_string(),
+        ];
+        for v in &values {
+            match v {
+                V::Set(k, val) => args.extend(["--set".into(), format!("{k}={val}")]),
+                V::Str(k, val) => args.extend(["--set-string".into(), format!("{k}={val}")]),
+            }
+        }
+        for strict in [false, true] {
+            let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
+            if strict {
+                a.push("--strict");
+            }
+            let out = chart_common::helm_run(&a).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            assert!(
+                out.contains("1 chart(s) linted, 0 chart(s) failed"),
+                "{mode}: {out}"
+            );
+            assert!(
+                !out.contains("[WARNING]") && !out.contains("[ERROR]"),
+                "{mode} (strict {strict}): {out}"
+            );
+        }
+    }
+}
+
+#[test]
+fn renders_for_default_values_and_every_certs_mode() {
+    for (mode, values) in certs_modes() {
+        let objs = render("reaper", NS, &values);
+        for (kind, name) in [
+            ("Deployment", "reaper-webhook"),
+            ("Deployment", "reaper-operator"),
+            ("DaemonSet", "reaper-agent"),
+            ("Service", "reaper-webhook"),
+            ("PodDisruptionBudget", "reaper-webhook"),
+            ("MutatingWebhookConfiguration", "reaper-webhook"),
+            ("ServiceAccount", "reaper-webhook"),
+            ("ServiceAccount", "reaper-operator"),
+            ("ServiceAccount", "reaper-agent"),
+            ("ClusterRole", "reaper-webhook"),
+            ("ClusterRole", "reaper-operator"),
+            ("ClusterRole", "reaper-agent"),
+            ("ClusterRoleBinding", "reaper-webhook"),
+            ("ClusterRoleBinding", "reaper-operator"),
+            ("ClusterRoleBinding", "reaper-agent"),
+        ] {
+            objs.get(kind, name);
+        }
+        // Namespaced objects are in the release namespace.
+        for o in objs.all() {
+            let cluster_scoped = matches!(
+                o["kind"].as_str(),
+                Some("ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration")
+            );
+            assert_eq!(
+                o["metadata"]["namespace"].as_str(),
+                (!cluster_scoped).then_some(NS),
+                "{mode}: {}/{}",
+                o["kind"],
+                o["metadata"]["name"]
+            );
+        }
+        let mwc = objs.get("MutatingWebhookConfiguration", "reaper-webhook");
+        let secret = &objs.get("Deployment", "reaper-webhook")["spec"]["template"]["spec"]["volumes"]
+            [0]["secret"]["secretName"];
+        let operator = objs.args("Deployment", "reaper-operator");
+        let inject_ca = &mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"];
+        let ca_bundle = &mwc["webhooks"][0]["clientConfig"]["caBundle"];
+        match mode {
+            "self-managed" => {
+                assert_eq!(secret, "reaper-webhook-tls");
+                assert_eq!(flag(&operator, "cert-secret"), Some("reaper-webhook-tls"));
+                assert_eq!(flag(&operator, "webhook-config"), Some("reaper-webhook"));
+                assert!(inject_ca.is_null() && ca_bundle.is_null());
+                assert!(objs.of_kind("Certificate").is_empty());
+            }
+            "cert-manager" => {
+                assert_eq!(secret, "reaper-webhook-tls");
+                let cert = objs.get("Certificate", "reaper-webhook");
+                assert_eq!(cert["spec"]["secretName"], "reaper-webhook-tls");
+                let dns = strings(&cert["spec"]["dnsNames"]);
+                assert!(
+                    dns.contains(&"reaper-webhook.reaper-system.svc".to_string()),
+                    "{dns:?}"
+                );
+                assert_eq!(cert["spec"]["issuerRef"]["name"], "reaper-selfsigned");
+                assert!(objs.get("Issuer", "reaper-selfsigned")["spec"]["selfSigned"].is_object());
+                assert_eq!(inject_ca, "reaper-system/reaper-webhook");
+                assert!(ca_bundle.is_null());
+                assert_eq!(
+                    flag(&operator, "cert-secret"),
+                    None,
+                    "cert-manager owns the Secret"
+                );
+                assert_eq!(flag(&operator, "webhook-config"), None);
+            }
+            "provided" => {
+                assert_eq!(secret, "my-webhook-tls");
+                assert_eq!(ca_bundle, "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg==");
+                assert!(inject_ca.is_null());
+                assert!(
+                    objs.of_kind("Certificate").is_empty() && objs.of_kind("Issuer").is_empty()
+                );
+                assert_eq!(flag(&operator, "cert-secret"), None);
+            }
+            _ => unreachable!(),
+        }
+    }
+    // An issuer of the user's: no self-signed Issuer.
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("certs.mode", "cert-manager"),
+            V::Set("certs.certManager.issuerRef.kind", "ClusterIssuer"),
+            V::Set("certs.certManager.issuerRef.name", "corp-ca"),
+        ],
+    );
+    assert!(objs.of_kind("Issuer").is_empty());
+    let issuer = &objs.get("Certificate", "reaper-webhook")["spec"]["issuerRef"];
+    assert_eq!(
+        (&issuer["kind"], &issuer["name"]),
+        (&Value::from("ClusterIssuer"), &Value::from("corp-ca"))
+    );
+}
+
+/// Pod Security "restricted" for every container (the agent's hostPID and hostPath aside), a
+/// numeric non-root UID, read-only root, resources set.
+#[test]
+fn every_pod_is_locked_down_with_resources_set() {
+    for (mode, values) in certs_modes() {
+        let objs = render("reaper", NS, &values);
+        let pods = objs.pod_specs();
+        assert_eq!(pods.len(), 3, "{mode}: {pods:?}");
+        for (what, spec) in pods {
+            let psc = &spec["securityContext"];
+            assert_eq!(psc["runAsNonRoot"], true, "{what}");
+            assert_eq!(psc["runAsUser"], 65532, "{what}: numeric UID");
+            assert_eq!(psc["runAsGroup"], 65532, "{what}");
+            assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault", "{what}");
+            assert!(
+                spec["hostNetwork"].is_null() && spec["hostIPC"].is_null(),
+                "{what}"
+            );
+            assert_eq!(
+                spec["hostPID"].as_bool().unwrap_or(false),
+                what.starts_with("DaemonSet/"),
+                "{what}"
+            );
+            let containers: Vec<&Value> = ["initContainers", "containers"]
+                .iter()
+                .flat_map(|k| spec[*k].as_array().into_iter().flatten())
+                .collect();
+            assert!(!containers.is_empty());
+            for c in containers {
+                let sc = &c["securityContext"];
+                let name = format!("{what} container {}", c["name"]);
+                assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+                assert_eq!(sc["privileged"], false, "{name}");
+                assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+                assert_eq!(sc["runAsNonRoot"], true, "{name}");
+                assert_eq!(sc["runAsUser"], 65532, "{name}");
+                assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+                assert!(sc["capabilities"]["add"].is_null(), "{name}");
+                assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{name}");
+                for k in ["requests", "limits"] {
+                    for r in ["cpu", "memory"] {
+                        assert!(
+                            !c["resources"][k][r].is_null(),
+                            "{name}: resources.{k}.{r} unset"
+                        );
+                    }
+                }
+                assert_eq!(c["imagePullPolicy"], "IfNotPresent", "{name}");
+                // Probes on the admin port.
+                assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/livez", "{name}");
+                assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+                assert_eq!(c["livenessProbe"]["httpGet"]["port"], "admin", "{name}");
+                let admin = c["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["name"] == "admin")
+                    .unwrap_or_else(|| panic!("{name}: no admin port"));
+                let args = strings(&c["args"]);
+                assert_eq!(
+                    flag(&args, "admin-listen"),
+                    Some(format!("0.0.0.0:{}", admin["containerPort"]).as_str()),
+                    "{name}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn webhook_runs_two_spread_replicas_with_a_budget_and_its_certificate() {
+    let objs = default_render();
+    let dep = objs.get("Deployment", "reaper-webhook");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let pod = &dep["spec"]["template"]["spec"];
+    let selector = &dep["spec"]["selector"]["matchLabels"];
+    let tsc = &pod["topologySpreadConstraints"][0];
+    assert_eq!(tsc["topologyKey"], "kubernetes.io/hostname");
+    assert_eq!(tsc["maxSkew"], 1);
+    assert_eq!(&tsc["labelSelector"]["matchLabels"], selector);
+    let pdb = objs.get("PodDisruptionBudget", "reaper-webhook");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(&pdb["spec"]["selector"]["matchLabels"], selector);
+    // The pod template carries the selector's labels.
+    for (k, v) in selector.as_object().unwrap() {
+        assert_eq!(&dep["spec"]["template"]["metadata"]["labels"][k], v);
+    }
+    assert_eq!(pod["serviceAccountName"], "reaper-webhook");
+    let c = &pod["containers"][0];
+    let args = strings(&c["args"]);
+    assert_eq!(args[0], "webhook");
+    let mount = &c["volumeMounts"][0];
+    assert_eq!(mount["readOnly"], true);
+    let dir = mount["mountPath"].as_str().unwrap();
+    assert_eq!(
+        flag(&args, "tls-cert"),
+        Some(format!("{dir}/tls.crt").as_str())
+    );
+    assert_eq!(
+        flag(&args, "tls-key"),
+        Some(format!("{dir}/tls.key").as_str())
+    );
+    assert_eq!(pod["volumes"][0]["name"], mount["name"]);
+    assert_eq!(
+        flag(&args, "reaper-image"),
+        Some("ghcr.io/reaper-dev/reaper:0.1.0")
+    );
+    assert_eq!(
+        flag(&args, "excluded-namespaces"),
+        Some("kube-system,kube-public,kube-node-lease")
+    );
+    assert_eq!(c["env"][0]["name"], "POD_NAMESPACE");
+    assert_eq!(
+        c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.namespace"
+    );
+    // The Service: 443 -> the https container port, selecting the webhook pods.
+    let svc = objs.get("Service", "reaper-webhook");
+    assert_eq!(&svc["spec"]["selector"], selector);
+    let https = svc["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .unwrap();
+    assert_eq!(https["port"], 443);
+    assert_eq!(https["targetPort"], "https");
+    let port = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "https")
+        .unwrap();
+    assert_eq!(
+        flag(&args, "listen"),
+        Some(format!("0.0.0.0:{}", port["containerPort"]).as_str())
+    );
+}
+
+#[test]
+fn mutating_webhook_configuration_is_exactly_as_specified() {
+    let objs = default_render();
+    let mwc = objs.get("MutatingWebhookConfiguration", "reaper-webhook");
+    let hooks = mwc["webhooks"].as_array().unwrap();
+    assert_eq!(hooks.len(), 1);
+    let w = &hooks[0];
+    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+    assert_eq!(w["sideEffects"], "None");
+    assert_eq!(w["failurePolicy"], "Ignore");
+    assert_eq!(w["timeoutSeconds"], 5);
+    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    assert_eq!(
+        w["clientConfig"]["service"],
+        serde_json::json!({"name": "reaper-webhook", "namespace": NS, "path": "/mutate", "port": 443})
+    );
+    assert_eq!(
+        w["rules"],
+        serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                            "resources": ["pods"], "scope": "Namespaced"}])
+    );
+    assert_eq!(
+        w["namespaceSelector"],
+        serde_json::json!({
+            "matchLabels": {"reaper.dev/inject": "enabled"},
+            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                  "values": [NS, "kube-system"]}]
+        })
+    );
+    assert_eq!(
+        w["objectSelector"],
+        serde_json::json!({"matchExpressions": [{"key": "reaper.dev/inject", "operator": "NotIn",
+                                                 "values": ["disabled"]}]})
+    );
+    assert_eq!(
+        w["matchConditions"],
+        serde_json::json!([{"name": "not-a-mirror-pod", "expression":
+            "!has(object.metadata.annotations) || !('kubernetes.io/config.mirror' in object.metadata.annotations)"}])
+    );
+    // The release namespace follows the release.
+    let other = render(
+        "reaper",
+        "platform",
+        &[V::Set("webhook.failurePolicy", "Fail")],
+    );
+    let w = &other.get("MutatingWebhookConfiguration", "reaper-webhook")["webhooks"][0];
+    assert_eq!(
+        w["namespaceSelector"]["matchExpressions"][0]["values"],
+        serde_json::json!(["platform", "kube-system"])
+    );
+    assert_eq!(w["failurePolicy"], "Fail");
+}
+
+#[test]
+fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
+    let check_no_wildcards = |objs: &Objects| {
+        for kind in ["ClusterRole", "Role"] {
+            for role in objs.of_kind(kind) {
+                let name = role["metadata"]["name"].as_str().unwrap();
+                for r in objs.rules(kind, name) {
+                    for list in [&r.groups, &r.resources, &r.verbs] {
+                        assert!(
+                            !list.iter().any(|x| x == "*"),
+                            "{kind} {name}: wildcard in {r:?}"
+                        );
+                    }
+                    assert!(
+                        !r.verbs
+                            .iter()
+                            .any(|v| v == "delete" || v == "deletecollection"),
+                        "{name}: {r:?}"
+                    );
+                }
+            }
+        }
+    };
+    let objs = default_render();
+    check_no_wildcards(&objs);
+    let webhook = objs.rules("ClusterRole", "reaper-webhook");
+    assert!(allows(
+        &webhook,
+        "reaper.dev",
+        "reaperpolicies",
+        "watch",
+        None
+    ));
+    assert!(allows(&webhook, "", "namespaces", "list", None));
+    assert!(
+        !allows(&webhook, "", "secrets", "get", Some("any")),
+        "{webhook:?}"
+    );
+    assert!(!allows(&webhook, "", "serviceaccounts", "get", Some("any")));
+    for r in &webhook {
+        assert!(
+            r.verbs.iter().all(|v| v == "list" || v == "watch"),
+            "the webhook never writes: {r:?}"
+        );
+    }
+    let agent = objs.rules("ClusterRole", "reaper-agent");
+    assert!(allows(&agent, "", "nodes", "get", None));
+    assert!(allows(&agent, "", "pods", "watch", None));
+    assert!(allows(&agent, "reaper.dev", "zombiereports", "patch", None));
+    assert!(
+        !agent
+            .iter()
+            .any(|r| r.resources.contains(&"secrets".to_string()))
+    );
+    let op = objs.rules("ClusterRole", "reaper-operator");
+    assert!(allows(
+        &op,
+        "reaper.dev",
+        "reaperpolicies/status",
+        "patch",
+        None
+    ));
+    assert!(allows(&op, "events.k8s.io", "events", "create", None));
+    assert!(allows(
+        &op,
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch",
+        Some("reaper-webhook")
+    ));
+    assert!(!allows(
+        &op,
+        "admissionregistration.k8s.io",
+        "mutatingwebhookconfigurations",
+        "patch",
+        Some("other")
+    ));
+    assert!(
+        !allows(&op, "", "secrets", "get", Some("reaper-webhook-tls")),
+        "secrets only through the Role"
+    );
+    let role = objs.rules("Role", "reaper-operator");
+    assert!(allows(
+        &role,
+        "",
+        "secrets",
+        "get",
+        Some("reaper-webhook-tls")
+    ));
+    assert!(!allows(&role, "", "secrets", "get", Some("someone-elses")));
+    assert!(allows(
+        &role,
+        "coordination.k8s.io",
+        "leases",
+        "create",
+        None
+    ));
+    let rb = objs.get("RoleBinding", "reaper-operator");
+    assert_eq!(rb["metadata"]["namespace"], NS);
+    assert_eq!(rb["subjects"][0]["name"], "reaper-operator");
+
+    // pull-secrets: the webhook reads secrets and serviceaccounts (get only).
+    let objs = render("reaper", NS, &[V::Set("registry.auth", "pull-secrets")]);
+    check_no_wildcards(&objs);
+    let webhook = objs.rules("ClusterRole", "reaper-webhook");
+    assert!(allows(&webhook, "", "secrets", "get", Some("any")));
+    assert!(allows(&webhook, "", "serviceaccounts", "get", Some("any")));
+    assert!(!allows(&webhook, "", "secrets", "list", None));
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "registry-auth"),
+        Some("pull-secrets")
+    );
+
+    // Certificates not managed by the operator: no Secret or webhook-configuration rights.
+    for (mode, values) in certs_modes().into_iter().skip(1) {
+        let objs = render("reaper", NS, &values);
+        let op = objs.rules("ClusterRole", "reaper-operator");
+        assert!(
+            !op.iter().any(|r| r
+                .resources
+                .iter()
+                .any(|x| x == "mutatingwebhookconfigurations")),
+            "{mode}"
+        );
+        let role = objs.rules("Role", "reaper-operator");
+        assert!(
+            !role
+                .iter()
+                .any(|r| r.resources.iter().any(|x| x == "secrets")),
+            "{mode}: {role:?}"
+        );
+    }
+    // Without leader election and self-managed certificates the operator needs no Role at all.
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("certs.mode", "cert-manager"),
+            V::Set("operator.leaderElection", "false"),
+        ],
+    );
+    assert!(objs.of_kind("Role").is_empty() && objs.of_kind("RoleBinding").is_empty());
+    // Warm-up off: no workload reads.
+    let objs = render("reaper", NS, &[V::Set("registry.warmup", "false")]);
+    // ... and the webhook is told so (it warms up by default in cluster mode).
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "warm-up"),
+        Some("false")
+    );
+    let webhook = objs.rules("ClusterRole", "reaper-webhook");
+    assert!(
+        !allows(&webhook, "apps", "deployments", "list", None),
+        "{webhook:?}"
+    );
+}
+
+#[test]
+fn agent_daemonset_sees_the_host_and_tolerates_everything() {
+    let objs = default_render();
+    let ds = objs.get("DaemonSet", "reaper-agent");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true);
+    assert_eq!(
+        pod["tolerations"],
+        serde_json::json!([{"operator": "Exists"}])
+    );
+    let c = &pod["containers"][0];
+    let env = &c["env"][0];
+    assert_eq!(env["name"], "REAPER_NODE_NAME");
+    assert_eq!(env["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
+    let args = strings(&c["args"]);
+    assert_eq!(args[0], "agent");
+    let mount = &c["volumeMounts"][0];
+    assert_eq!(mount["readOnly"], true);
+    assert_eq!(flag(&args, "cgroup-root"), mount["mountPath"].as_str());
+    assert_eq!(flag(&args, "proc-root"), Some("/proc"));
+    let vol = &pod["volumes"][0];
+    assert_eq!(vol["name"], mount["name"]);
+    assert_eq!(vol["hostPath"]["path"], "/sys/fs/cgroup");
+    assert_eq!(
+        pod["volumes"].as_array().unwrap().len(),
+        1,
+        "no other host access"
+    );
+    let objs = render("reaper", NS, &[V::Set("agent.enabled", "false")]);
+    assert!(objs.find("DaemonSet", "reaper-agent").is_none());
+    assert!(objs.find("ClusterRole", "reaper-agent").is_none());
+}
+
+#[test]
+fn image_tags_default_to_the_app_version() {
+    let chart: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_common::chart_dir().join("Chart.yaml")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        chart["appVersion"].as_str(),
+        Some(env!("CARGO_PKG_VERSION")),
+        "Chart.yaml appVersion must be the crate version (the images are tagged with it)"
+    );
+    let objs = default_render();
+    let want = format!(
+        "ghcr.io/reaper-dev/reaper-controller:{}",
+        env!("CARGO_PKG_VERSION")
+    );
+    for (what, spec) in objs.pod_specs() {
+        assert_eq!(
+            spec["containers"][0]["image"].as_str(),
+            Some(want.as_str()),
+            "{what}"
+        );
+    }
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("image.controller.tag", "e2e"),
+            V::Set("image.reaper.digest", &digest),
+        ],
+    );
+    assert_eq!(
+        objs.get("Deployment", "reaper-operator")["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/reaper-dev/reaper-controller:e2e"
+    );
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "reaper-image"),
+        Some(format!("ghcr.io/reaper-dev/reaper@{digest}").as_str())
+    );
+}
+
+/// `reaper-controller`'s command line, as src/main.rs declares it.
+#[derive(Parser, Debug)]
+struct Cli {
+    #[command(flatten)]
+    _log: reaper::telemetry::LogArgs,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Cmd {
+    Webhook(Box<reaper::webhook::Args>),
+    Operator(Box<reaper::operator::Args>),
+    Agent(reaper::agent::Args),
+}
+
+/// The rendered container args are flags the binary knows, with values it accepts.
+#[test]
+fn rendered_flags_are_accepted_by_reaper_controller() {
+    let variants: Vec<Vec<V>> = vec![
+        vec![],
+        vec![
+            V::Set("logFormat", "json"),
+            V::Set("webhook.defaultMode", "share"),
+            V::Set("agent.interval", "1m30s"),
+            V::Set("operator.leaderElection", "false"),
+        ],
+        vec![V::Set("certs.mode", "cert-manager")],
+    ];
+    for values in variants {
+        let objs = render("reaper", NS, &values);
+        for (kind, name) in [
+            ("Deployment", "reaper-webhook"),
+            ("Deployment", "reaper-operator"),
+            ("DaemonSet", "reaper-agent"),
+        ] {
+            let args = objs.args(kind, name);
+            let cli = Cli::try_parse_from(
+                std::iter::once("reaper-controller".to_string()).chain(args.clone()),
+            )
+            .unwrap_or_else(|e| panic!("{kind}/{name} args {args:?} rejected:\n{e}"));
+            if let Cmd::Webhook(w) = cli.command {
+                w.config(Some(NS))
+                    .unwrap_or_else(|e| panic!("webhook flags {args:?}: {e}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn invalid_values_are_rejected_with_the_reason() {
+    let cases: Vec<(Vec<V>, &str)> = vec![
+        (
+            vec![V::Set("webhook.replica", "3")],
+            "additional properties 'replica' not allowed",
+        ),
+        (vec![V::Set("certs.mode", "vault")], "certs/mode"),
+        (
+            vec![V::Set("webhook.defaultMode", "always")],
+            "webhook/defaultMode",
+        ),
+        (
+            vec![V::Set("webhook.failurePolicy", "ignore")],
+            "webhook/failurePolicy",
+        ),
+        (vec![V::Set("registry.auth", "basic")], "registry/auth"),
+        (
+            vec![V::Set("webhook.resources.limits.cpu", "lots")],
+            "webhook/resources/limits/cpu",
+        ),
+        (vec![V::Set("agent.interval", "15")], "agent/interval"),
+        (
+            vec![V::Set("webhook.install.runAsUser", "0")],
+            "webhook/install/runAsUser",
+        ),
+        (
+            vec![V::Set("certs.mode", "provided")],
+            "certs.provided.secretName",
+        ),
+        (
+            vec![
+                V::Set("certs.mode", "provided"),
+                V::Set("certs.provided.secretName", "s"),
+            ],
+            "certs.provided.caBundle",
+        ),
+    ];
+    for (values, want) in cases {
+        let err = template_text("reaper", NS, &values).expect_err(&format!("{values:?} rendered"));
+        assert!(
+            err.contains(want),
+            "{values:?}: expected {want:?} in:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn service_monitor_is_optional_and_scrapes_all_three() {
+    assert!(default_render().of_kind("ServiceMonitor").is_empty());
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("serviceMonitor.enabled", "true"),
+            V::Set("serviceMonitor.labels.release", "kps"),
+        ],
+    );
+    let sm = objs.get("ServiceMonitor", "reaper");
+    assert_eq!(sm["metadata"]["labels"]["release"], "kps");
+    let selector = sm["spec"]["selector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+        .clone();
+    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+    let mut components = BTreeSet::new();
+    for svc in objs.of_kind("Service") {
+        let labels = svc["metadata"]["labels"].as_object().unwrap();
+        if selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
+            assert!(
+                svc["spec"]["ports"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["name"] == port)
+            );
+            components.insert(
+                svc["spec"]["selector"]["app.kubernetes.io/component"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+    }
+    assert_eq!(
+        components,
+        BTreeSet::from(["agent".into(), "operator".into(), "webhook".into()])
+    );
+}
+
+/// charts/reaper/crds/ holds the generated CRDs (`make crds` writes both places).
+#[test]
+fn chart_crds_match_the_rust_types() {
+    let dir = chart_common::chart_dir().join("crds");
+    let want = reaper::crd::render_files().unwrap();
+    let mut have: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e} (run `make crds`)", dir.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    have.sort();
+    let mut names: Vec<String> = want.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    assert_eq!(
+        have,
+        names,
+        "{} has other files than the CRDs: run `make crds`",
+        dir.display()
+    );
+    for (name, content) in want {
+        let got = std::fs::read_to_string(dir.join(&name)).unwrap();
+        assert!(
+            got == content,
+            "{}/{name} is stale: run `make crds`",
+            dir.display()
+        );
+    }
+}
+
+/// deploy/reaper.yaml is what `make deploy` (deploy/render.sh) prints now.
+#[test]
+fn deploy_manifest_is_up_to_date() {
+    chart_common::helm(); // a clear message when helm is missing
+    let out = Command::new(repo().join("deploy/render.sh"))
+        .output()
+        .expect("running deploy/render.sh");
+    assert!(
+        out.status.success(),
+        "deploy/render.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh = String::from_utf8(out.stdout).unwrap();
+    let committed =
+        std::fs::read_to_string(repo().join("deploy/reaper.yaml")).expect("deploy/reaper.yaml");
+    assert!(
+        fresh == committed,
+        "deploy/reaper.yaml is stale: run `make deploy` and commit it"
+    );
+    // It is the default rendering plus the Namespace, labelled for the agent's hostPID.
+    let objs = chart_common::parse_stream(&committed);
+    assert_eq!(objs.len(), default_render().all().len() + 1);
+    let ns = &objs[0];
+    assert_eq!(
+        (&ns["kind"], &ns["metadata"]["name"]),
+        (&Value::from("Namespace"), &Value::from(NS))
+    );
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "privileged"
+    );
+}
+
+/// Leaf paths of values.yaml: maps are walked, except where a map is itself the value
+/// (free-form maps such as nodeSelector, and resources).
+fn leaf_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+    const OPAQUE: &[&str] = &[
+        "nodeSelector",
+        "affinity",
+        "podAnnotations",
+        "podLabels",
+        "labels",
+        "issuerRef",
+        "resources",
+    ];
+    match v {
+        serde_yaml::Value::Mapping(m)
+            if !m.is_empty() && !OPAQUE.iter().any(|o| prefix.ends_with(o)) =>
+        {
+            for (k, v) in m {
+                let k = k.as_str().unwrap();
+                let p = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_paths(&p, v, out);
+            }
+        }
+        _ => out.push(prefix.to_string()),
+    }
+}
+
+fn schema_has(schema: &Value, path: &str) -> bool {
+    let mut node = schema;
+    for part in path.split('.') {
+        let mut here = node;
+        if let Some(r) = here["$ref"].as_str() {
+            here = &schema["definitions"][r.trim_start_matches("#/definitions/")];
+        }
+        match here["properties"].get(part) {
+            Some(next) => node = next,
+            None => return false,
+        }
+    }
+    true
+}
+
+/// values.schema.json and the README's values table cover every value of values.yaml.
+#[test]
+fn schema_and_readme_cover_every_value() {
+    let dir = chart_common::chart_dir();
+    let values: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("values.schema.json")).unwrap())
+            .unwrap();
+    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
+    let section = readme
+        .split("<!-- section:delivery -->")
+        .nth(1)
+        .and_then(|s| s.split("<!-- section:").next())
+        .expect("README delivery section");
+    let mut paths = Vec::new();
+    leaf_paths("", &values, &mut paths);
+    assert!(paths.len() > 40, "{paths:?}");
+    let mut missing_schema = Vec::new();
+    let mut missing_readme = Vec::new();
+    for p in &paths {
+        if !schema_has(&schema, p) {
+            missing_schema.push(p.clone());
+        }
+        if !section.contains(&format!("`{p}`")) {
+            missing_readme.push(p.clone());
+        }
+    }
+    assert!(
+        missing_schema.is_empty(),
+        "values.schema.json lacks {missing_schema:?}"
+    );
+    assert!(
+        missing_readme.is_empty(),
+        "README values table lacks {missing_readme:?}"
+    );
+    // additionalProperties: false on every object of the schema that has fixed properties.
+    fn closed(v: &Value, at: &str) {
+        if let Some(obj) = v.as_object() {
+            if obj.contains_key("properties") {
+                assert_eq!(
+                    v["additionalProperties"], false,
+                    "schema object at {at} is open"
+                );
+            }
+            for (k, child) in obj {
+                closed(child, &format!("{at}/{k}"));
+            }
+        }
+    }
+    closed(&schema, "");
+}

@@ -1,0 +1,11 @@
+//! Tests with real processes and sockets on this machine (no cluster): the agent on the real
+//! /proc, `helm template` of the chart, a real OCI registry (docker-registry, skopeo), the webhook
+//! over HTTPS.
+//!
+//! `cargo test --test processes` runs them all; `cargo test --test processes <suite>::` one suite.
+
+mod agent_live;
+mod chart_render;
+mod registry_lookup;
+mod registry_webhook;
+mod webhook_https;

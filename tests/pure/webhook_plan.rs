@@ -1,0 +1,393 @@
+//! Table tests of the planner over real-world pod shapes in `tests/fixtures/pods/*.json`.
+//!
+//! Each fixture holds the pod, the namespace, optional policies, resolved images and config, and
+//! hand-written expectations (`expect`). The full outcome (patch ops, patched pod, warnings) is
+//! also compared with a reviewed golden file in `tests/fixtures/pods/expected/`; regenerate those
+//! with `REAPER_UPDATE_FIXTURES=1 cargo test --test webhook_plan` and review the diff.
+use json_patch::Patch;
+use k8s_openapi::api::core::v1::{Container, Pod};
+use reaper::crd::{Mode, PolicySet, ReaperPolicy};
+use reaper::image::{ImageConfig, ImageIndex};
+use reaper::webhook::decide::{Config, Plan, Scope, plan};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const REAPER_IMAGE: &str = "registry.example.com/reaper/reaper:0.1.0";
+
+fn fixtures_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pods")
+}
+
+struct Case {
+    name: String,
+    namespace: String,
+    config: Config,
+    policies: PolicySet,
+    images: ImageIndex,
+    pod_json: Value,
+    pod: Pod,
+    expect: Value,
+}
+
+fn load(path: &Path) -> Case {
+    let text = std::fs::read_to_string(path).unwrap();
+    let f: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut config = Config::new(REAPER_IMAGE);
+    if let Some(m) = f["config"]["defaultMode"].as_str() {
+        config.default_mode = m.parse::<Mode>().unwrap();
+    }
+    let policies: Vec<ReaperPolicy> = f
+        .get("policies")
+        .map(|p| serde_json::from_value(p.clone()).unwrap())
+        .unwrap_or_default();
+    let mut images = ImageIndex::new();
+    for (image, c) in f["images"].as_object().into_iter().flatten() {
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s.as_str().unwrap().to_string())
+                .collect()
+        };
+        let entry = match c.get("error") {
+            Some(e) => Err(e.as_str().unwrap().to_string()),
+            None => Ok(ImageConfig::new(
+                strings(&c["entrypoint"]),
+                strings(&c["cmd"]),
+            )),
+        };
+        images.insert(image.clone(), entry);
+    }
+    let pod_json = f["pod"].clone();
+    Case {
+        name: path.file_stem().unwrap().to_string_lossy().into_owned(),
+        namespace: f["namespace"].as_str().unwrap_or("apps").to_string(),
+        config,
+        policies: PolicySet::new(policies.into_iter().map(Arc::new)),
+        images,
+        pod: serde_json::from_value(pod_json.clone()).unwrap(),
+        pod_json,
+        expect: f["expect"].clone(),
+    }
+}
+
+fn plan_case(c: &Case, pod: &Pod) -> Plan {
+    let labels = BTreeMap::from([(
+        "kubernetes.io/metadata.name".to_string(),
+        c.namespace.clone(),
+    )]);
+    let scope = Scope {
+        namespace: &c.namespace,
+        namespace_labels: &labels,
+    };
+    plan(pod, scope, &c.policies, &c.images, &c.config)
+}
+
+fn apply(doc: &Value, patch: &Patch) -> Value {
+    let mut out = doc.clone();
+    json_patch::patch(&mut out, patch).unwrap_or_else(|e| panic!("patch does not apply: {e}"));
+    out
+}
+
+fn all_containers(pod: &Value) -> Vec<&Value> {
+    let spec = &pod["spec"];
+    spec["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(spec["containers"].as_array().into_iter().flatten())
+        .collect()
+}
+
+fn find<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    all_containers(pod)
+        .into_iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no container {name}"))
+}
+
+/// PSS "restricted" for a container (pod-level settings are not relied upon).
+fn assert_restricted(c: &Value) {
+    let sc = &c["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert!(sc["runAsUser"].as_i64().unwrap() > 0);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    assert!(sc["capabilities"].get("add").is_none());
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        c["resources"]["requests"],
+        json!({"cpu": "10m", "memory": "16Mi"})
+    );
+    assert_eq!(
+        c["resources"]["limits"],
+        json!({"cpu": "100m", "memory": "64Mi"})
+    );
+}
+
+fn check(c: &Case) {
+    let e = &c.expect;
+    let p = plan_case(c, &c.pod);
+    let patch = p.patch();
+    let patched = apply(&c.pod_json, &patch);
+    let ctx = &c.name;
+
+    assert_eq!(
+        p.result_label(),
+        e["result"].as_str().unwrap(),
+        "{ctx}: result"
+    );
+    let want_annotation = e["annotation"].as_str();
+    assert_eq!(
+        p.annotation().as_deref(),
+        want_annotation,
+        "{ctx}: annotation"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["reaper.dev/injected"].as_str(),
+        want_annotation,
+        "{ctx}: annotation in the patched pod"
+    );
+    if e["noPatch"] == true {
+        assert!(
+            patch.0.is_empty(),
+            "{ctx}: expected no patch, got {patch:?}"
+        );
+        assert!(p.warnings.is_empty(), "{ctx}: {:?}", p.warnings);
+    }
+    for w in e["warnings"].as_array().into_iter().flatten() {
+        let w = w.as_str().unwrap();
+        assert!(
+            p.warnings.iter().any(|x| x.contains(w)),
+            "{ctx}: no warning contains {w:?}: {:#?}",
+            p.warnings
+        );
+    }
+    for w in &p.warnings {
+        assert!(w.starts_with("reaper: "), "{ctx}: {w}");
+    }
+    if let Some(share) = e.get("shareProcessNamespace") {
+        assert_eq!(
+            patched["spec"]
+                .get("shareProcessNamespace")
+                .unwrap_or(&Value::Null),
+            share,
+            "{ctx}: shareProcessNamespace"
+        );
+    }
+    let reaper = c.config.reaper_path();
+    for (name, argv) in e["argv"].as_object().into_iter().flatten() {
+        let pc = find(&patched, name);
+        let container: Container = serde_json::from_value(pc.clone()).unwrap();
+        let eff = reaper::webhook::argv::effective_argv(
+            &container,
+            reaper::webhook::argv::ImageArgv::Unknown,
+        )
+        .unwrap();
+        assert_eq!(&json!(eff), argv, "{ctx}: effective argv of {name}");
+        assert_eq!(eff[0], reaper, "{ctx}");
+        let mount = pc["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["mountPath"] == "/.reaper")
+            .unwrap_or_else(|| panic!("{ctx}: {name} has no mount at /.reaper"));
+        assert_eq!(mount["readOnly"], true, "{ctx}");
+    }
+    for name in e["unchanged"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap();
+        assert_eq!(
+            find(&patched, name),
+            find(&c.pod_json, name),
+            "{ctx}: {name} changed"
+        );
+    }
+    for name in e["args_unchanged"].as_array().into_iter().flatten() {
+        let name = name.as_str().unwrap();
+        assert_eq!(
+            find(&patched, name)["args"],
+            find(&c.pod_json, name)["args"],
+            "{ctx}: args of {name}"
+        );
+    }
+    let injected = p.result_label() == "inject";
+    if injected {
+        let init = patched["spec"]["initContainers"].as_array().unwrap();
+        let install = &init[0];
+        let install_name = e["installName"].as_str().unwrap_or("reaper-install");
+        assert_eq!(
+            install["name"], install_name,
+            "{ctx}: install container first"
+        );
+        assert_eq!(install["image"], REAPER_IMAGE);
+        assert_eq!(
+            install["command"],
+            json!(["/reaper", "--install", "/.reaper/reaper"])
+        );
+        assert_restricted(install);
+        let volume_name = e["volumeName"].as_str().unwrap_or("reaper-bin");
+        let volume = patched["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume_name)
+            .unwrap_or_else(|| panic!("{ctx}: no volume {volume_name}"));
+        assert_eq!(volume["emptyDir"], json!({"sizeLimit": "8Mi"}), "{ctx}");
+        assert_eq!(install["volumeMounts"][0]["name"], volume_name);
+    } else {
+        // Nothing but the annotation (and shareProcessNamespace) may change.
+        let mut a = patched.clone();
+        let mut b = c.pod_json.clone();
+        for v in [&mut a, &mut b] {
+            if let Some(m) = v
+                .pointer_mut("/metadata/annotations")
+                .and_then(Value::as_object_mut)
+            {
+                m.remove("reaper.dev/injected");
+                if m.is_empty() {
+                    v["metadata"].as_object_mut().unwrap().remove("annotations");
+                }
+            }
+            v["spec"]
+                .as_object_mut()
+                .unwrap()
+                .remove("shareProcessNamespace");
+        }
+        assert_eq!(
+            a, b,
+            "{ctx}: only the annotation and shareProcessNamespace may change"
+        );
+    }
+    if let Some(order) = e.get("initOrder") {
+        let names: Vec<&Value> = patched["spec"]["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["name"])
+            .collect();
+        assert_eq!(json!(names), *order, "{ctx}: init container order");
+    }
+
+    // Idempotent: planning the patched pod again changes nothing and says the same.
+    let again: Pod = serde_json::from_value(patched.clone()).unwrap();
+    let p2 = plan_case(c, &again);
+    assert!(
+        p2.patch().0.is_empty(),
+        "{ctx}: second pass patched {:?}",
+        p2.patch()
+    );
+    assert_eq!(
+        p2.annotation(),
+        p.annotation(),
+        "{ctx}: second pass annotation"
+    );
+
+    golden(c, &p, &patch, &patched);
+}
+
+fn golden(c: &Case, p: &Plan, patch: &Patch, patched: &Value) {
+    let got = json!({
+        "result": p.result_label(),
+        "annotation": p.annotation(),
+        "policy": p.policy,
+        "warnings": p.warnings,
+        "patch": patch,
+        "patched": patched,
+    });
+    let path = fixtures_dir()
+        .join("expected")
+        .join(format!("{}.json", c.name));
+    let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
+    if std::env::var_os("REAPER_UPDATE_FIXTURES").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, text).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{}: missing; run REAPER_UPDATE_FIXTURES=1 cargo test --test webhook_plan and review it",
+            path.display()
+        )
+    });
+    let want: Value = serde_json::from_str(&want).unwrap();
+    assert_eq!(
+        got, want,
+        "{}: differs from its golden file (REAPER_UPDATE_FIXTURES=1 regenerates it)",
+        c.name
+    );
+}
+
+#[test]
+fn fixtures() {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    assert!(paths.len() >= 25, "fixtures went missing: {}", paths.len());
+    for path in &paths {
+        let case = load(path);
+        check(&case);
+    }
+}
+
+/// The reinvocation scenario: another webhook added a container after our first pass. The second
+/// pass wraps just the new one and updates the annotation.
+#[test]
+fn reinvocation_wraps_a_container_added_later() {
+    let case = load(&fixtures_dir().join("command-only.json"));
+    let first = apply(&case.pod_json, &plan_case(&case, &case.pod).patch());
+    let mut later = first.clone();
+    later["spec"]["containers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "late", "image": "ghcr.io/acme/late:1", "command": ["/late"]}));
+    let pod: Pod = serde_json::from_value(later.clone()).unwrap();
+    let p = plan_case(&case, &pod);
+    assert_eq!(p.annotation().as_deref(), Some("inject:api,late"));
+    let patched = apply(&later, &p.patch());
+    // No second install container or volume.
+    assert_eq!(
+        patched["spec"]["initContainers"].as_array().unwrap().len(),
+        1
+    );
+    assert_eq!(
+        find(&patched, "late")["command"],
+        json!(["/.reaper/reaper", "--", "/late"])
+    );
+    assert_eq!(find(&patched, "api"), find(&first, "api"));
+}
+
+/// Another webhook inserted a native sidecar before our install container: the install
+/// container moves back to the front so the sidecar finds the binary.
+#[test]
+fn install_container_moves_before_a_wrapped_sidecar_inserted_ahead_of_it() {
+    let case = load(&fixtures_dir().join("command-only.json"));
+    let first = apply(&case.pod_json, &plan_case(&case, &case.pod).patch());
+    let mut later = first.clone();
+    later["spec"]["initContainers"].as_array_mut().unwrap().insert(
+        0,
+        json!({"name": "proxy", "image": "envoy:1", "command": ["envoy"], "restartPolicy": "Always"}),
+    );
+    let pod: Pod = serde_json::from_value(later.clone()).unwrap();
+    let p = plan_case(&case, &pod);
+    let patched = apply(&later, &p.patch());
+    let names: Vec<&Value> = patched["spec"]["initContainers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["name"])
+        .collect();
+    assert_eq!(json!(names), json!(["reaper-install", "proxy"]));
+    assert_eq!(
+        find(&patched, "proxy")["command"],
+        json!(["/.reaper/reaper", "--", "envoy"])
+    );
+    let again: Pod = serde_json::from_value(patched).unwrap();
+    assert!(plan_case(&case, &again).patch().0.is_empty());
+}
