@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kind end-to-end suite: creates a kind cluster, builds both images from the top-level
 # Dockerfile and loads them, installs charts/reaper with them, runs the scenarios of
-# tests/e2e_scenarios (tests/e2e_kind.rs) and, when something fails, collects logs into
+# crates/reaper-test-support/src/scenarios.rs (tests/kind.rs) and, when something fails, collects logs into
 # $ARTIFACTS. Needs docker, kind, kubectl, cargo; helm from bin/helm (make tools) or PATH.
 #
 #   e2e/kind.sh           cluster, images, chart, scenarios (make e2e-kind)
@@ -85,7 +85,7 @@ kubectl -n "$ns" rollout status daemonset/reaper-agent --timeout=180s
 if [[ $mode == test ]]; then
   log "scenarios"
   REAPER_E2E_NAMESPACE=$ns REAPER_E2E_FULLNAME=reaper \
-    cargo test --test e2e_kind -- --ignored --test-threads=1
+    cargo test --test kind -- --ignored --test-threads=1
   log "all scenarios passed"
   exit 0
 fi

@@ -3,10 +3,8 @@ use crate::metrics::Metrics;
 use axum::{
     Router, extract::State, http::StatusCode, http::header, response::IntoResponse, routing::get,
 };
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tokio_util::sync::CancellationToken;
 
 /// Readiness shared between a component and its admin server.
 #[derive(Clone, Default)]
@@ -21,19 +19,45 @@ impl Readiness {
     }
 }
 
+/// Liveness: ok until a supervised task of the component stopped (see `crate::component`).
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<std::sync::Mutex<Option<String>>>);
+
+impl Liveness {
+    /// Marks the process dead for `/livez`, with what happened.
+    pub fn fail(&self, why: String) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(why);
+    }
+    pub fn failure(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
 #[derive(Clone)]
 struct AdminState {
     metrics: Metrics,
     ready: Readiness,
+    live: Liveness,
 }
 
 /// The admin router (exposed for tests through `tower::ServiceExt::oneshot`).
-pub fn router(metrics: Metrics, ready: Readiness) -> Router {
+pub fn router(metrics: Metrics, ready: Readiness, live: Liveness) -> Router {
     Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/livez", get(|| async { "ok\n" }))
+        .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { metrics, ready })
+        .with_state(AdminState {
+            metrics,
+            ready,
+            live,
+        })
+}
+
+async fn livez(State(s): State<AdminState>) -> impl IntoResponse {
+    match s.live.failure() {
+        None => (StatusCode::OK, "ok\n".to_string()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
+    }
 }
 
 async fn metrics_handler(State(s): State<AdminState>) -> impl IntoResponse {
@@ -52,20 +76,6 @@ async fn readyz(State(s): State<AdminState>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
-}
-
-/// Bind and serve the admin port until `shutdown` fires.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Metrics,
-    ready: Readiness,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "admin server listening");
-    axum::serve(listener, router(metrics, ready))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
 }
 
 #[cfg(test)]
@@ -88,7 +98,8 @@ mod tests {
     #[tokio::test]
     async fn readiness_follows_flag() {
         let ready = Readiness::default();
-        let app = router(Metrics::new(), ready.clone());
+        let live = Liveness::default();
+        let app = router(Metrics::new(), ready.clone(), live.clone());
         assert_eq!(
             get_path(app.clone(), "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
@@ -96,8 +107,12 @@ mod tests {
         assert_eq!(get_path(app.clone(), "/livez").await.0, StatusCode::OK);
         ready.set(true);
         assert_eq!(get_path(app.clone(), "/readyz").await.0, StatusCode::OK);
-        let (status, body) = get_path(app, "/metrics").await;
+        let (status, body) = get_path(app.clone(), "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.ends_with("# EOF\n"));
+        live.fail("task scan loop ended".into());
+        let (status, body) = get_path(app, "/livez").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "task scan loop ended\n");
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod component;
 pub mod crd;
 pub mod image;
 pub use reaper_contract::keys;

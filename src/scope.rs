@@ -13,6 +13,27 @@ use std::collections::{BTreeMap, BTreeSet};
 /// The namespaces excluded by default (`--excluded-namespaces` of webhook and operator).
 pub const DEFAULT_EXCLUDED_NAMESPACES: &str = "kube-system,kube-public,kube-node-lease";
 
+/// `--excluded-namespaces`, the same flag for webhook and operator (flattened into their `Args`).
+#[derive(clap::Args, Clone, Debug)]
+pub struct ScopeArgs {
+    /// Namespaces never mutated nor governed (comma-separated). The component's own namespace
+    /// (`POD_NAMESPACE`, or the operator's `--namespace`) is always added.
+    #[arg(
+        long,
+        env = "REAPER_EXCLUDED_NAMESPACES",
+        value_delimiter = ',',
+        default_value = DEFAULT_EXCLUDED_NAMESPACES
+    )]
+    pub excluded_namespaces: Vec<String>,
+}
+
+impl ScopeArgs {
+    /// The excluded set, with the component's own namespace.
+    pub fn excluded(&self, own: Option<&str>) -> BTreeSet<String> {
+        excluded_namespaces(&self.excluded_namespaces, own)
+    }
+}
+
 /// Why a pod is out of scope.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Exclusion {

@@ -264,7 +264,7 @@ impl Demo {
         };
         print_table(&self.client, "/apis/reaper.dev/v1alpha1/reaperpolicies").await?;
         println!("   status of ReaperPolicy demo:");
-        let status = serde_yaml::to_string(&policy.status)?;
+        let status = yaml_serde::to_string(&policy.status)?;
         for line in status.lines() {
             println!("     {line}");
         }
@@ -367,7 +367,7 @@ impl Demo {
 
     async fn policy(&mut self) -> Result<()> {
         let policy: ReaperPolicy =
-            serde_yaml::from_str(SAMPLE_POLICY).context("parsing examples/demo-policy.yaml")?;
+            yaml_serde::from_str(SAMPLE_POLICY).context("parsing examples/demo-policy.yaml")?;
         let name = policy.metadata.name.clone().unwrap_or_default();
         Api::<ReaperPolicy>::all(self.client.clone())
             .patch(
@@ -510,7 +510,7 @@ fn read_crds() -> Result<Vec<CustomResourceDefinition>> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p)?;
-            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", p.display()))
+            yaml_serde::from_str(&text).with_context(|| format!("parsing {}", p.display()))
         })
         .collect()
 }

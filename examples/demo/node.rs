@@ -109,7 +109,7 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
 
     step(3, "sample ReaperPolicy (examples/demo-policy.yaml)");
     let policy: ReaperPolicy =
-        serde_yaml::from_str(SAMPLE_POLICY).context("parsing examples/demo-policy.yaml")?;
+        yaml_serde::from_str(SAMPLE_POLICY).context("parsing examples/demo-policy.yaml")?;
     Api::<ReaperPolicy>::all(client.clone())
         .patch(
             "demo",
@@ -209,7 +209,7 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
     indent(&kubectl(&["get", "reaperpolicies"])?);
     let status = kubectl(&["get", "reaperpolicy", "demo", "-o", "jsonpath={.status}"])?;
     let status: serde_json::Value = serde_json::from_str(&status)?;
-    indent(&serde_yaml::to_string(&status)?);
+    indent(&yaml_serde::to_string(&status)?);
 
     step(8, "kubectl delete, timed (both at once; grace period 30 s)");
     let (unprotected_t, protected_t) = tokio::join!(

@@ -9,7 +9,8 @@ pub mod procfs;
 pub mod report;
 pub mod scan;
 
-use crate::admin::{self, Readiness};
+use crate::admin::Readiness;
+use crate::component::{Component, Tasks};
 use crate::crd::{ZombieReport, ZombieReportSpec};
 use crate::keys;
 use futures::StreamExt;
@@ -21,7 +22,6 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use metrics::AgentMetrics;
 use report::{FirstSeen, PodIndex, ReportInput};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -61,9 +61,8 @@ pub struct Args {
     /// counts and `observedAt` are refreshed then).
     #[arg(long, env = "REAPER_HEARTBEAT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub heartbeat: Duration,
-    /// Plain-HTTP admin port: `/metrics`, `/livez`, `/readyz`.
-    #[arg(long, env = "REAPER_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub admin: crate::component::AdminArgs,
     /// Publish this node's ZombieReport (server-side apply). `--report=false` only serves metrics
     /// (pod names are still resolved when the API server is reachable).
     #[arg(long, env = "REAPER_REPORT", default_value_t = true, action = clap::ArgAction::Set,
@@ -100,12 +99,8 @@ pub enum Error {
     },
     #[error("the API server did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("cannot serve the admin port {addr}: {source} (pick another --admin-listen)")]
-    Admin {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Component(#[from] crate::component::Error),
     #[error("cannot write the report to stdout: {0}")]
     Stdout(#[source] std::io::Error),
     #[error("scan task failed: {0}")]
@@ -290,7 +285,8 @@ fn log_scan(scan: &scan::Scan, took: Duration) {
 
 /// Start the reflector over this node's pods. Only what the index needs is kept: status
 /// container IDs and the static-pod config hash (no spec, no managed fields).
-fn pod_store(client: Client, node: &str, shutdown: CancellationToken) -> Store<Pod> {
+fn pod_store(client: Client, node: &str, tasks: &Tasks) -> Store<Pod> {
+    let shutdown = tasks.shutdown();
     let api: Api<Pod> = Api::all(client);
     let config = watcher::Config::default().fields(&node_selector(node));
     let (reader, writer) = reflector::store();
@@ -306,7 +302,7 @@ fn pod_store(client: Client, node: &str, shutdown: CancellationToken) -> Store<P
             })
             .default_backoff(),
     );
-    tokio::spawn(async move {
+    tasks.spawn("Pod watch", async move {
         let mut stream = std::pin::pin!(stream);
         loop {
             tokio::select! {
@@ -322,13 +318,6 @@ fn pod_store(client: Client, node: &str, shutdown: CancellationToken) -> Store<P
     reader
 }
 
-fn shutdown_on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        crate::shutdown::requested("agent").await;
-        token.cancel();
-    });
-}
-
 /// What the loop remembers between scans.
 struct LoopState {
     first_seen: FirstSeen,
@@ -339,30 +328,10 @@ struct LoopState {
 }
 
 async fn run_loop(args: Args, node: String) -> Result<()> {
-    let shutdown = CancellationToken::new();
-    shutdown_on_signals(shutdown.clone());
-
     let registry = crate::metrics::Metrics::new();
     let metrics = AgentMetrics::register(&registry);
-    let ready = Readiness::default();
-    let listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .map_err(|source| Error::Admin {
-            addr: args.admin_listen,
-            source,
-        })?;
-    let addr = listener.local_addr().unwrap_or(args.admin_listen);
-    tracing::info!(%addr, "admin server listening");
-    let admin_task = {
-        let router = admin::router(registry.clone(), ready.clone());
-        let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, router)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
-    };
-
+    let component = Component::start("agent", &args.admin, registry).await?;
+    let tasks = component.tasks();
     let client = match Client::try_default().await {
         Ok(c) => Some(c),
         Err(e) if args.report => return Err(Error::Client(e)),
@@ -371,11 +340,37 @@ async fn run_loop(args: Args, node: String) -> Result<()> {
             None
         }
     };
-    let store = client
-        .clone()
-        .map(|c| pod_store(c, &node, shutdown.clone()));
+    let store = client.clone().map(|c| pod_store(c, &node, &tasks));
     tracing::info!(%node, interval = ?args.interval, report = args.report, "agent started");
+    tasks.spawn(
+        "scan loop",
+        scan_loop(
+            args,
+            node,
+            client,
+            store,
+            metrics,
+            component.ready.clone(),
+            tasks.shutdown(),
+        ),
+    );
+    component
+        .run_until(crate::shutdown::requested("agent"), API_TIMEOUT)
+        .await?;
+    tracing::info!("agent stopped");
+    Ok(())
+}
 
+/// Scans every `--interval` until `shutdown`: metrics, and the report when it changed.
+async fn scan_loop(
+    args: Args,
+    node: String,
+    client: Option<Client>,
+    store: Option<Store<Pod>>,
+    metrics: AgentMetrics,
+    ready: Readiness,
+    shutdown: CancellationToken,
+) {
     let mut state = LoopState {
         first_seen: FirstSeen::default(),
         node_uid: None,
@@ -434,17 +429,6 @@ async fn run_loop(args: Args, node: String) -> Result<()> {
                 publish(client, &node, spec, now, &mut state, &metrics).await;
             }
         }
-        if admin_task.is_finished() {
-            break;
-        }
-    }
-    shutdown.cancel();
-    match admin_task.await {
-        Ok(Err(source)) => Err(Error::Admin { addr, source }),
-        _ => {
-            tracing::info!("agent stopped");
-            Ok(())
-        }
     }
 }
 
@@ -485,16 +469,9 @@ async fn publish(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(argv: &[&str]) -> std::result::Result<Args, clap::Error> {
-        Cli::try_parse_from(std::iter::once("agent").chain(argv.iter().copied())).map(|c| c.args)
+        crate::component::parse_flags(argv)
     }
 
     #[test]
@@ -504,7 +481,7 @@ mod tests {
         assert_eq!(a.cgroup_root, PathBuf::from("/sys/fs/cgroup"));
         assert_eq!(a.interval, Duration::from_secs(15));
         assert_eq!(a.heartbeat, Duration::from_secs(300));
-        assert_eq!(a.admin_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(a.admin.admin_listen, "0.0.0.0:8080".parse().unwrap());
         assert!(a.report && !a.once && a.output.is_none());
         assert!(!parse(&["--report=false"]).unwrap().report);
         assert!(parse(&["--report"]).unwrap().report);

@@ -27,7 +27,7 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("rendering CRD YAML: {0}")]
-    Yaml(#[from] serde_yaml::Error),
+    Yaml(#[from] yaml_serde::Error),
     #[error("writing {path}: {source} (does the directory exist and is it writable?)")]
     Write {
         path: PathBuf,
@@ -55,11 +55,11 @@ pub fn all()
 }
 
 /// The YAML stream `reaper-controller crds` prints and `crds/` holds.
-pub fn render_yaml() -> Result<String, serde_yaml::Error> {
+pub fn render_yaml() -> Result<String, yaml_serde::Error> {
     let mut out = String::new();
     for crd in all() {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&yaml_serde::to_string(&crd)?);
     }
     Ok(out)
 }
@@ -76,7 +76,7 @@ pub fn render_files() -> Result<Vec<(String, String)>> {
         .map(|crd| {
             Ok((
                 file_name(crd),
-                format!("{FILE_HEADER}{}", serde_yaml::to_string(crd)?),
+                format!("{FILE_HEADER}{}", yaml_serde::to_string(crd)?),
             ))
         })
         .collect()
@@ -126,7 +126,7 @@ mod tests {
         for (path, crd) in written.iter().zip(all()) {
             let text = std::fs::read_to_string(path).unwrap();
             assert!(text.starts_with(FILE_HEADER));
-            let parsed: CustomResourceDefinition = serde_yaml::from_str(&text).unwrap();
+            let parsed: CustomResourceDefinition = yaml_serde::from_str(&text).unwrap();
             assert_eq!(parsed, crd);
         }
     }

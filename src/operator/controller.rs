@@ -112,7 +112,7 @@ impl Stores {
         self.pods
             .state()
             .iter()
-            .filter_map(|p| pod_info(&p.metadata, &rs_owners))
+            .filter_map(|p| PodInfo::from_meta(&p.metadata, &rs_owners))
             .collect()
     }
 
@@ -123,33 +123,6 @@ impl Stores {
             .map(|n| (n.name_any(), n.labels().clone()))
             .collect()
     }
-}
-
-fn pod_info(
-    meta: &kube::api::ObjectMeta,
-    rs_owners: &impl Fn(
-        &str,
-        &str,
-    )
-        -> Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
-) -> Option<PodInfo> {
-    let namespace = meta.namespace.clone()?;
-    let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
-    Some(PodInfo {
-        owner: index::resolve_owner(
-            &namespace,
-            meta.owner_references.as_deref().unwrap_or_default(),
-            rs_owners,
-        ),
-        namespace,
-        name: meta.name.clone()?,
-        uid: meta.uid.clone().unwrap_or_default(),
-        labels: meta.labels.clone().unwrap_or_default(),
-        injected: annotation(keys::ANNOTATION_INJECTED),
-        mode: annotation(keys::ANNOTATION_MODE),
-        mirror: annotation(keys::ANNOTATION_MIRROR).is_some(),
-        restarted_at: annotation(keys::ANNOTATION_RESTARTED_AT).and_then(|s| s.parse().ok()),
-    })
 }
 
 /// Everything a reconcile needs.

@@ -151,6 +151,31 @@ impl PodInfo {
         )
     }
 
+    /// What the index keeps of a pod's metadata (`None` without namespace or name).
+    /// `rs_owners` gives a ReplicaSet's own owners, to see through it to its Deployment.
+    pub fn from_meta(
+        meta: &kube::api::ObjectMeta,
+        rs_owners: &impl Fn(&str, &str) -> Option<Vec<OwnerReference>>,
+    ) -> Option<PodInfo> {
+        let namespace = meta.namespace.clone()?;
+        let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+        Some(PodInfo {
+            owner: resolve_owner(
+                &namespace,
+                meta.owner_references.as_deref().unwrap_or_default(),
+                rs_owners,
+            ),
+            namespace,
+            name: meta.name.clone()?,
+            uid: meta.uid.clone().unwrap_or_default(),
+            labels: meta.labels.clone().unwrap_or_default(),
+            injected: annotation(keys::ANNOTATION_INJECTED),
+            mode: annotation(keys::ANNOTATION_MODE),
+            mirror: annotation(keys::ANNOTATION_MIRROR).is_some(),
+            restarted_at: annotation(keys::ANNOTATION_RESTARTED_AT).and_then(|s| s.parse().ok()),
+        })
+    }
+
     pub fn reference(&self) -> PodRef {
         PodRef {
             namespace: self.namespace.clone(),

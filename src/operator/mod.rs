@@ -15,7 +15,8 @@ pub mod leader;
 pub mod metrics;
 pub mod status;
 
-use crate::{admin, keys, metrics::Metrics};
+use crate::component::Component;
+use crate::{keys, metrics::Metrics};
 use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
@@ -23,7 +24,6 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use metrics::{OperatorMetrics, StepLabels};
-use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -39,9 +39,8 @@ const CERT_MAX_SLEEP: Duration = Duration::from_secs(3600);
 /// Flags of `reaper-controller operator`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Plain-HTTP address for /metrics, /livez and /readyz.
-    #[arg(long, env = "REAPER_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub admin: crate::component::AdminArgs,
     /// Elect a leader on the Lease `reaper-operator` (only the leader reconciles and manages
     /// certificates); `--leader-election=false` for a single replica.
     #[arg(long, env = "REAPER_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set,
@@ -84,15 +83,8 @@ pub struct Args {
     /// that switch and dropping the old CA (API server and webhook pods catch up meanwhile).
     #[arg(long, env = "REAPER_CERT_OVERLAP", default_value = "10m", value_parser = humantime::parse_duration)]
     pub cert_overlap: Duration,
-    /// Namespaces the webhook never mutates (keep equal to the webhook's flag); the operator's own
-    /// namespace is always added.
-    #[arg(
-        long,
-        env = "REAPER_EXCLUDED_NAMESPACES",
-        value_delimiter = ',',
-        default_value = crate::scope::DEFAULT_EXCLUDED_NAMESPACES
-    )]
-    pub excluded_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub scope: crate::scope::ScopeArgs,
     /// Length of `status.topOffenders`.
     #[arg(long, env = "REAPER_TOP_OFFENDERS", default_value_t = 5)]
     pub top_offenders: usize,
@@ -118,8 +110,8 @@ pub enum Error {
     HalfCertFlags,
     #[error("connecting to the Kubernetes API: {0} (run in a cluster or set KUBECONFIG)")]
     Kube(#[source] kube::Error),
-    #[error("admin server: {0}")]
-    Admin(#[source] std::io::Error),
+    #[error(transparent)]
+    Component(#[from] crate::component::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -184,8 +176,7 @@ impl Args {
                 "--batch-window and --event-interval must be positive".into(),
             ));
         }
-        let excluded =
-            crate::scope::excluded_namespaces(&self.excluded_namespaces, namespace.as_deref());
+        let excluded = self.scope.excluded(namespace.as_deref());
         Ok(Config {
             namespace: namespace.unwrap_or_default(),
             settings: status::Settings {
@@ -214,23 +205,14 @@ pub async fn run_with(
     client: kube::Client,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let shutdown = CancellationToken::new();
     let registry = Metrics::new();
     let metrics = OperatorMetrics::register(&registry);
-    let ready = admin::Readiness::default();
-    let listener = tokio::net::TcpListener::bind(args.admin_listen)
-        .await
-        .map_err(Error::Admin)?;
-    drop(listener); // bound once to fail fast on a taken port; admin::serve binds for real
-    let admin = tokio::spawn(admin::serve(
-        args.admin_listen,
-        registry,
-        ready.clone(),
-        shutdown.clone(),
-    ));
+    let component = Component::start("operator", &args.admin, registry).await?;
+    let tasks = component.tasks();
+    let shutdown = component.shutdown();
 
-    // Ready (leader or not) once the API server answers.
-    let (c, r, s) = (client.clone(), ready.clone(), shutdown.clone());
+    // Ready (leader or not) once the API server answers; this task ends by design.
+    let (c, r, s) = (client.clone(), component.ready.clone(), shutdown.clone());
     tokio::spawn(async move {
         let mut retry = Duration::from_millis(500);
         loop {
@@ -251,50 +233,38 @@ pub async fn run_with(
     });
 
     let (leader_tx, leader_rx) = watch::channel(false);
-    let election = match config.leader.clone() {
+    match config.leader.clone() {
         Some(settings) => {
             tracing::info!(lease = %settings.lease_name, namespace = %settings.namespace, identity = %settings.identity, "leader election on");
-            Some(tokio::spawn(leader::run(
-                client.clone(),
-                settings,
-                leader_tx,
-                shutdown.clone(),
-            )))
+            tasks.spawn(
+                "leader election",
+                leader::run(client.clone(), settings, leader_tx, shutdown.clone()),
+            );
         }
         None => {
             tracing::info!("leader election off: this replica leads");
             leader_tx.send_replace(true);
             // Keep the sender alive for the whole run.
             let s = shutdown.clone();
-            Some(tokio::spawn(async move {
+            tokio::spawn(async move {
                 s.cancelled().await;
                 drop(leader_tx);
-            }))
+            });
         }
     };
 
-    let work = tokio::spawn(lead(
-        client.clone(),
-        config.clone(),
-        args.batch_window,
-        metrics.clone(),
-        leader_rx,
-        shutdown.clone(),
-    ));
-
-    let admin_failed = tokio::select! {
-        _ = stop => { tracing::info!("shutting down"); None }
-        r = admin => Some(r),
-    };
-    shutdown.cancel();
-    let _ = tokio::time::timeout(STOP_TIMEOUT, work).await;
-    if let Some(election) = election {
-        let _ = tokio::time::timeout(STOP_TIMEOUT, election).await;
-    }
-    match admin_failed {
-        Some(Ok(Err(e))) => Err(Error::Admin(e)),
-        _ => Ok(()),
-    }
+    tasks.spawn(
+        "leader work",
+        lead(
+            client.clone(),
+            config.clone(),
+            args.batch_window,
+            metrics.clone(),
+            leader_rx,
+            shutdown.clone(),
+        ),
+    );
+    Ok(component.run_until(stop, STOP_TIMEOUT).await?)
 }
 
 /// Runs the controller (and the certificate loop) whenever this replica leads.
@@ -331,9 +301,17 @@ async fn lead(
                 term.clone(),
             )));
         }
-        tokio::select! {
-            _ = shutdown.cancelled() => {}
-            _ = leader.wait_for(|l| !*l) => {}
+        // A term task that ends on its own (its watches gone, a panic) ends this task too, which
+        // the component supervisor turns into a restart.
+        let early = tokio::select! {
+            _ = shutdown.cancelled() => false,
+            _ = leader.wait_for(|l| !*l) => false,
+            _ = futures::future::select_all(tasks.iter_mut()) => true,
+        };
+        if early {
+            tracing::error!("a leader task stopped on its own");
+            term.cancel();
+            return;
         }
         tracing::info!("no longer leading: stopping");
         metrics.leader.set(0);
@@ -445,18 +423,9 @@ async fn cert_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(argv: &[&str]) -> Args {
-        Cli::try_parse_from(std::iter::once("operator").chain(argv.iter().copied()))
-            .unwrap()
-            .args
+        crate::component::parse_flags(argv).unwrap()
     }
 
     #[test]

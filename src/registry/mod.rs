@@ -579,16 +579,9 @@ impl ImageResolver for Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
-        Cli::try_parse_from(std::iter::once("x").chain(argv.iter().copied())).map(|c| c.args)
+        crate::component::parse_flags(argv)
     }
 
     #[test]

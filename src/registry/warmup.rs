@@ -5,6 +5,7 @@
 //!
 //! RBAC: `list` and `watch` on those five kinds, cluster-wide.
 use super::Registry;
+use crate::component::Tasks;
 use futures::StreamExt;
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
@@ -17,7 +18,6 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 /// Templates whose images are looked up at the same time.
 pub const CONCURRENCY: usize = 4;
@@ -158,17 +158,18 @@ pub fn spawn(
     registry: Registry,
     wanted: Wanted,
     refresh: Duration,
-    stop: CancellationToken,
+    tasks: &Tasks,
 ) {
+    let stop = tasks.shutdown();
     let state = Arc::new(State {
         queue: Mutex::new(Queue::default()),
         wake: Notify::new(),
     });
-    watch::<Deployment>(&client, &state, &stop);
-    watch::<StatefulSet>(&client, &state, &stop);
-    watch::<DaemonSet>(&client, &state, &stop);
-    watch::<Job>(&client, &state, &stop);
-    watch::<CronJob>(&client, &state, &stop);
+    watch::<Deployment>(&client, &state, tasks);
+    watch::<StatefulSet>(&client, &state, tasks);
+    watch::<DaemonSet>(&client, &state, tasks);
+    watch::<Job>(&client, &state, tasks);
+    watch::<CronJob>(&client, &state, tasks);
     for _ in 0..CONCURRENCY {
         let (state, registry, wanted, stop) = (
             state.clone(),
@@ -176,7 +177,7 @@ pub fn spawn(
             wanted.clone(),
             stop.clone(),
         );
-        tokio::spawn(async move {
+        tasks.spawn("warm-up worker", async move {
             loop {
                 let next = {
                     let mut q = state.lock();
@@ -206,7 +207,7 @@ pub fn spawn(
             }
         });
     }
-    tokio::spawn(async move {
+    tasks.spawn("warm-up refresh", async move {
         let mut tick = tokio::time::interval(refresh);
         tick.tick().await;
         loop {
@@ -226,10 +227,10 @@ pub fn spawn(
     });
 }
 
-fn watch<K: Workload>(client: &kube::Client, state: &Arc<State>, stop: &CancellationToken) {
+fn watch<K: Workload>(client: &kube::Client, state: &Arc<State>, tasks: &Tasks) {
     let api: Api<K> = Api::all(client.clone());
-    let (state, stop) = (state.clone(), stop.clone());
-    tokio::spawn(async move {
+    let (state, stop) = (state.clone(), tasks.shutdown());
+    tasks.spawn("warm-up watch", async move {
         let stream = watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
         loop {

@@ -17,14 +17,14 @@ pub mod server;
 pub mod sources;
 pub mod tls;
 
+use crate::component::Component;
 use crate::crd::Mode;
 use crate::registry::{self, Registry};
-use crate::{admin, keys, metrics::Metrics};
+use crate::{keys, metrics::Metrics};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How long in-flight requests get to finish after SIGTERM.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -43,9 +43,8 @@ pub struct Args {
     /// PEM private key for the HTTPS port; reloaded when it changes.
     #[arg(long, env = "REAPER_TLS_KEY")]
     pub tls_key: PathBuf,
-    /// Plain-HTTP address for /metrics, /livez and /readyz.
-    #[arg(long, env = "REAPER_ADMIN_LISTEN", default_value = "0.0.0.0:8080")]
-    pub admin_listen: SocketAddr,
+    #[command(flatten)]
+    pub admin: crate::component::AdminArgs,
     /// Image whose `/reaper` is the static init, copied into pods by the injected init container.
     #[arg(long, env = "REAPER_REAPER_IMAGE")]
     pub reaper_image: String,
@@ -55,14 +54,8 @@ pub struct Args {
     /// Mode for pods no ReaperPolicy matches: auto, inject, share or off.
     #[arg(long, env = "REAPER_DEFAULT_MODE", default_value = "auto")]
     pub default_mode: Mode,
-    /// Namespaces never mutated (comma-separated). `POD_NAMESPACE` (the webhook's own) is always added.
-    #[arg(
-        long,
-        env = "REAPER_EXCLUDED_NAMESPACES",
-        value_delimiter = ',',
-        default_value = crate::scope::DEFAULT_EXCLUDED_NAMESPACES
-    )]
-    pub excluded_namespaces: Vec<String>,
+    #[command(flatten)]
+    pub scope: crate::scope::ScopeArgs,
     /// YAML stream of ReaperPolicy objects; with it the webhook needs no API server
     /// (namespaceSelector then sees only the `kubernetes.io/metadata.name` label).
     #[arg(long, env = "REAPER_POLICIES")]
@@ -125,8 +118,8 @@ pub enum Error {
         "connecting to the Kubernetes API: {0} (run in a cluster, set KUBECONFIG, or use --policies FILE)"
     )]
     Kube(#[source] kube::Error),
-    #[error("admin server: {0}")]
-    Admin(#[source] std::io::Error),
+    #[error(transparent)]
+    Component(#[from] crate::component::Error),
     #[error(transparent)]
     Registry(#[from] registry::Error),
     #[error("--warm-up needs cluster mode: drop --policies, or --warm-up=false")]
@@ -204,7 +197,7 @@ impl Args {
             }
         }
         check("volume-size-limit", &self.volume_size_limit)?;
-        let excluded = crate::scope::excluded_namespaces(&self.excluded_namespaces, own_namespace);
+        let excluded = self.scope.excluded(own_namespace);
         Ok(decide::Config {
             reaper_image: self.reaper_image.trim().to_string(),
             mount_path: mount.to_string(),
@@ -250,10 +243,12 @@ async fn serve(
     if warm_up && !cluster_mode {
         return Err(Error::WarmUpNeedsCluster);
     }
-    let shutdown = CancellationToken::new();
     let metrics = Metrics::new();
     let wm = server::WebhookMetrics::new(&metrics);
-    let ready = admin::Readiness::default();
+    let component = Component::start("webhook", &args.admin, metrics.clone()).await?;
+    let shutdown = component.shutdown();
+    let tasks = component.tasks();
+    let ready = component.ready.clone();
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -272,11 +267,11 @@ async fn serve(
     let sources = match (&args.policies, &client) {
         (Some(path), _) => {
             let m = wm.clone();
-            sources::from_file(path.clone(), shutdown.clone(), move |n| m.set_policies(n)).await?
+            sources::from_file(path.clone(), &tasks, move |n| m.set_policies(n)).await?
         }
         (None, Some(client)) => {
             let m = wm.clone();
-            sources::from_cluster(client.clone(), shutdown.clone(), move |n| m.set_policies(n))
+            sources::from_cluster(client.clone(), &tasks, move |n| m.set_policies(n))
         }
         (None, None) => unreachable!("cluster mode always has a client"),
     };
@@ -301,7 +296,7 @@ async fn serve(
                     &sources,
                     &config,
                     tag_ttl,
-                    &shutdown,
+                    &tasks,
                 );
             }
             Arc::new(reg)
@@ -310,14 +305,17 @@ async fn serve(
 
     let certs = Arc::new(tls::CertStore::new());
     let m = wm.clone();
-    let watch = tokio::spawn(tls::watch_pair(
-        certs.clone(),
-        args.tls_cert.clone(),
-        args.tls_key.clone(),
-        RELOAD_INTERVAL,
-        shutdown.clone(),
-        move |r| m.cert_loaded(r),
-    ));
+    tasks.spawn(
+        "certificate reload",
+        tls::watch_pair(
+            certs.clone(),
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            RELOAD_INTERVAL,
+            shutdown.clone(),
+            move |r| m.cert_loaded(r),
+        ),
+    );
 
     // Ready once a certificate pair is loaded and policies are synced.
     let (c, s, r, stop_ready) = (
@@ -340,36 +338,23 @@ async fn serve(
         }
     });
 
-    let admin = tokio::spawn(admin::serve(
-        args.admin_listen,
-        metrics.clone(),
-        ready.clone(),
-        shutdown.clone(),
-    ));
-
     let state =
         server::AppState::new(config, sources, resolver, wm).with_resolve_timeout(resolve_timeout);
     tracing::info!(addr = %args.listen, "webhook listening (HTTPS)");
-    let serving = tokio::spawn(tls::serve(
-        listener,
-        tls::server_config(certs),
-        server::router(state),
-        shutdown.clone(),
-        DRAIN_TIMEOUT,
-    ));
-
-    let admin_failed = tokio::select! {
-        _ = stop => { tracing::info!("shutting down"); None }
-        r = admin => Some(r),
-    };
-    ready.set(false);
-    shutdown.cancel();
-    let _ = serving.await;
-    let _ = watch.await;
-    match admin_failed {
-        Some(Ok(Err(e))) => Err(Error::Admin(e)),
-        _ => Ok(()),
-    }
+    tasks.spawn(
+        "https server",
+        tls::serve(
+            listener,
+            tls::server_config(certs),
+            server::router(state),
+            shutdown.clone(),
+            DRAIN_TIMEOUT,
+        ),
+    );
+    // The HTTPS server drains its connections within DRAIN_TIMEOUT; a little more for the rest.
+    Ok(component
+        .run_until(stop, DRAIN_TIMEOUT + Duration::from_secs(1))
+        .await?)
 }
 
 /// Prefetch the images of workload templates in opted-in namespaces once policies and namespace
@@ -380,7 +365,7 @@ fn start_warm_up(
     sources: &sources::Sources,
     config: &decide::Config,
     tag_ttl: Duration,
-    shutdown: &CancellationToken,
+    tasks: &crate::component::Tasks,
 ) {
     let (s, cfg) = (sources.clone(), config.clone());
     let wanted: registry::warmup::Wanted = Arc::new(move |pod, namespace| {
@@ -397,7 +382,8 @@ fn start_warm_up(
     });
     // Re-checked a few times per TTL so entries are looked up again soon after they expire.
     let refresh = (tag_ttl / 4).max(Duration::from_secs(5));
-    let (s, stop) = (sources.clone(), shutdown.clone());
+    let (s, stop, tasks) = (sources.clone(), tasks.shutdown(), tasks.clone());
+    // Waits for the sources, starts the supervised warm-up tasks, and ends.
     tokio::spawn(async move {
         while !s.is_synced() {
             tokio::select! {
@@ -406,24 +392,16 @@ fn start_warm_up(
             }
         }
         tracing::info!(refresh = ?refresh, "warm-up: watching workload templates");
-        registry::warmup::spawn(client, reg, wanted, refresh, stop);
+        registry::warmup::spawn(client, reg, wanted, refresh, &tasks);
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        args: Args,
-    }
 
     fn parse(extra: &[&str]) -> Args {
         let mut argv = vec![
-            "x",
             "--tls-cert",
             "c.pem",
             "--tls-key",
@@ -432,14 +410,14 @@ mod tests {
             "r:1",
         ];
         argv.extend_from_slice(extra);
-        Cli::try_parse_from(argv).unwrap().args
+        crate::component::parse_flags(&argv).unwrap()
     }
 
     #[test]
     fn defaults_and_own_namespace() {
         let a = parse(&[]);
         assert_eq!(a.listen.to_string(), "0.0.0.0:8443");
-        assert_eq!(a.admin_listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(a.admin.admin_listen.to_string(), "0.0.0.0:8080");
         let c = a.config(Some("reaper-system")).unwrap();
         assert_eq!(c.mount_path, "/.reaper");
         assert_eq!(c.default_mode, Mode::Auto);
@@ -488,8 +466,7 @@ mod tests {
             assert!(err.contains(want), "{extra:?}: {err}");
         }
         assert!(
-            Cli::try_parse_from([
-                "x",
+            crate::component::parse_flags::<Args>(&[
                 "--tls-cert",
                 "c",
                 "--tls-key",

@@ -2,6 +2,7 @@
 //! kube-runtime reflectors over ReaperPolicy objects and Namespace metadata. Either way the
 //! request path only reads in-memory snapshots; it never calls the API server.
 use super::{Error, Result};
+use crate::component::Tasks;
 use crate::crd::{PolicySet, ReaperPolicy};
 use crate::keys;
 use futures::StreamExt;
@@ -16,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 /// Read-only view of the current policies and namespace labels, cheap to clone.
 #[derive(Clone)]
@@ -100,8 +100,8 @@ impl Sources {
 pub fn parse_policies(yaml: &str) -> Result<Vec<ReaperPolicy>> {
     let mut out: Vec<ReaperPolicy> = Vec::new();
     let mut names = BTreeSet::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
-        let value = serde_yaml::Value::deserialize(doc).map_err(|e| Error::Policies {
+    for (i, doc) in yaml_serde::Deserializer::from_str(yaml).enumerate() {
+        let value = yaml_serde::Value::deserialize(doc).map_err(|e| Error::Policies {
             document: i + 1,
             reason: e.to_string(),
         })?;
@@ -126,7 +126,7 @@ pub fn parse_policies(yaml: &str) -> Result<Vec<ReaperPolicy>> {
                     .unwrap_or_default()
             )));
         }
-        let policy: ReaperPolicy = serde_yaml::from_value(value).map_err(|e| bad(e.to_string()))?;
+        let policy: ReaperPolicy = yaml_serde::from_value(value).map_err(|e| bad(e.to_string()))?;
         let name = policy
             .metadata
             .name
@@ -154,9 +154,10 @@ fn load_file(path: &Path, contents: &[u8]) -> Result<PolicySet> {
 /// (an invalid new version is logged and the previous policies stay).
 pub async fn from_file(
     path: PathBuf,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
     on_reload: impl Fn(usize) + Send + 'static,
 ) -> Result<Sources> {
+    let shutdown = tasks.shutdown();
     let contents = tokio::fs::read(&path)
         .await
         .map_err(|source| Error::PoliciesRead {
@@ -168,7 +169,7 @@ pub async fn from_file(
     on_reload(set.len());
     let (tx, rx) = watch::channel(Arc::new(set));
     let watched = path.clone();
-    tokio::spawn(async move {
+    tasks.spawn("policies file watch", async move {
         let mut first = true;
         super::files::watch(vec![watched.clone()], Duration::from_secs(1), shutdown, move |c| {
             // The first read is what was just loaded.
@@ -197,9 +198,10 @@ pub async fn from_file(
 /// report synced once both initial lists arrived.
 pub fn from_cluster(
     client: kube::Client,
-    shutdown: CancellationToken,
+    tasks: &Tasks,
     on_reload: impl Fn(usize) + Send + 'static,
 ) -> Sources {
+    let shutdown = tasks.shutdown();
     let (tx, rx) = watch::channel(Arc::new(PolicySet::default()));
     let synced = Arc::new(AtomicBool::new(false));
     let (policy_store, policy_writer) = reflector::store::<ReaperPolicy>();
@@ -215,7 +217,7 @@ pub fn from_cluster(
     .default_backoff();
     let store = policy_store.clone();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn("ReaperPolicy watch", async move {
         let mut stream = std::pin::pin!(policy_stream);
         loop {
             let event = tokio::select! {
@@ -252,7 +254,7 @@ pub fn from_cluster(
     )
     .default_backoff();
     let stop = shutdown.clone();
-    tokio::spawn(async move {
+    tasks.spawn("Namespace watch", async move {
         let mut stream = std::pin::pin!(ns_stream);
         loop {
             let event = tokio::select! {

@@ -27,7 +27,7 @@ fn crds_from_files() -> Vec<CustomResourceDefinition> {
         .iter()
         .map(|p| {
             let text = std::fs::read_to_string(p).unwrap();
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         })
         .collect()
 }

@@ -489,7 +489,7 @@ fn corpus() -> Vec<(String, Pod)> {
         .into_iter()
         .map(|p| {
             let text = std::fs::read_to_string(&p).unwrap();
-            let pod: Pod = serde_yaml::from_str(&text)
+            let pod: Pod = yaml_serde::from_str(&text)
                 .unwrap_or_else(|e| panic!("{}: not a Pod: {e}", p.display()));
             (p.file_name().unwrap().to_string_lossy().into_owned(), pod)
         })

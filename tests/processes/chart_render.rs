@@ -537,7 +537,7 @@ fn agent_daemonset_sees_the_host_and_tolerates_everything() {
 
 #[test]
 fn image_tags_default_to_the_app_version() {
-    let chart: Value = serde_yaml::from_str(
+    let chart: Value = yaml_serde::from_str(
         &std::fs::read_to_string(chart_common::chart_dir().join("Chart.yaml")).unwrap(),
     )
     .unwrap();
@@ -779,7 +779,7 @@ fn deploy_manifest_is_up_to_date() {
 
 /// Leaf paths of values.yaml: maps are walked, except where a map is itself the value
 /// (free-form maps such as nodeSelector, and resources).
-fn leaf_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
+fn leaf_paths(prefix: &str, v: &yaml_serde::Value, out: &mut Vec<String>) {
     const OPAQUE: &[&str] = &[
         "nodeSelector",
         "affinity",
@@ -790,7 +790,7 @@ fn leaf_paths(prefix: &str, v: &serde_yaml::Value, out: &mut Vec<String>) {
         "resources",
     ];
     match v {
-        serde_yaml::Value::Mapping(m)
+        yaml_serde::Value::Mapping(m)
             if !m.is_empty() && !OPAQUE.iter().any(|o| prefix.ends_with(o)) =>
         {
             for (k, v) in m {
@@ -826,8 +826,8 @@ fn schema_has(schema: &Value, path: &str) -> bool {
 #[test]
 fn schema_and_readme_cover_every_value() {
     let dir = chart_common::chart_dir();
-    let values: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("values.schema.json")).unwrap())
             .unwrap();

@@ -83,11 +83,15 @@ impl Webhook {
             listen: format!("127.0.0.1:{port}").parse().unwrap(),
             tls_cert: dir.path().join("tls.crt"),
             tls_key: dir.path().join("tls.key"),
-            admin_listen: format!("127.0.0.1:{admin}").parse().unwrap(),
+            admin: reaper::component::AdminArgs {
+                admin_listen: format!("127.0.0.1:{admin}").parse().unwrap(),
+            },
             reaper_image: "registry.example.com/reaper:0.1.0".into(),
             mount_path: "/.reaper".into(),
             default_mode: reaper::crd::Mode::Auto,
-            excluded_namespaces: vec!["kube-system".into()],
+            scope: reaper::scope::ScopeArgs {
+                excluded_namespaces: vec!["kube-system".into()],
+            },
             policies: Some(dir.path().join("policies.yaml")),
             install_run_as_user: 65532,
             install_cpu_request: "10m".into(),

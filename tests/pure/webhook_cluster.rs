@@ -98,7 +98,8 @@ async fn reflectors_feed_the_planner() {
     let counts = Arc::new(Mutex::new(Vec::new()));
     let c = counts.clone();
     let token = CancellationToken::new();
-    let sources = from_cluster(client, token.clone(), move |n| c.lock().unwrap().push(n));
+    let tasks = reaper::component::Tasks::detached(token.clone());
+    let sources = from_cluster(client, &tasks, move |n| c.lock().unwrap().push(n));
 
     eventually("sync", || sources.is_synced()).await;
     eventually("the listed policy", || sources.policies().len() == 1).await;

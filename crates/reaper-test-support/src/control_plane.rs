@@ -766,7 +766,7 @@ pub fn project_crds() -> Vec<CustomResourceDefinition> {
         .iter()
         .map(|p| {
             let text = fs::read_to_string(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            yaml_serde::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
         })
         .collect()
 }
@@ -1192,7 +1192,7 @@ mod tests {
             ca,
             Credentials::Cert(Path::new("/pki/a.crt"), Path::new("/pki/a.key")),
         );
-        let kc: Kubeconfig = serde_yaml::from_str(&cert).unwrap();
+        let kc: Kubeconfig = yaml_serde::from_str(&cert).unwrap();
         let user = kc.auth_infos[0].auth_info.as_ref().unwrap();
         assert_eq!(user.client_certificate.as_deref(), Some("/pki/a.crt"));
         assert_eq!(
@@ -1200,7 +1200,7 @@ mod tests {
             Some("https://127.0.0.1:6443")
         );
         let token = kubeconfig_yaml("https://127.0.0.1:6443", ca, Credentials::Token("abc.def"));
-        let kc: Kubeconfig = serde_yaml::from_str(&token).unwrap();
+        let kc: Kubeconfig = yaml_serde::from_str(&token).unwrap();
         assert!(kc.auth_infos[0].auth_info.as_ref().unwrap().token.is_some());
     }
 }

@@ -31,7 +31,7 @@ use std::fs;
 use std::net::{Ipv4Addr, TcpStream};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -1380,48 +1380,7 @@ fn run_cmd(program: &str, args: &[&str]) -> (bool, String, String) {
     run(cmd, CMD_TIMEOUT)
 }
 
-/// Runs a command to completion with a deadline; (success, stdout, stderr).
-pub fn run(mut cmd: Command, timeout: Duration) -> (bool, String, String) {
-    use std::io::Read as _;
-    let mut child = match cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-    {
-        Ok(c) => c,
-        Err(e) => return (false, String::new(), format!("spawning {cmd:?}: {e}")),
-    };
-    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(_) => break None,
-        }
-    };
-    let (out, mut err) = (t1.join().unwrap_or_default(), t2.join().unwrap_or_default());
-    if status.is_none() {
-        err.push_str(&format!("\n(killed after {timeout:?})"));
-    }
-    (status.is_some_and(|s| s.success()), out, err)
-}
+pub use crate::process::run;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use super::control_plane::{ChildGuard, TestCa, free_port};
 use base64::Engine as _;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use std::io::{Read as _, Write as _};
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,40 +225,9 @@ impl TestRegistry {
 }
 
 /// Run a command with a timeout; (success, stdout+stderr).
-fn run(mut cmd: Command, timeout: Duration) -> (bool, String) {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    let (mut so, mut se) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break Some(s);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let text = format!("{}{}", t1.join().unwrap(), t2.join().unwrap());
-    match status {
-        Some(s) => (s.success(), text),
-        None => (false, format!("timed out after {timeout:?}\n{text}")),
-    }
+fn run(cmd: Command, timeout: Duration) -> (bool, String) {
+    let (ok, out, err) = crate::process::run(cmd, timeout);
+    (ok, format!("{out}{err}"))
 }
 
 /// An image's platform and the config fields that matter here.

@@ -272,20 +272,13 @@ pub async fn create(env: &Env, ns: &str, pod: &Pod) -> Pod {
         .unwrap_or_else(|e| panic!("creating pod {ns}/{}: {e}", pod.name_any()))
 }
 
-/// Polls until `f` gives a value, or panics with `what` after `timeout`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+/// Polls every 500 ms until `f` gives a value, or panics with `what` after `timeout`.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    crate::wait::eventually_every(timeout, Duration::from_millis(500), what, f).await
 }
 
 pub async fn wait_running(env: &Env, ns: &str, name: &str) -> Pod {
@@ -813,7 +806,7 @@ async fn time_delete_within(env: &Env, ns: &str, name: &str, timeout: Duration) 
     let api = env.pods(ns);
     let t = Instant::now();
     api.delete(name, &DeleteParams::default()).await.unwrap();
-    wait_for_every(
+    crate::wait::eventually_every(
         timeout,
         Duration::from_millis(50),
         &format!("pod {ns}/{name} gone"),
@@ -821,27 +814,6 @@ async fn time_delete_within(env: &Env, ns: &str, name: &str, timeout: Duration) 
     )
     .await;
     t.elapsed()
-}
-
-/// [`wait_for`] polling every `every`.
-pub async fn wait_for_every<T, F, Fut>(
-    timeout: Duration,
-    every: Duration,
-    what: &str,
-    mut f: F,
-) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(every).await;
-    }
 }
 
 /// Zombies per pod at the end of [`probe_and_exec_zombies`].

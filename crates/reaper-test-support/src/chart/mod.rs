@@ -79,7 +79,7 @@ pub fn template_text_with(
 
 /// Every object of a YAML stream (empty documents skipped).
 pub fn parse_stream(text: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(text)
+    yaml_serde::Deserializer::from_str(text)
         .filter_map(|doc| {
             let v: Value = serde::Deserialize::deserialize(doc)
                 .unwrap_or_else(|e| panic!("rendered YAML does not parse: {e}\n{text}"));
