@@ -2,8 +2,9 @@
 //!
 //! Each fixture holds the pod, the namespace, optional policies, resolved images and config, and
 //! hand-written expectations (`expect`). The full outcome (patch ops, patched pod, warnings) is
-//! also compared with a reviewed golden file in `tests/fixtures/pods/expected/`; regenerate those
-//! with `REAPER_UPDATE_FIXTURES=1 cargo test --test webhook_plan` and review the diff.
+//! also compared with a reviewed insta snapshot in `tests/fixtures/pods/expected/`; after a
+//! deliberate change, `INSTA_UPDATE=always cargo test --test pure webhook_plan::` rewrites them
+//! (or `cargo insta review`), and the diff is reviewed like code. CI never writes snapshots.
 use json_patch::Patch;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use reaper::crd::{Mode, PolicySet, ReaperPolicy};
@@ -298,27 +299,14 @@ fn golden(c: &Case, p: &Plan, patch: &Patch, patched: &Value) {
         "patch": patch,
         "patched": patched,
     });
-    let path = fixtures_dir()
-        .join("expected")
-        .join(format!("{}.json", c.name));
-    let text = serde_json::to_string_pretty(&got).unwrap() + "\n";
-    if std::env::var_os("REAPER_UPDATE_FIXTURES").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{}: missing; run REAPER_UPDATE_FIXTURES=1 cargo test --test webhook_plan and review it",
-            path.display()
-        )
+    insta::with_settings!({
+        snapshot_path => fixtures_dir().join("expected"),
+        prepend_module_to_snapshot => false,
+        omit_expression => true,
+        description => format!("tests/fixtures/pods/{}.json", c.name),
+    }, {
+        insta::assert_json_snapshot!(c.name.clone(), got);
     });
-    let want: Value = serde_json::from_str(&want).unwrap();
-    assert_eq!(
-        got, want,
-        "{}: differs from its golden file (REAPER_UPDATE_FIXTURES=1 regenerates it)",
-        c.name
-    );
 }
 
 #[test]
