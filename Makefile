@@ -13,7 +13,7 @@ CONTROLLER_PROFILE_DIR := $(if $(filter dev,$(CONTROLLER_PROFILE)),debug,$(CONTR
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_REPO ?= ghcr.io/reaper-dev
 
-.PHONY: build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz-webhook \
+.PHONY: deny build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz-webhook \
 	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-node bench-operator
 
 build: reaper
@@ -68,9 +68,18 @@ bench-agent:
 	$(CARGO) build --release --bin reaper-controller --example agent_scan
 	target/release/examples/agent_scan 1000 10000
 
-lint:
+lint: deny
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## cargo-deny (deny.toml): licenses, bans, sources; installed once per version into the tools cache.
+TOOLS_CACHE ?= $(or $(REAPER_TOOLS_CACHE),$(HOME)/.cache/reaper-tools)
+DENY_VERSION := 0.20.2
+CARGO_DENY := $(TOOLS_CACHE)/cargo-deny-$(DENY_VERSION)/bin/cargo-deny
+$(CARGO_DENY):
+	$(CARGO) install cargo-deny --locked --version $(DENY_VERSION) --root $(TOOLS_CACHE)/cargo-deny-$(DENY_VERSION)
+deny: $(CARGO_DENY)
+	$(CARGO_DENY) check licenses bans sources
 
 fmt:
 	$(CARGO) fmt --all

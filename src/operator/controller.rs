@@ -455,6 +455,32 @@ async fn restart(
     .await
 }
 
+/// A reflector over `api` (objects trimmed by `trim` before they are stored) and the stream of
+/// its changes, which must be polled for the store to stay current.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    trim: impl FnMut(&mut K) + Send + 'static,
+) -> (
+    Store<K>,
+    impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (store, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher(api, config).default_backoff().modify(trim))
+        .touched_objects();
+    (store, stream)
+}
+
 /// Runs the reflectors and the policy controller until `stop` fires (leadership lost or shutdown).
 pub async fn run(
     client: Client,
@@ -465,68 +491,44 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let wc = watcher::Config::default().any_semantic();
-    let (namespaces, ns_writer) = reflector::store();
-    let ns_stream = reflector::reflector(
-        ns_writer,
-        watcher(
-            Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
-            wc.clone(),
-        )
-        .default_backoff()
-        .modify(|n| {
+    let (namespaces, ns_stream) = reflect(
+        Api::all(client.clone()),
+        wc.clone(),
+        |n: &mut PartialObjectMeta<Namespace>| {
             n.metadata.managed_fields = None;
             n.metadata.annotations = None;
-        }),
-    )
-    .touched_objects();
-    let (pods, pod_writer) = reflector::store();
-    let pod_stream = reflector::reflector(
-        pod_writer,
-        watcher(
-            Api::<PartialObjectMeta<Pod>>::all(client.clone()),
-            wc.clone().fields(POD_FIELD_SELECTOR),
-        )
-        .default_backoff()
-        .modify(|p| {
+        },
+    );
+    let (pods, pod_stream) = reflect(
+        Api::all(client.clone()),
+        wc.clone().fields(POD_FIELD_SELECTOR),
+        |p: &mut PartialObjectMeta<Pod>| {
             p.metadata.managed_fields = None;
             if let Some(a) = p.metadata.annotations.as_mut() {
                 a.retain(|k, _| POD_ANNOTATIONS.contains(&k.as_str()));
             }
-        }),
-    )
-    .touched_objects();
-    let (replica_sets, rs_writer) = reflector::store();
-    let rs_stream = reflector::reflector(
-        rs_writer,
-        watcher(
-            Api::<PartialObjectMeta<ReplicaSet>>::all(client.clone()),
-            wc.clone(),
-        )
-        .default_backoff()
-        .modify(|r| {
+        },
+    );
+    let (replica_sets, rs_stream) = reflect(
+        Api::all(client.clone()),
+        wc.clone(),
+        |r: &mut PartialObjectMeta<ReplicaSet>| {
             r.metadata.managed_fields = None;
             r.metadata.annotations = None;
             r.metadata.labels = None;
-        }),
-    )
-    .touched_objects();
-    let (reports, report_writer) = reflector::store();
-    let report_stream = reflector::reflector(
-        report_writer,
-        watcher(Api::<ZombieReport>::all(client.clone()), wc.clone())
-            .default_backoff()
-            .modify(|r| r.metadata.managed_fields = None),
-    )
-    .touched_objects();
-
-    let (policies, policy_writer) = reflector::store();
-    let policy_stream = reflector::reflector(
-        policy_writer,
-        watcher(Api::<ReaperPolicy>::all(client.clone()), wc)
-            .default_backoff()
-            .modify(|p| p.metadata.managed_fields = None),
-    )
-    .touched_objects();
+        },
+    );
+    let (reports, report_stream) = reflect(
+        Api::all(client.clone()),
+        wc.clone(),
+        |r: &mut ZombieReport| {
+            r.metadata.managed_fields = None;
+        },
+    );
+    let (policies, policy_stream) =
+        reflect(Api::all(client.clone()), wc, |p: &mut ReaperPolicy| {
+            p.metadata.managed_fields = None;
+        });
     let ctx = Arc::new(Context::new(
         client,
         Stores {
@@ -780,6 +782,14 @@ mod tests {
         body
     }
 
+    /// A batch that only rewrites the (stale) status: no Event, no restart, nothing else.
+    async fn status_only_pass(ctx: &Arc<Context>, handle: &mut std::pin::Pin<&mut Handle>) {
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        run.await.unwrap().unwrap();
+        no_more_requests(handle).await;
+    }
+
     async fn no_more_requests(handle: &mut std::pin::Pin<&mut Handle>) {
         if let Ok(Some((req, _))) =
             tokio::time::timeout(Duration::from_millis(200), handle.next_request()).await
@@ -820,16 +830,24 @@ mod tests {
         d
     }
 
+    /// A mocked API server (`handle`), a scene (one policy without status, one pod with that
+    /// many zombies and that owner) and its context (`ctx`, with the writers `w` it needs).
+    macro_rules! start {
+        ($handle:ident, $ctx:ident, $w:ident, $scene:ident = $action:expr, $owner:expr, $zombies:expr) => {
+            let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+            let mut $handle = pin!(handle);
+            let $scene = Scene {
+                policy: policy($action, None),
+                pod_owner: $owner,
+                zombies: $zombies,
+            };
+            let ($ctx, $w) = context(&$scene, Client::new(service, "default"));
+        };
+    }
+
     #[tokio::test]
     async fn status_is_applied_when_it_changes_and_left_alone_when_not() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Event, None),
-            pod_owner: rs_owner(),
-            zombies: 1,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(handle, ctx, _w, scene = ZombieAction::Event, rs_owner(), 1);
         let run = tokio::spawn(reconcile(ctx.clone()));
         let body = expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         assert_eq!(body["apiVersion"], "reaper.dev/v1alpha1");
@@ -874,14 +892,7 @@ mod tests {
 
     #[tokio::test]
     async fn threshold_records_one_event_per_interval() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Event, None),
-            pod_owner: rs_owner(),
-            zombies: 4,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(handle, ctx, _w, scene = ZombieAction::Event, rs_owner(), 4);
         let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
@@ -904,22 +915,19 @@ mod tests {
 
         // Again (e.g. triggered by a report update): the status is stale in this scene's
         // policy object, but no second Event within the interval.
-        let run = tokio::spawn(reconcile(ctx.clone()));
-        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
-        run.await.unwrap().unwrap();
-        no_more_requests(&mut handle).await;
+        status_only_pass(&ctx, &mut handle).await;
     }
 
     #[tokio::test]
     async fn restart_patches_the_deployment_template_once_per_cooldown() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Restart, None),
-            pod_owner: rs_owner(),
-            zombies: 3,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(
+            handle,
+            ctx,
+            _w,
+            scene = ZombieAction::Restart,
+            rs_owner(),
+            3
+        );
         let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
@@ -951,22 +959,19 @@ mod tests {
         assert_eq!(ctx.metrics.restarts.get(), 1);
 
         // Right after: neither a restart (cooldown) nor an Event (interval).
-        let run = tokio::spawn(reconcile(ctx.clone()));
-        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
-        run.await.unwrap().unwrap();
-        no_more_requests(&mut handle).await;
+        status_only_pass(&ctx, &mut handle).await;
     }
 
     #[tokio::test]
     async fn live_restarted_at_within_cooldown_blocks_the_restart() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Restart, None),
-            pod_owner: rs_owner(),
-            zombies: 5,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(
+            handle,
+            ctx,
+            _w,
+            scene = ZombieAction::Restart,
+            rs_owner(),
+            5
+        );
         let run = tokio::spawn(reconcile(ctx.clone()));
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
@@ -984,14 +989,7 @@ mod tests {
 
     #[tokio::test]
     async fn bare_pods_get_events_but_no_restart_and_api_errors_surface() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Restart, None),
-            pod_owner: None,
-            zombies: 9,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(handle, ctx, _w, scene = ZombieAction::Restart, None, 9);
         let run = tokio::spawn(reconcile(ctx.clone()));
         // The status write is refused: the reconcile fails with an actionable error.
         let (req, send) = handle.next_request().await.unwrap();
@@ -1024,14 +1022,7 @@ mod tests {
     /// one at the window's end; a failed batch is retried; `stop` ends the loop.
     #[tokio::test(start_paused = true)]
     async fn the_batch_loop_coalesces_changes_and_retries_failures() {
-        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
-        let mut handle = pin!(handle);
-        let scene = Scene {
-            policy: policy(ZombieAction::Event, None),
-            pod_owner: rs_owner(),
-            zombies: 1,
-        };
-        let (ctx, _w) = context(&scene, Client::new(service, "default"));
+        start!(handle, ctx, _w, scene = ZombieAction::Event, rs_owner(), 1);
         let batches = |ctx: &Context, result: &str| {
             ctx.metrics
                 .reconcile_total

@@ -228,6 +228,25 @@ struct Cli<'a> {
     pause: bool,
 }
 
+/// An option's value from the next argument (`--grace 5s`, `-e 3`).
+fn next_value<'a>(
+    args: &'a [&'a CStr],
+    i: &mut usize,
+    spec: &Spec,
+) -> Result<&'a CStr, UsageError<'a>> {
+    let v = args.get(*i).ok_or(UsageError::MissingValue(spec.long))?;
+    *i += 1;
+    Ok(v)
+}
+
+/// `--help`, `--version`, `--install`, `--pause`: decided before the environment is read.
+fn early_exit(mode: Mode<'_>) -> Parsed<'_> {
+    Parsed {
+        config: Config::default(),
+        mode,
+    }
+}
+
 /// Parses `args` (without argv\[0\]); `env` looks up an environment variable.
 pub fn parse<'a>(
     args: &'a [&'a CStr],
@@ -259,17 +278,10 @@ pub fn parse<'a>(
                 (false, Some(_)) => return Err(UsageError::UnexpectedValue(spec.long)),
                 (false, None) => None,
                 (true, Some(v)) => Some(v),
-                (true, None) => {
-                    let v = args.get(i).ok_or(UsageError::MissingValue(spec.long))?;
-                    i += 1;
-                    Some(*v)
-                }
+                (true, None) => Some(next_value(args, &mut i, spec)?),
             };
             if let Some(early) = apply(&mut cli, spec, value)? {
-                return Ok(Parsed {
-                    config: Config::default(),
-                    mode: early,
-                });
+                return Ok(early_exit(early));
             }
             continue;
         }
@@ -290,15 +302,10 @@ pub fn parse<'a>(
                     j = a.len();
                     v
                 } else {
-                    let v = args.get(i).ok_or(UsageError::MissingValue(spec.long))?;
-                    i += 1;
-                    Some(*v)
+                    Some(next_value(args, &mut i, spec)?)
                 };
                 if let Some(early) = apply(&mut cli, spec, value)? {
-                    return Ok(Parsed {
-                        config: Config::default(),
-                        mode: early,
-                    });
+                    return Ok(early_exit(early));
                 }
             }
             continue;

@@ -46,22 +46,24 @@ pub fn repo() -> &'static Path {
 
 /// `target/reaper/reaper`, the static init built by `make reaper` (which `make test` runs first).
 pub fn reaper_binary() -> PathBuf {
-    let p = repo().join("target/reaper/reaper");
-    assert!(
-        p.exists(),
-        "{} is missing: run `make reaper` (or `make test`, which builds it first)",
-        p.display()
-    );
-    p
+    built("target/reaper/reaper", "reaper")
 }
 
 /// `target/controller-static/reaper-controller`, the static controller built by
 /// `make controller-static` (which `make test` runs first).
 pub fn controller_binary() -> PathBuf {
-    let p = repo().join("target/controller-static/reaper-controller");
+    built(
+        "target/controller-static/reaper-controller",
+        "controller-static",
+    )
+}
+
+/// A file `make <target>` builds, or a panic saying to run it.
+fn built(path: &str, target: &str) -> PathBuf {
+    let p = repo().join(path);
     assert!(
         p.exists(),
-        "{} is missing: run `make controller-static` (or `make test`, which builds it first)",
+        "{} is missing: run `make {target}` (or `make test`, which builds it first)",
         p.display()
     );
     p

@@ -142,6 +142,15 @@ impl Env {
         name
     }
 
+    /// A fresh opted-in namespace enforcing Pod Security `restricted`.
+    pub async fn restricted_namespace(&self, prefix: &str) -> String {
+        self.namespace(
+            prefix,
+            &[("pod-security.kubernetes.io/enforce", "restricted")],
+        )
+        .await
+    }
+
     /// Labels an existing namespace opted in and waits until the webhook mutates there.
     pub async fn opt_in(&self, ns: &str) {
         Api::<Namespace>::all(self.client.clone())
@@ -429,12 +438,7 @@ pub async fn sigterm_ignoring_pid1_stops_fast_only_when_protected(env: &Env) {
 /// Scenario 3: inject (command known), share (annotation) and auto without a command (the image
 /// config from the registry, or the shareProcessNamespace fallback) all run under "restricted".
 pub async fn every_mode_runs_under_restricted(env: &Env, wait_for_running: bool) {
-    let ns = env
-        .namespace(
-            "e2e-restricted",
-            &[("pod-security.kubernetes.io/enforce", "restricted")],
-        )
-        .await;
+    let ns = env.restricted_namespace("e2e-restricted").await;
     let cmd: &[&str] = &["sleep", "3600"];
     let mode = reaper::keys::ANNOTATION_MODE;
     let cases = [
@@ -1105,12 +1109,7 @@ pub async fn restart_loop(env: &Env) {
 /// container ran as its non-root UID (it owns the copied binary) with a read-only root, and a
 /// wrapped container running as an arbitrary UID executes the reaper from the shared volume.
 pub async fn restricted_pods_run(env: &Env) {
-    let ns = env
-        .namespace(
-            "e2e-psa",
-            &[("pod-security.kubernetes.io/enforce", "restricted")],
-        )
-        .await;
+    let ns = env.restricted_namespace("e2e-psa").await;
     let sleep: &[&str] = &["sleep", "3600"];
     let mode = reaper::keys::ANNOTATION_MODE;
     let any_uid = edit_pod(
@@ -1198,12 +1197,7 @@ pub async fn restricted_pods_run(env: &Env) {
 /// init container, wrapped: it runs (the plain init container ran to completion first), every
 /// long-running container has the reaper as PID 1, and `delete` is prompt.
 pub async fn sidecars_run_and_stop(env: &Env) -> Duration {
-    let ns = env
-        .namespace(
-            "e2e-sidecars",
-            &[("pod-security.kubernetes.io/enforce", "restricted")],
-        )
-        .await;
+    let ns = env.restricted_namespace("e2e-sidecars").await;
     let sleep: &[&str] = &["sleep", "3600"];
     let mut setup = restricted_container(
         "setup",
