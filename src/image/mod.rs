@@ -7,6 +7,7 @@
 //! [`ImageIndex`]. [`NoImageResolver`] knows nothing (tests, fuzzing, `--registry-auth` off), so
 //! such containers can then only be wrapped through a policy's `entrypoints`.
 
+pub mod glob;
 pub mod reference;
 
 use async_trait::async_trait;

@@ -4,27 +4,7 @@ use oci_client::Reference;
 
 /// `*` matches any run of characters (including none and `/`); everything else is literal.
 pub fn glob_matches(pattern: &str, text: &str) -> bool {
-    let (p, t) = (pattern.as_bytes(), text.as_bytes());
-    let (mut pi, mut ti) = (0, 0);
-    // Position of the last `*` seen and the text position it currently stands for.
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            // Let the last star absorb one more character and retry.
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&c| c == b'*')
+    super::glob::matches(pattern, super::glob::Syntax::Star, text)
 }
 
 /// The fully qualified form of an image reference, as registries and `crictl` show it:

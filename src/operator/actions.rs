@@ -171,10 +171,57 @@ pub(super) fn event_note(
         Some(other) => format!("not protected ({} {other})", keys::ANNOTATION_INJECTED),
         None => "not protected (created before Reaper or not mutated)".to_string(),
     };
-    // The API server caps notes at 1 kB.
-    let mut note = format!(
-        "{total} zombie processes (threshold {threshold}, policy {policy}){whom}; pod {protection}"
-    );
-    note.truncate(1000);
-    note
+    // The API server caps notes at 1 kB. The note carries the pod's own annotation and process
+    // names: cut on a character boundary, never inside one.
+    truncated(
+        format!(
+            "{total} zombie processes (threshold {threshold}, policy {policy}){whom}; pod {protection}"
+        ),
+        NOTE_MAX,
+    )
+}
+
+/// Longest Event note the API server accepts.
+pub const NOTE_MAX: usize = 1000;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+pub fn truncated(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::operator::index::Owner;
+
+    /// A pod's own `reaper.dev/injected` annotation ends up in the note: multi-byte characters
+    /// across byte 1000 used to panic the operator (`String::truncate` inside a character).
+    #[test]
+    fn notes_are_cut_on_character_boundaries() {
+        let pod = PodInfo {
+            namespace: "shop".into(),
+            name: "web-1".into(),
+            uid: "u".into(),
+            labels: Default::default(),
+            injected: Some("é".repeat(700)),
+            mode: None,
+            mirror: false,
+            restarted_at: None,
+            owner: Owner::Bare,
+        };
+        let note = event_note(&pod, None, 9, 3, "p");
+        assert!(note.len() <= NOTE_MAX, "{}", note.len());
+        assert!(note.ends_with('é'));
+        for max in 0..12 {
+            let t = truncated("aé€😀b".to_string(), max);
+            assert!(t.len() <= max && "aé€😀b".starts_with(&t), "{max}: {t:?}");
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! (reverse lexical order); several entries under one key are all tried, in secret order. Docker
 //! Hub images (`nginx`, `docker.io/...`) also use credentials stored for `index.docker.io`.
 //! Credential helpers (`credHelpers`, `credsStore`) are never executed.
+use crate::image::glob;
 use base64::Engine as _;
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
@@ -187,6 +188,10 @@ fn normalize_key(raw: &str) -> String {
     }
 }
 
+/// Registry keys kept from one pod's pull secrets (the kubelet has no such bound; a lookup costs
+/// at most this many glob matches).
+pub const MAX_KEYS: usize = 256;
+
 /// Credentials from pull secrets, in the order the kubelet would try them for an image.
 #[derive(Clone, Debug, Default)]
 pub struct Keyring {
@@ -198,8 +203,18 @@ impl Keyring {
     /// Build from parsed configs, in secret order.
     pub fn new<'a>(configs: impl IntoIterator<Item = &'a ParsedConfig>) -> Self {
         let mut map: BTreeMap<String, Vec<Credential>> = BTreeMap::new();
+        let mut entries = 0;
         for c in configs {
             for (key, cred) in &c.entries {
+                // Pull secrets are tenant input: bound the work one lookup can cost.
+                if entries == MAX_KEYS {
+                    tracing::warn!(
+                        max = MAX_KEYS,
+                        "pull secrets hold more registry keys; the rest are ignored"
+                    );
+                    break;
+                }
+                entries += 1;
                 map.entry(normalize_key(key))
                     .or_default()
                     .push(cred.clone());
@@ -246,7 +261,8 @@ fn split_host(hostport: &str) -> (&str, &str) {
     }
 }
 
-/// The kubelet's `URLsMatchStr(glob, target)` on schemeless `host[:port][/path]` strings.
+/// The kubelet's `URLsMatchStr(glob, target)` on schemeless `host[:port][/path]` strings; each
+/// host label is a Go `filepath.Match` pattern ([`glob::Syntax::Path`]).
 pub fn url_matches(glob: &str, target: &str) -> bool {
     let (g_hostport, g_path) = glob.split_at(glob.find('/').unwrap_or(glob.len()));
     let (t_hostport, t_path) = target.split_at(target.find('/').unwrap_or(target.len()));
@@ -265,44 +281,7 @@ pub fn url_matches(glob: &str, target: &str) -> bool {
         && g_parts
             .iter()
             .zip(&t_parts)
-            .all(|(g, t)| part_matches(g.as_bytes(), t.as_bytes()))
-}
-
-/// Go's `filepath.Match` on one host label: `*` (any run), `?` (one character), `[...]` classes
-/// (with `^` negation and `a-z` ranges), `\\` escapes.
-fn part_matches(p: &[u8], t: &[u8]) -> bool {
-    match p.first() {
-        None => t.is_empty(),
-        Some(b'*') => (0..=t.len()).any(|i| part_matches(&p[1..], &t[i..])),
-        Some(b'?') => !t.is_empty() && part_matches(&p[1..], &t[1..]),
-        Some(b'[') => {
-            let Some((&c, rest_t)) = t.split_first() else {
-                return false;
-            };
-            let Some(end) = p.iter().skip(2).position(|&b| b == b']').map(|i| i + 2) else {
-                return false;
-            };
-            let mut class = &p[1..end];
-            let negate = class.first() == Some(&b'^');
-            if negate {
-                class = &class[1..];
-            }
-            let mut hit = false;
-            let mut i = 0;
-            while i < class.len() {
-                if i + 2 < class.len() && class[i + 1] == b'-' {
-                    hit |= class[i] <= c && c <= class[i + 2];
-                    i += 3;
-                } else {
-                    hit |= class[i] == c;
-                    i += 1;
-                }
-            }
-            hit != negate && part_matches(&p[end + 1..], rest_t)
-        }
-        Some(b'\\') if p.len() > 1 => t.first() == Some(&p[1]) && part_matches(&p[2..], &t[1..]),
-        Some(&c) => t.first() == Some(&c) && part_matches(&p[1..], &t[1..]),
-    }
+            .all(|(g, t)| glob::matches(g, glob::Syntax::Path, t))
 }
 
 #[cfg(test)]
@@ -361,6 +340,32 @@ mod tests {
         ] {
             assert_eq!(url_matches(glob, target), want, "{glob} vs {target}");
         }
+    }
+
+    /// A dockerconfigjson key is tenant input. The old recursive label matcher backtracked
+    /// exponentially on keys with several `*` (minutes of a webhook worker for one lookup).
+    #[test]
+    fn hostile_keys_cost_little() {
+        let started = std::time::Instant::now();
+        let host = format!("{}.example.com/app", "a".repeat(63));
+        let key = format!("{}b.example.com", "*a".repeat(30));
+        assert!(!url_matches(&key, &host));
+        let config = format!(
+            r#"{{"auths": {{{}}}}}"#,
+            (0..2 * MAX_KEYS)
+                .map(|i| format!(r#""{key}{i}": {{"auth": "dTpw"}}"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let parsed = parse_dockerconfigjson(config.as_bytes()).unwrap();
+        let ring = Keyring::new([&parsed]);
+        assert_eq!(ring.keys.len(), MAX_KEYS);
+        assert!(ring.lookup(&host).is_empty());
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

@@ -782,7 +782,7 @@ fn inject_changes(
             let container = install::free_name(install::INSTALL_CONTAINER_NAME, &containers);
             changes.install = Some(Install {
                 volume: install::volume(cfg, &volume),
-                container: install::container(cfg, &container, &volume),
+                container: install::container(cfg, &container, &volume, install::qos_class(pod)),
             });
             volume
         }

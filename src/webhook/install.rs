@@ -20,7 +20,8 @@ pub const IMAGE_REAPER_PATH: &str = "/reaper";
 /// Resources and identity of the injected `reaper-install` container and its volume.
 #[derive(Clone, Debug)]
 pub struct InstallSettings {
-    pub run_as_user: i64,
+    /// `None`: the image's USER applies.
+    pub run_as_user: Option<i64>,
     pub cpu_request: String,
     pub memory_request: String,
     pub cpu_limit: String,
@@ -32,7 +33,7 @@ pub struct InstallSettings {
 impl Default for InstallSettings {
     fn default() -> Self {
         Self {
-            run_as_user: 65532,
+            run_as_user: Some(65532),
             cpu_request: "10m".into(),
             memory_request: "16Mi".into(),
             cpu_limit: "100m".into(),
@@ -169,29 +170,41 @@ fn install_mounts(cfg: &Config, volume: &str) -> Vec<VolumeMount> {
 }
 
 /// The init container that copies reaper into the volume. It passes Pod Security "restricted".
-pub fn container(cfg: &Config, name: &str, volume: &str) -> Container {
+/// Its resources keep the pod's QoS class ([`qos_class`]): requests equal to the limits in a
+/// Guaranteed pod, none at all in a BestEffort pod, the configured requests and limits otherwise.
+pub fn container(cfg: &Config, name: &str, volume: &str, qos: Qos) -> Container {
     let s = &cfg.install;
     let q = |v: &str| Quantity(v.to_string());
+    let limits = BTreeMap::from([
+        ("cpu".to_string(), q(&s.cpu_limit)),
+        ("memory".to_string(), q(&s.memory_limit)),
+    ]);
+    let resources = match qos {
+        Qos::BestEffort => None,
+        Qos::Guaranteed => Some(ResourceRequirements {
+            requests: Some(limits.clone()),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+        Qos::Burstable => Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".to_string(), q(&s.cpu_request)),
+                ("memory".to_string(), q(&s.memory_request)),
+            ])),
+            limits: Some(limits),
+            ..Default::default()
+        }),
+    };
     Container {
         name: name.to_string(),
         image: Some(cfg.reaper_image.clone()),
         command: Some(install_command(cfg)),
         volume_mounts: Some(install_mounts(cfg, volume)),
-        resources: Some(ResourceRequirements {
-            requests: Some(BTreeMap::from([
-                ("cpu".to_string(), q(&s.cpu_request)),
-                ("memory".to_string(), q(&s.memory_request)),
-            ])),
-            limits: Some(BTreeMap::from([
-                ("cpu".to_string(), q(&s.cpu_limit)),
-                ("memory".to_string(), q(&s.memory_limit)),
-            ])),
-            ..Default::default()
-        }),
+        resources,
         security_context: Some(SecurityContext {
             run_as_non_root: Some(true),
-            run_as_user: Some(s.run_as_user),
-            run_as_group: Some(s.run_as_user),
+            run_as_user: s.run_as_user,
+            run_as_group: s.run_as_user,
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
             read_only_root_filesystem: Some(true),
@@ -207,5 +220,196 @@ pub fn container(cfg: &Config, name: &str, volume: &str) -> Container {
         }),
         termination_message_policy: Some("FallbackToLogsOnError".to_string()),
         ..Default::default()
+    }
+}
+
+/// A pod's Quality of Service class, as the API server computes `status.qosClass`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos {
+    Guaranteed,
+    Burstable,
+    BestEffort,
+}
+
+/// The QoS class of `pod` (Kubernetes' own rule): pod-level `spec.resources` decide when set;
+/// otherwise BestEffort when no container (init containers included) requests or limits cpu or
+/// memory, Guaranteed when every container limits both and the summed requests equal the
+/// summed limits, Burstable in between.
+pub fn qos_class(pod: &Pod) -> Qos {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Qos::BestEffort;
+    };
+    const KINDS: [&str; 2] = ["cpu", "memory"];
+    let nonzero = |m: Option<&BTreeMap<String, Quantity>>| -> BTreeMap<&'static str, f64> {
+        KINDS
+            .iter()
+            .filter_map(|k| {
+                let v = quantity_value(&m?.get(*k)?.0)?;
+                (v != 0.0).then_some((*k, v))
+            })
+            .collect()
+    };
+    if let Some(r) = spec.resources.as_ref()
+        && (r.requests.is_some() || r.limits.is_some())
+    {
+        let (req, lim) = (nonzero(r.requests.as_ref()), nonzero(r.limits.as_ref()));
+        let guaranteed = KINDS.iter().all(|k| lim.contains_key(k))
+            && KINDS
+                .iter()
+                .all(|k| req.get(k).is_none_or(|v| Some(v) == lim.get(k)));
+        return if guaranteed {
+            Qos::Guaranteed
+        } else {
+            Qos::Burstable
+        };
+    }
+    let mut requests: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut limits: BTreeMap<&str, f64> = BTreeMap::new();
+    let mut every_container_limited = true;
+    for c in spec
+        .containers
+        .iter()
+        .chain(spec.init_containers.iter().flatten())
+    {
+        let r = c.resources.as_ref();
+        for (k, v) in nonzero(r.and_then(|r| r.requests.as_ref())) {
+            *requests.entry(k).or_default() += v;
+        }
+        let lim = nonzero(r.and_then(|r| r.limits.as_ref()));
+        every_container_limited &= KINDS.iter().all(|k| lim.contains_key(k));
+        for (k, v) in lim {
+            *limits.entry(k).or_default() += v;
+        }
+    }
+    if requests.is_empty() && limits.is_empty() {
+        return Qos::BestEffort;
+    }
+    let sums_equal = requests
+        .iter()
+        .all(|(k, v)| limits.get(k).is_some_and(|l| (l - v).abs() < 1e-9));
+    if every_container_limited && sums_equal {
+        Qos::Guaranteed
+    } else {
+        Qos::Burstable
+    }
+}
+
+/// A Kubernetes quantity's value (e.g. `10m` → 0.01, `16Mi` → 16777216), or `None` if malformed.
+pub fn quantity_value(q: &str) -> Option<f64> {
+    let split = q
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(q.len());
+    let (num, suffix) = q.split_at(split);
+    if num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
+        return None;
+    }
+    let n: f64 = num.parse().ok()?;
+    let mult = match suffix {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024.0_f64.powi(4),
+        _ => return None,
+    };
+    Some(n * mult)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(resources: &[serde_json::Value], pod_level: Option<serde_json::Value>) -> Pod {
+        let containers: Vec<_> = resources
+            .iter()
+            .enumerate()
+            .map(
+                |(i, r)| serde_json::json!({"name": format!("c{i}"), "image": "x", "resources": r}),
+            )
+            .collect();
+        let mut spec = serde_json::json!({"containers": containers});
+        if let Some(p) = pod_level {
+            spec["resources"] = p;
+        }
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec}))
+            .unwrap()
+    }
+
+    #[test]
+    fn qos_classes_as_kubernetes_computes_them() {
+        use serde_json::json;
+        let g = json!({"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"cpu": "0.1", "memory": "64Mi"}});
+        let lim_only = json!({"limits": {"cpu": "1", "memory": "1Gi"}});
+        let b = json!({"requests": {"cpu": "10m"}});
+        let none = json!({});
+        for (containers, pod_level, want) in [
+            (vec![g.clone()], None, Qos::Guaranteed),
+            (vec![g.clone(), g.clone()], None, Qos::Guaranteed),
+            // Requests default to the limits (the API server's defaulting does the same).
+            (vec![lim_only.clone()], None, Qos::Guaranteed),
+            (vec![g.clone(), none.clone()], None, Qos::Burstable),
+            (vec![b.clone()], None, Qos::Burstable),
+            (vec![none.clone(), none.clone()], None, Qos::BestEffort),
+            (
+                vec![json!({"requests": {"cpu": "0"}})],
+                None,
+                Qos::BestEffort,
+            ),
+            (
+                vec![none.clone()],
+                Some(json!({"limits": {"cpu": "1", "memory": "1Gi"}})),
+                Qos::Guaranteed,
+            ),
+            (
+                vec![g.clone()],
+                Some(json!({"requests": {"cpu": "1"}})),
+                Qos::Burstable,
+            ),
+        ] {
+            let mut p = pod(&containers, pod_level.clone());
+            // Requests absent for a limited resource default to its limit, as on the API server.
+            for c in &mut p.spec.as_mut().unwrap().containers {
+                if let Some(r) = c.resources.as_mut()
+                    && let Some(l) = r.limits.clone()
+                {
+                    let req = r.requests.get_or_insert_with(BTreeMap::new);
+                    for (k, v) in l {
+                        req.entry(k).or_insert(v);
+                    }
+                }
+            }
+            assert_eq!(qos_class(&p), want, "{containers:?} {pod_level:?}");
+        }
+    }
+
+    #[test]
+    fn the_installer_keeps_the_pods_class() {
+        let cfg = Config::new("r:1");
+        let mut p = pod(
+            &[
+                serde_json::json!({"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "1Gi"}}),
+            ],
+            None,
+        );
+        for qos in [Qos::Guaranteed, Qos::Burstable, Qos::BestEffort] {
+            let c = container(&cfg, INSTALL_CONTAINER_NAME, VOLUME_NAME, qos);
+            let spec = p.spec.as_mut().unwrap();
+            spec.init_containers = Some(vec![c]);
+            // With the matching app containers, the class is unchanged.
+            spec.containers[0].resources = match qos {
+                Qos::Guaranteed => spec.containers[0].resources.clone(),
+                Qos::Burstable => Some(ResourceRequirements {
+                    requests: Some(BTreeMap::from([("cpu".into(), Quantity("1".into()))])),
+                    ..Default::default()
+                }),
+                Qos::BestEffort => None,
+            };
+            assert_eq!(qos_class(&p), qos, "{qos:?}");
+        }
     }
 }

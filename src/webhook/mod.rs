@@ -60,9 +60,11 @@ pub struct Args {
     /// (namespaceSelector then sees only the `kubernetes.io/metadata.name` label).
     #[arg(long, env = "REAPER_POLICIES")]
     pub policies: Option<PathBuf>,
-    /// UID (and GID) of the injected `reaper-install` init container.
-    #[arg(long, env = "REAPER_INSTALL_RUN_AS_USER", default_value_t = 65532)]
-    pub install_run_as_user: i64,
+    /// UID (and GID) of the injected `reaper-install` init container; `image` leaves them unset,
+    /// so the reaper image's own non-root USER applies (or a platform that assigns UIDs per
+    /// namespace picks one); `runAsNonRoot: true` holds either way.
+    #[arg(long, env = "REAPER_INSTALL_RUN_AS_USER", default_value = "65532", value_parser = parse_run_as_user)]
+    pub install_run_as_user: RunAsUser,
     /// CPU request of the injected init container.
     #[arg(long, env = "REAPER_INSTALL_CPU_REQUEST", default_value = "10m")]
     pub install_cpu_request: String,
@@ -128,32 +130,6 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A Kubernetes quantity's value (e.g. `10m` → 0.01, `16Mi` → 16777216), or `None` if malformed.
-fn quantity_value(q: &str) -> Option<f64> {
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    if num.is_empty() || num.starts_with('.') || num.matches('.').count() > 1 {
-        return None;
-    }
-    let n: f64 = num.parse().ok()?;
-    let mult = match suffix {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024.0_f64.powi(4),
-        _ => return None,
-    };
-    Some(n * mult)
-}
-
 impl Args {
     /// The planner's configuration; `own_namespace` is `POD_NAMESPACE`, always excluded.
     pub fn config(&self, own_namespace: Option<&str>) -> Result<decide::Config> {
@@ -164,11 +140,11 @@ impl Args {
         if self.reaper_image.trim().is_empty() {
             return Err(Error::NoImage);
         }
-        if self.install_run_as_user <= 0 {
+        if self.install_run_as_user.is_some_and(|u| u <= 0) {
             return Err(Error::RootInstall);
         }
         let check = |flag: &'static str, value: &str| {
-            quantity_value(value).ok_or_else(|| Error::Quantity {
+            install::quantity_value(value).ok_or_else(|| Error::Quantity {
                 flag,
                 value: value.to_string(),
             })
@@ -212,6 +188,20 @@ impl Args {
                 volume_size_limit: self.volume_size_limit.clone(),
             },
         })
+    }
+}
+
+/// A UID, or none (the image's USER). An alias, so clap does not take the flag for optional.
+pub type RunAsUser = Option<i64>;
+
+/// `--install-run-as-user`: a UID, or `image` (also empty) for none.
+fn parse_run_as_user(v: &str) -> std::result::Result<Option<i64>, String> {
+    match v.trim() {
+        "" | "image" => Ok(None),
+        n => n
+            .parse()
+            .map(Some)
+            .map_err(|_| format!("{n:?} is neither a UID nor `image`")),
     }
 }
 
@@ -449,6 +439,33 @@ mod tests {
     }
 
     #[test]
+    fn the_installer_uid_can_be_left_to_the_image() {
+        let c = parse(&["--install-run-as-user", "image"])
+            .config(None)
+            .unwrap();
+        assert_eq!(c.install.run_as_user, None);
+        let c = parse(&["--install-run-as-user="]).config(None).unwrap();
+        assert_eq!(c.install.run_as_user, None);
+        let c = parse(&[]).config(None).unwrap();
+        assert_eq!(c.install.run_as_user, Some(65532));
+        let installer = install::container(&c, "i", "v", install::Qos::Burstable);
+        let sc = installer.security_context.unwrap();
+        assert_eq!(
+            (sc.run_as_user, sc.run_as_non_root),
+            (Some(65532), Some(true))
+        );
+        let c = parse(&["--install-run-as-user", "image"])
+            .config(None)
+            .unwrap();
+        let sc = install::container(&c, "i", "v", install::Qos::Burstable)
+            .security_context
+            .unwrap();
+        assert_eq!((sc.run_as_user, sc.run_as_group), (None, None));
+        assert_eq!(sc.run_as_non_root, Some(true), "restricted still holds");
+        assert!(crate::component::parse_flags::<Args>(&["--install-run-as-user", "root"]).is_err());
+    }
+
+    #[test]
     fn bad_flags_say_what_to_do() {
         for (extra, want) in [
             (&["--mount-path", "rel"][..], "absolute"),
@@ -482,12 +499,15 @@ mod tests {
 
     #[test]
     fn quantities() {
-        assert_eq!(quantity_value("10m"), Some(0.01));
-        assert_eq!(quantity_value("16Mi"), Some(16.0 * 1024.0 * 1024.0));
-        assert_eq!(quantity_value("0.5"), Some(0.5));
-        assert_eq!(quantity_value("1"), Some(1.0));
+        assert_eq!(install::quantity_value("10m"), Some(0.01));
+        assert_eq!(
+            install::quantity_value("16Mi"),
+            Some(16.0 * 1024.0 * 1024.0)
+        );
+        assert_eq!(install::quantity_value("0.5"), Some(0.5));
+        assert_eq!(install::quantity_value("1"), Some(1.0));
         for bad in ["", "m", ".5", "1.2.3", "5x", "-1"] {
-            assert_eq!(quantity_value(bad), None, "{bad}");
+            assert_eq!(install::quantity_value(bad), None, "{bad}");
         }
     }
 }

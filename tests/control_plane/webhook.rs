@@ -749,3 +749,69 @@ async fn pods_are_still_created_when_the_webhook_is_down() {
     );
     w.stop().await;
 }
+
+/// Injection never changes a pod's QoS class: the API server computes `status.qosClass` of the
+/// same Guaranteed, Burstable and BestEffort pods equally with and without the webhook (an
+/// installer with requests below its limits used to turn Guaranteed pods Burstable, and give
+/// BestEffort pods requests).
+#[tokio::test]
+async fn injection_keeps_every_qos_class() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let wrapped_ns = w.namespace(cp, "qos", &[]).await;
+    let plain_ns = cp.ns(&client, "qos-plain").await;
+    let with = |resources: Value| {
+        let mut c = restricted("app", "ghcr.io/acme/app:1", Some(&["/app"]));
+        c["resources"] = resources;
+        c
+    };
+    let exact = json!({"requests": {"cpu": "250m", "memory": "128Mi"},
+                       "limits": {"cpu": "250m", "memory": "128Mi"}});
+    for (name, spec, want) in [
+        (
+            "guaranteed",
+            json!({"containers": [with(exact.clone())]}),
+            "Guaranteed",
+        ),
+        (
+            "guaranteed-limits-only",
+            json!({"containers": [with(json!({"limits": {"cpu": "1", "memory": "1Gi"}}))]}),
+            "Guaranteed",
+        ),
+        (
+            "burstable",
+            json!({"containers": [with(json!({"requests": {"cpu": "100m"}}))]}),
+            "Burstable",
+        ),
+        (
+            "besteffort",
+            json!({"containers": [with(json!({}))]}),
+            "BestEffort",
+        ),
+    ] {
+        let p = pod(name, spec);
+        let plain = create(&client, &plain_ns, &p, false).await;
+        let wrapped = create(&client, &wrapped_ns, &p, false).await;
+        assert_eq!(
+            annotation(&wrapped),
+            Some("inject:app"),
+            "{name}: {}",
+            w.logs()
+        );
+        let qos = |p: &Pod| p.status.as_ref().and_then(|s| s.qos_class.clone());
+        assert_eq!(
+            qos(&plain).as_deref(),
+            Some(want),
+            "{name} without the webhook"
+        );
+        assert_eq!(
+            qos(&wrapped),
+            qos(&plain),
+            "{name}: the webhook changed its QoS class"
+        );
+    }
+    w.stop().await;
+}

@@ -93,7 +93,7 @@ impl Webhook {
                 excluded_namespaces: vec!["kube-system".into()],
             },
             policies: Some(dir.path().join("policies.yaml")),
-            install_run_as_user: 65532,
+            install_run_as_user: Some(65532),
             install_cpu_request: "10m".into(),
             install_memory_request: "16Mi".into(),
             install_cpu_limit: "100m".into(),
