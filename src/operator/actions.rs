@@ -70,6 +70,8 @@ pub enum NoRestart {
     BarePod,
     /// Jobs, ReplicaSets without a Deployment, unknown controllers: never restarted.
     NotRestartable { kind: String, name: String },
+    /// The installation does not allow restarts (`--restart-workloads=false`).
+    Disabled,
     /// Restarted less than `cooldown` ago; possible again at `until`.
     CoolingDown { until: Timestamp },
 }

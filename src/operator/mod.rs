@@ -91,6 +91,13 @@ pub struct Args {
     /// Minimum time between two `ZombiesDetected` Events on one pod.
     #[arg(long, env = "REAPER_EVENT_INTERVAL", default_value = "15m", value_parser = humantime::parse_duration)]
     pub event_interval: Duration,
+    /// Allow the Restart action (`kubectl rollout restart` of the Deployment, StatefulSet or
+    /// DaemonSet of a pod with zombies). Needs `patch` on those workloads; off, policies asking
+    /// for it get Events only.
+    #[arg(long, env = "REAPER_RESTART_WORKLOADS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub restart_workloads: bool,
     /// Pod, namespace and report changes within this window are reconciled together.
     #[arg(long, env = "REAPER_BATCH_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch_window: Duration,
@@ -183,6 +190,7 @@ impl Args {
                 excluded_namespaces: excluded,
                 top_offenders: self.top_offenders,
                 event_interval: self.event_interval,
+                restart_workloads: self.restart_workloads,
             },
             leader,
             certs,

@@ -36,6 +36,9 @@ pub struct Settings {
     pub top_offenders: usize,
     /// Minimum time between two `ZombiesDetected` Events on one pod.
     pub event_interval: Duration,
+    /// The Restart action is enabled at install (`--restart-workloads`); otherwise policies
+    /// asking for it only get Events, and their status says why.
+    pub restart_workloads: bool,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
                 .collect(),
             top_offenders: 5,
             event_interval: Duration::from_secs(15 * 60),
+            restart_workloads: true,
         }
     }
 }
@@ -166,7 +170,14 @@ pub fn compute(
                 note: event_note(pod, zombies, total, threshold, winner_name),
             }),
         }
-        match restart_decision(pod, winner, log, now) {
+        let decision = if !settings.restart_workloads
+            && winner.spec.zombies.action == crate::crd::ZombieAction::Restart
+        {
+            Err(NoRestart::Disabled)
+        } else {
+            restart_decision(pod, winner, log, now)
+        };
+        match decision {
             Ok(workload) => {
                 if restarting.insert(workload.clone()) {
                     out.actions.push(Action::Restart {
@@ -218,17 +229,22 @@ pub fn compute(
                 conflict_message(name, policy.spec.priority, &tally.conflicts),
             )
         } else {
-            (
-                "True",
-                REASON_RECONCILED,
-                format!(
-                    "governs {} in {}: {} protected, {} unprotected",
-                    plural(u64::from(tally.matched_pods), "pod"),
-                    plural(u64::from(matched_namespaces), "opted-in namespace"),
-                    tally.protected,
-                    tally.matched_pods - tally.protected
-                ),
-            )
+            let mut message = format!(
+                "governs {} in {}: {} protected, {} unprotected",
+                plural(u64::from(tally.matched_pods), "pod"),
+                plural(u64::from(matched_namespaces), "opted-in namespace"),
+                tally.protected,
+                tally.matched_pods - tally.protected
+            );
+            if !settings.restart_workloads
+                && policy.spec.zombies.action == crate::crd::ZombieAction::Restart
+            {
+                message.push_str(
+                    "; zombies.action Restart is disabled in this installation (Helm value \
+                     operator.restart.enabled, flag --restart-workloads): Events only",
+                );
+            }
+            ("True", REASON_RECONCILED, message)
         };
         let generation = policy.metadata.generation;
         let previous = policy

@@ -988,7 +988,7 @@ async fn restart_patches_the_deployment_template_once_per_cooldown() {
         &identity,
         "op-restart",
         &home,
-        &["--leader-election=false"],
+        &["--leader-election=false", "--restart-workloads"],
     );
     let logs = || op.logs();
     let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
@@ -1172,7 +1172,7 @@ async fn restart_also_rolls_statefulsets_and_daemonsets() {
         &identity,
         "op-restart-kinds",
         &home,
-        &["--leader-election=false"],
+        &["--leader-election=false", "--restart-workloads"],
     );
     let logs = || op.logs();
     for (kind, workload) in [("StatefulSet", "db"), ("DaemonSet", "node-agent")] {

@@ -521,3 +521,117 @@ async fn operator_works_as_its_chart_service_account() {
     policies.delete(&name, &Default::default()).await.unwrap();
     mwcs.delete(&mwc_name, &Default::default()).await.unwrap();
 }
+
+/// The Restart action is an install-time opt-in: by default the operator's ClusterRole grants no
+/// write on workloads at all. Enabled, the chart's ValidatingAdmissionPolicy (checked here on the
+/// real API server) lets the operator's ServiceAccount change only the pod template's
+/// `restartedAt` annotation, and only in opted-in namespaces; anyone else is unaffected.
+#[tokio::test]
+async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let default = render("rb-default", "reaper-system", &[]);
+    let rules = default.rules("ClusterRole", "rb-default-reaper-operator");
+    for workload in ["deployments", "statefulsets", "daemonsets"] {
+        assert!(
+            !chart_common::allows(&rules, "apps", workload, "patch", None),
+            "{workload} patchable by default"
+        );
+    }
+    assert!(default.of_kind("ValidatingAdmissionPolicy").is_empty());
+
+    let (objs, ns, release) =
+        install_rbac(cp, &admin, &[V::Set("operator.restart.enabled", "true")]).await;
+    let fence: Vec<Value> = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    .iter()
+    .flat_map(|k| objs.of_kind(k))
+    .cloned()
+    .collect();
+    assert_eq!(fence.len(), 2);
+    let errors = cluster::apply_all(&admin, &fence, false).await;
+    assert!(errors.is_empty(), "{errors:#?}");
+    let (_sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
+    let operator = client_from(&kubeconfig).await;
+
+    let governed = cp
+        .ns_with_labels(&admin, "governed", &[("reaper.dev/inject", "enabled")])
+        .await;
+    let other = cp.ns(&admin, "ungoverned").await;
+    let deployment = |name: &str| -> k8s_openapi::api::apps::v1::Deployment {
+        serde_json::from_value(json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}, "annotations": {"team": "a"}},
+                                  "spec": {"containers": [{"name": "app", "image": "example.com/app:1"}]}}}
+        }))
+        .unwrap()
+    };
+    for n in [&governed, &other] {
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), n)
+            .create(&PostParams::default(), &deployment("web"))
+            .await
+            .unwrap();
+    }
+    let patch = |ns: &str, body: Value| {
+        let client = operator.clone();
+        let ns = ns.to_string();
+        async move {
+            Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &ns)
+                .patch(
+                    "web",
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Strategic(&body),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    let restart = |at: &str| json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}});
+    // The policy takes a moment to be enforced after it is created; each try is a real change
+    // (an applied one would make the next identical patch a no-op).
+    let image = |tag: u32| json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": format!("evil.example/x:{tag}")}]}}}});
+    let deadline = Instant::now() + WAIT;
+    for tag in 0.. {
+        match patch(&governed, image(tag)).await {
+            Err(e) if e.contains("restartedAt annotation") => break,
+            other => assert!(
+                Instant::now() < deadline,
+                "an image change by the operator was not refused within {WAIT:?}: {other:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    patch(&governed, restart("2026-12-07T10:00:00Z"))
+        .await
+        .expect("a restart in a governed namespace is allowed");
+    let refused = patch(&other, restart("2026-12-07T10:00:00Z"))
+        .await
+        .unwrap_err();
+    assert!(refused.contains("reaper.dev/inject=enabled"), "{refused}");
+    let label = json!({"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}});
+    assert!(
+        patch(&governed, label)
+            .await
+            .unwrap_err()
+            .contains("restartedAt")
+    );
+    let other_annotation =
+        json!({"spec": {"template": {"metadata": {"annotations": {"team": "b"}}}}});
+    assert!(patch(&governed, other_annotation).await.is_err());
+    // Nobody else is fenced.
+    Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), &governed)
+        .patch(
+            "web",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Strategic(&image(u32::MAX)),
+        )
+        .await
+        .expect("the admin is not bound by the operator's policy");
+    let _ = release;
+}

@@ -684,6 +684,8 @@ impl Chart {
             // Scenarios wait for zombies to be reported: scan often.
             "agent.interval=2s".into(),
             "agent.heartbeat=30s".into(),
+            // The restart scenario needs the opt-in Restart action (and its admission fence).
+            "operator.restart.enabled=true".into(),
         ];
         v.extend(extra.iter().map(|(k, val)| format!("{k}={val}")));
         v
