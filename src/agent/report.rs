@@ -229,6 +229,7 @@ pub fn build_spec(input: &ReportInput<'_>) -> ZombieReportSpec {
                 })
                 .collect();
             parents.sort_by_key(|p| (Reverse(p.count), p.pid));
+            parents.truncate(crate::crd::MAX_PARENTS);
             ContainerZombies {
                 pod_uid: uid.to_string(),
                 container_id: cid.to_string(),
@@ -272,6 +273,15 @@ pub fn build_spec(input: &ReportInput<'_>) -> ZombieReportSpec {
             })
         })
         .collect();
+    // Bounded, so one node cannot grow its report without limit: the most zombies first, the
+    // rest counted.
+    let truncated_containers = container_list
+        .len()
+        .saturating_sub(crate::crd::MAX_CONTAINERS);
+    container_list.truncate(crate::crd::MAX_CONTAINERS);
+    pods.sort_by(|a, b| (Reverse(a.zombies), &a.pod_uid).cmp(&(Reverse(b.zombies), &b.pod_uid)));
+    let truncated_pods = pods.len().saturating_sub(crate::crd::MAX_PODS);
+    pods.truncate(crate::crd::MAX_PODS);
     pods.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
 
     ZombieReportSpec {
@@ -282,7 +292,9 @@ pub fn build_spec(input: &ReportInput<'_>) -> ZombieReportSpec {
         zombies: scan.zombies.len() as u64,
         unattributed_zombies: unattributed,
         containers: container_list,
+        truncated_containers: truncated_containers as u32,
         pods,
+        truncated_pods: truncated_pods as u32,
     }
 }
 
@@ -524,6 +536,63 @@ mod tests {
         assert_eq!(fs.age(&z, t1), Duration::ZERO);
         fs.update(&[], t1);
         assert!(fs.is_empty());
+    }
+
+    #[test]
+    /// A node's report is bounded (the CRD says so too): the containers with the most zombies
+    /// are listed, the rest counted; likewise pods and each container's parents.
+    fn reports_are_bounded_and_say_how_much_was_left_out() {
+        let n = crate::crd::MAX_CONTAINERS + 7;
+        let mut scan = sample_scan();
+        scan.zombies = (0..n)
+            .flat_map(|i| {
+                let cid = format!("{i:064x}");
+                let uid = format!("00000000-0000-0000-0000-{i:012x}");
+                // Container i holds i % 3 + 1 zombies, from 20 parents in the first one.
+                (0..(i % 3 + 1 + if i == 0 { 20 } else { 0 })).map(move |k| {
+                    zombie(
+                        (i * 100 + k) as i32,
+                        Some(&uid),
+                        Some(&cid),
+                        (100_000 + k as i32, "p"),
+                    )
+                })
+            })
+            .collect();
+        scan.pods = (0..n)
+            .map(|i| {
+                (
+                    format!("00000000-0000-0000-0000-{i:012x}"),
+                    PodUsage {
+                        processes: 2,
+                        pids: None,
+                    },
+                )
+            })
+            .collect();
+        let spec = build_spec(&ReportInput {
+            node_name: "node1",
+            scan: &scan,
+            first_seen: &FirstSeen::default(),
+            index: &PodIndex::default(),
+            now: Instant::now(),
+            observed_at: None,
+        });
+        assert_eq!(spec.containers.len(), crate::crd::MAX_CONTAINERS);
+        assert_eq!(spec.truncated_containers, 7);
+        assert_eq!(spec.pods.len(), crate::crd::MAX_PODS);
+        assert_eq!(spec.truncated_pods, 7);
+        // The worst are kept: every container with two or more zombies made it.
+        let heavy = (0..n).filter(|i| i % 3 + 1 >= 2 || *i == 0).count();
+        assert_eq!(
+            spec.containers.iter().filter(|c| c.count >= 2).count(),
+            heavy
+        );
+        assert!(
+            spec.containers
+                .iter()
+                .all(|c| c.parents.len() <= crate::crd::MAX_PARENTS)
+        );
     }
 
     #[test]

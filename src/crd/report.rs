@@ -43,13 +43,34 @@ pub struct ZombieReportSpec {
     /// Zombies that belong to no pod (host processes, or whose parent vanished mid-scan).
     #[serde(default)]
     pub unattributed_zombies: u64,
-    /// Containers holding zombies, most zombies first. Zombies in a pod's own cgroup (outside
-    /// any container) are only counted in `pods`.
+    /// Containers holding zombies, most zombies first (at most [`MAX_CONTAINERS`]; the rest are
+    /// counted in `truncatedContainers`). Zombies in a pod's own cgroup (outside any container)
+    /// are only counted in `pods`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 500))]
     pub containers: Vec<ContainerZombies>,
-    /// Pods that hold zombies or use at least 80% of their `pids.max` limit.
+    /// Containers holding zombies that did not fit in `containers`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_containers: u32,
+    /// Pods that hold zombies or use at least 80% of their `pids.max` limit (at most
+    /// [`MAX_PODS`]; the rest are counted in `truncatedPods`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 500))]
     pub pods: Vec<PodPids>,
+    /// Pods that did not fit in `pods`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub truncated_pods: u32,
+}
+
+/// Longest `containers` list of a report (the schema's `maxItems`): a node reports the worst.
+pub const MAX_CONTAINERS: usize = 500;
+/// Longest `pods` list of a report (the schema's `maxItems`).
+pub const MAX_PODS: usize = 500;
+/// Longest `parents` list of one container entry.
+pub const MAX_PARENTS: usize = 16;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// Zombies of one container.
@@ -77,6 +98,7 @@ pub struct ContainerZombies {
     pub oldest_age_seconds: u64,
     /// The processes that fail to reap them, worst first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     pub parents: Vec<ZombieParent>,
 }
 

@@ -233,7 +233,9 @@ fn sample_report(name: &str) -> ZombieReport {
                     oldest_age_seconds: 300,
                 }],
             }],
+            truncated_containers: 2,
             pods: vec![],
+            truncated_pods: 0,
         },
     )
 }

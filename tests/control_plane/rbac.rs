@@ -635,3 +635,132 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
         .expect("the admin is not bound by the operator's policy");
     let _ = release;
 }
+
+/// An agent's token (bound to its pod, hence to the pod's node) may write that node's
+/// ZombieReport and no other: the chart's ValidatingAdmissionPolicy, on the real API server.
+#[tokio::test]
+async fn an_agent_may_write_only_its_own_nodes_report() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let (objs, ns, _release) = install_rbac(cp, &admin, &[]).await;
+    let fence: Vec<Value> = [
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    ]
+    .iter()
+    .flat_map(|k| objs.of_kind(k))
+    .filter(|o| {
+        o["metadata"]["name"]
+            .as_str()
+            .unwrap()
+            .ends_with("-own-report")
+    })
+    .cloned()
+    .collect();
+    assert_eq!(fence.len(), 2);
+    let errors = cluster::apply_all(&admin, &fence, false).await;
+    assert!(errors.is_empty(), "{errors:#?}");
+    let sa = objs
+        .of_kind("ServiceAccount")
+        .into_iter()
+        .map(|o| o["metadata"]["name"].as_str().unwrap().to_string())
+        .find(|n| n.ends_with("-agent"))
+        .unwrap();
+    // Two nodes, and an agent pod bound to the first (no kubelet: the objects are enough).
+    let (mine, theirs) = (unique_name("node-a"), unique_name("node-b"));
+    for n in [&mine, &theirs] {
+        let node: k8s_openapi::api::core::v1::Node = serde_json::from_value(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": n}}),
+        )
+        .unwrap();
+        Api::<k8s_openapi::api::core::v1::Node>::all(admin.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+    }
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent"},
+        "spec": {"serviceAccountName": sa, "nodeName": mine, "automountServiceAccountToken": false,
+                 "containers": [{"name": "agent", "image": "example.com/agent:1"}]}
+    }))
+    .unwrap();
+    let pod = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(admin.clone(), &ns)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    let token = cp
+        .service_account_token_for(
+            &admin,
+            &ns,
+            &sa,
+            Duration::from_secs(600),
+            Some(("agent", pod.metadata.uid.as_deref().unwrap())),
+        )
+        .await;
+    let agent = client_from(&cp.write_token_kubeconfig("agent-bound", &token)).await;
+    let reports = Api::<reaper::crd::ZombieReport>::all(agent);
+    let report = |node: &str| {
+        reaper::crd::ZombieReport::new(
+            node,
+            reaper::crd::ZombieReportSpec {
+                node_name: node.to_string(),
+                ..Default::default()
+            },
+        )
+    };
+    let apply = |node: String| {
+        let reports = reports.clone();
+        let body = report(&node);
+        async move {
+            reports
+                .patch(
+                    &node,
+                    &kube::api::PatchParams::apply("reaper-agent").force(),
+                    &kube::api::Patch::Apply(&body),
+                )
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    };
+    // Another node's report is refused (once the policy is in force)...
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match apply(theirs.clone()).await {
+            Err(e) if e.contains("only write the ZombieReport of its own node") => {
+                assert!(e.contains(&mine), "{e}");
+                break;
+            }
+            other => {
+                // Written before the policy was enforced: remove it and try again.
+                let _ = Api::<reaper::crd::ZombieReport>::all(admin.clone())
+                    .delete(&theirs, &Default::default())
+                    .await;
+                assert!(
+                    Instant::now() < deadline,
+                    "another node's report was not refused within {WAIT:?}: {other:?}"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // ...its own is written.
+    apply(mine.clone())
+        .await
+        .expect("an agent writes its own node's report");
+    // A token bound to no pod (so to no node) writes none.
+    let (_, unbound) = identity(cp, &admin, &objs, &ns, "agent").await;
+    let unbound = Api::<reaper::crd::ZombieReport>::all(client_from(&unbound).await);
+    let err = unbound
+        .patch(
+            &mine,
+            &kube::api::PatchParams::apply("reaper-agent").force(),
+            &kube::api::Patch::Apply(&report(&mine)),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no node in its token"), "{err}");
+}

@@ -621,11 +621,33 @@ impl ControlPlane {
         name: &str,
         ttl: Duration,
     ) -> String {
+        self.service_account_token_for(client, ns, name, ttl, None)
+            .await
+    }
+
+    /// A token for a ServiceAccount bound to a pod (`(name, uid)`), as the kubelet gets for the
+    /// pod's projected volume: it carries the pod's node (`authentication.kubernetes.io/node-name`
+    /// in the user's extra) when the pod is bound to one.
+    pub async fn service_account_token_for(
+        &self,
+        client: &Client,
+        ns: &str,
+        name: &str,
+        ttl: Duration,
+        pod: Option<(&str, &str)>,
+    ) -> String {
         let req = TokenRequest {
             spec: Some(TokenRequestSpec {
                 audiences: Some(vec![SERVICE_ACCOUNT_ISSUER.to_string()]),
                 expiration_seconds: Some(ttl.as_secs() as i64),
-                ..Default::default()
+                bound_object_ref: pod.map(|(pod, uid)| {
+                    k8s_openapi::api::authentication::v1::BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: Some(pod.into()),
+                        uid: Some(uid.into()),
+                    }
+                }),
             }),
             ..Default::default()
         };
