@@ -540,18 +540,26 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
             "{workload} patchable by default"
         );
     }
-    assert!(default.of_kind("ValidatingAdmissionPolicy").is_empty());
+    let restart_fence = |objs: &chart_common::Objects| -> Vec<Value> {
+        [
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
+        ]
+        .iter()
+        .flat_map(|k| objs.of_kind(k))
+        .filter(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("-restart"))
+        })
+        .cloned()
+        .collect()
+    };
+    assert!(restart_fence(&default).is_empty());
 
     let (objs, ns, release) =
         install_rbac(cp, &admin, &[V::Set("operator.restart.enabled", "true")]).await;
-    let fence: Vec<Value> = [
-        "ValidatingAdmissionPolicy",
-        "ValidatingAdmissionPolicyBinding",
-    ]
-    .iter()
-    .flat_map(|k| objs.of_kind(k))
-    .cloned()
-    .collect();
+    let fence = restart_fence(&objs);
     assert_eq!(fence.len(), 2);
     let errors = cluster::apply_all(&admin, &fence, false).await;
     assert!(errors.is_empty(), "{errors:#?}");
