@@ -5,6 +5,7 @@
 mod policy;
 mod report;
 pub mod selector;
+pub mod yaml;
 
 pub use policy::*;
 pub use report::*;
@@ -27,7 +28,7 @@ pub struct Args {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("rendering CRD YAML: {0}")]
-    Yaml(#[from] yaml_serde::Error),
+    Yaml(#[from] serde_json::Error),
     #[error("writing {path}: {source} (does the directory exist and is it writable?)")]
     Write {
         path: PathBuf,
@@ -55,11 +56,11 @@ pub fn all()
 }
 
 /// The YAML stream `reaper-controller crds` prints and `crds/` holds.
-pub fn render_yaml() -> Result<String, yaml_serde::Error> {
+pub fn render_yaml() -> Result<String, serde_json::Error> {
     let mut out = String::new();
     for crd in all() {
         out.push_str("---\n");
-        out.push_str(&yaml_serde::to_string(&crd)?);
+        out.push_str(&yaml::to_string(&crd)?);
     }
     Ok(out)
 }
@@ -76,7 +77,7 @@ pub fn render_files() -> Result<Vec<(String, String)>> {
         .map(|crd| {
             Ok((
                 file_name(crd),
-                format!("{FILE_HEADER}{}", yaml_serde::to_string(crd)?),
+                format!("{FILE_HEADER}{}", yaml::to_string(crd)?),
             ))
         })
         .collect()

@@ -7,12 +7,12 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use reaper::crd::{
-    ContainerFilter, ContainerZombies, Enforcement, EntrypointOverride, Mode, ReaperOptions,
-    ReaperPolicy, ReaperPolicySpec, SignalRewrite, ZombieAction, ZombieParent, ZombiePolicy,
-    ZombieReport, ZombieReportSpec,
+    ContainerFilter, ContainerZombies, Enforcement, EntrypointOverride, Fallback, Mode,
+    ReaperOptions, ReaperPolicy, ReaperPolicySpec, SignalRewrite, ZombieAction, ZombieParent,
+    ZombiePolicy, ZombieReport, ZombieReportSpec,
 };
 use serde_json::{Value, json};
-use support::control_plane::{self, ControlPlane, install_crds, unique_name};
+use support::control_plane::{self, ControlPlane, unique_name};
 
 /// The CRDs as `crds/*.yaml` holds them (sorted by file name).
 fn crds_from_files() -> Vec<CustomResourceDefinition> {
@@ -32,12 +32,240 @@ fn crds_from_files() -> Vec<CustomResourceDefinition> {
         .collect()
 }
 
-/// Admin client with the CRDs from `crds/` installed (idempotent across concurrent tests).
+/// `kubectl ARGS` as the cluster admin, with `stdin` piped in; stdout, or the error output.
+fn kubectl(cp: &ControlPlane, args: &[&str], stdin: &str) -> Result<String, String> {
+    use std::io::Write;
+    let kubectl = control_plane::tool("kubectl").unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("kubectl runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "kubectl {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stderr),
+            text
+        ))
+    }
+}
+
+/// Admin client with the CRDs from `crds/` installed the way users install them,
+/// `kubectl apply -f crds/` (server-side, so concurrent tests do not conflict).
 async fn setup() -> Option<(&'static ControlPlane, Client)> {
     let cp = control_plane::shared(module_path!())?;
     let client = cp.client().await;
-    install_crds(&client, crds_from_files()).await;
+    let dir = control_plane::repo_root().join("crds");
+    kubectl(
+        cp,
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=reaper-tests",
+            "-f",
+            &dir.display().to_string(),
+        ],
+        "",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let api = Api::<CustomResourceDefinition>::all(client.clone());
+    for crd in reaper::crd::all() {
+        control_plane::wait_crd_established(&api, crd.metadata.name.as_deref().unwrap()).await;
+    }
     Some((cp, client))
+}
+
+/// The objects of kind `kind` in `kubectl ... -o json` output (one JSON document per object, or
+/// a List).
+fn objects_of_kind(json_text: &str, kind: &str) -> Vec<Value> {
+    serde_json::Deserializer::from_str(json_text)
+        .into_iter::<Value>()
+        .map(|v| v.unwrap_or_else(|e| panic!("{e}: {json_text}")))
+        .flat_map(|v| match v["kind"].as_str() {
+            Some("List") => v["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![v],
+        })
+        .filter(|o| o["kind"] == kind)
+        .collect()
+}
+
+/// The first place where two JSON values differ, as a path, or `None` when equal: a whole-CRD
+/// `assert_eq!` is unreadable.
+fn first_difference(a: &Value, b: &Value, path: &str) -> Option<String> {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<_> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| match (x.get(k), y.get(k)) {
+                (Some(l), Some(r)) => first_difference(l, r, &format!("{path}.{k}")),
+                (l, r) => Some(format!("{path}.{k}: {l:?} vs {r:?}")),
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (l, r))| first_difference(l, r, &format!("{path}[{i}]"))),
+        // JSON has one number type: 3 and 3.0 are the same bound.
+        (Value::Number(x), Value::Number(y)) if x.as_f64() == y.as_f64() => None,
+        _ if a == b => None,
+        _ => Some(format!("{path}: {a} vs {b}")),
+    }
+}
+
+fn assert_same(got: &[Value], want: &[Value], what: &str) {
+    let (got, want) = (Value::from(got.to_vec()), Value::from(want.to_vec()));
+    if let Some(d) = first_difference(&got, &want, "") {
+        panic!("{what}: first difference at {d}");
+    }
+}
+
+/// kubectl and Helm read YAML with `sigs.k8s.io/yaml` (YAML 1.1: a plain `Off` is `false`).
+/// What they read from `crds/`, and from the chart as `helm install` sends it (Helm builds its
+/// objects with the same reader), must be exactly the Rust types.
+#[tokio::test]
+async fn kubectl_and_helm_read_the_crd_files_as_generated() {
+    let Some((cp, _client)) = setup().await else {
+        return;
+    };
+    let want: Vec<Value> = reaper::crd::all()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let dir = control_plane::repo_root().join("crds");
+    let from_files = kubectl(
+        cp,
+        &[
+            "create",
+            "--dry-run=client",
+            "-o",
+            "json",
+            "-f",
+            &dir.display().to_string(),
+        ],
+        "",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_same(
+        &objects_of_kind(&from_files, "CustomResourceDefinition"),
+        &want,
+        "kubectl reads crds/ differently from the Rust types",
+    );
+    let chart = reaper_test_support::chart::chart_dir()
+        .display()
+        .to_string();
+    let rendered =
+        reaper_test_support::chart::helm_run(&["template", "r", &chart, "--include-crds"])
+            .unwrap_or_else(|e| panic!("{e}"));
+    // Documents are separated by lines that are exactly `---`.
+    let mut docs = vec![String::new()];
+    for line in rendered.lines() {
+        if line == "---" {
+            docs.push(String::new());
+        } else {
+            let doc = docs.last_mut().unwrap();
+            doc.push_str(line);
+            doc.push('\n');
+        }
+    }
+    let crd_docs: String = docs
+        .iter()
+        .filter(|d| d.lines().any(|l| l == "kind: CustomResourceDefinition"))
+        .map(|d| format!("---\n{d}"))
+        .collect();
+    let from_chart = kubectl(
+        cp,
+        &["create", "--dry-run=client", "-o", "json", "-f", "-"],
+        &crd_docs,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_same(
+        &objects_of_kind(&from_chart, "CustomResourceDefinition"),
+        &want,
+        "helm sends the chart's CRDs differently from the Rust types",
+    );
+}
+
+/// After `kubectl apply -f crds/`, a ReaperPolicy with each enum value applies with kubectl and
+/// reads back as that value (the served schema lists `"Off"`, not `false`).
+#[tokio::test]
+async fn every_enum_value_applies_with_kubectl() {
+    let Some((cp, client)) = setup().await else {
+        return;
+    };
+    let crds = Api::<CustomResourceDefinition>::all(client.clone());
+    let live = serde_json::to_value(crds.get("reaperpolicies.reaper.dev").await.unwrap()).unwrap();
+    let spec = &live["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    assert_eq!(
+        spec["properties"]["mode"]["enum"],
+        json!(["Auto", "Inject", "Share", "Off"])
+    );
+    let api = Api::<ReaperPolicy>::all(client);
+    let cases = [
+        (
+            "Auto",
+            Mode::Auto,
+            "Enforce",
+            Enforcement::Enforce,
+            "Event",
+            ZombieAction::Event,
+        ),
+        (
+            "Inject",
+            Mode::Inject,
+            "Audit",
+            Enforcement::Audit,
+            "Restart",
+            ZombieAction::Restart,
+        ),
+        (
+            "Share",
+            Mode::Share,
+            "Enforce",
+            Enforcement::Enforce,
+            "Restart",
+            ZombieAction::Restart,
+        ),
+        (
+            "Off",
+            Mode::Off,
+            "Audit",
+            Enforcement::Audit,
+            "Event",
+            ZombieAction::Event,
+        ),
+    ];
+    for (mode, want_mode, enforcement, want_enforcement, action, want_action) in cases {
+        let name = unique_name(&format!("enum-{}", mode.to_lowercase()));
+        // Quoted as the docs write them: a plain Off is a boolean to kubectl.
+        let yaml = format!(
+            "apiVersion: reaper.dev/v1alpha1\nkind: ReaperPolicy\nmetadata:\n  name: {name}\n\
+             spec:\n  mode: \"{mode}\"\n  enforcement: \"{enforcement}\"\n\
+             \x20 zombies:\n    action: \"{action}\"\n"
+        );
+        kubectl(cp, &["apply", "-f", "-"], &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let got = api.get(&name).await.unwrap();
+        assert_eq!(
+            (got.spec.mode, got.spec.enforcement, got.spec.zombies.action),
+            (want_mode, want_enforcement, want_action),
+            "{yaml}"
+        );
+        api.delete(&name, &Default::default()).await.unwrap();
+    }
 }
 
 #[tokio::test]
@@ -107,6 +335,7 @@ fn sample_policy(name: &str) -> ReaperPolicy {
             namespace_selector: Some(selector),
             pod_selector: None,
             mode: Mode::Inject,
+            fallback: Fallback::None,
             enforcement: Enforcement::Audit,
             containers: ContainerFilter {
                 include: vec![],
