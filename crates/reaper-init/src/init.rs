@@ -20,13 +20,14 @@ const KILL_WAIT: Duration = Duration::from_secs(1);
 pub fn supervise(cfg: &Config, argv: &[&CStr]) -> u8 {
     let me = setup(cfg);
     let set = SigSet::caught();
-    set.block();
+    let inherited = set.block();
     // Hand the terminal over only when we hold it: a background `reaper cmd &` must not steal it.
     let foreground = sys::foreground_group();
     let take_terminal = foreground.is_some_and(|fg| fg == sys::getpgrp());
     let opts = SpawnOptions {
         new_group: cfg.process_group || take_terminal,
         take_terminal,
+        mask: inherited,
     };
     let child = match sys::spawn(argv, opts) {
         Ok(pid) => pid,

@@ -79,12 +79,6 @@ pub fn is_caught(sig: c_int) -> bool {
         && !reserved_by_libc(sig)
 }
 
-/// True for signals whose disposition can (and must) be reset to the default in the child:
-/// all but SIGKILL and SIGSTOP (glibc's reserved ones included, through the raw system call).
-pub fn is_resettable(sig: c_int) -> bool {
-    (1..=MAX_SIGNAL).contains(&sig) && sig != libc::SIGKILL && sig != libc::SIGSTOP
-}
-
 /// Parses `TERM`, `SIGTERM`, `sigterm`, `15`, `RTMIN+2`, `SIGRTMAX-1`.
 pub fn parse_signal(s: &[u8]) -> Option<c_int> {
     if s.is_empty() {
@@ -308,11 +302,6 @@ mod tests {
         ] {
             assert!(is_caught(sig), "{sig}");
         }
-        assert!(is_resettable(libc::SIGSEGV));
-        assert!(is_resettable(libc::SIGPIPE));
-        assert!(!is_resettable(libc::SIGKILL));
-        assert!(is_resettable(32) && is_resettable(33) && is_resettable(64));
-        assert!(!is_resettable(0) && !is_resettable(65));
     }
 
     #[test]

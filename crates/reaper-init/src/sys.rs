@@ -208,6 +208,7 @@ pub fn write_all(fd: c_int, mut buf: &[u8]) {
 /// The loop talks to the kernel directly (rt_sigprocmask, rt_sigtimedwait, kill): fewer
 /// instructions per forwarded signal and reaped orphan, and none of glibc's signal wrappers'
 /// pages become resident.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SigSet(u64);
 
 /// `sigsetsize` argument of the rt_sig* system calls.
@@ -227,17 +228,20 @@ impl SigSet {
 
     /// Blocks the set so its signals queue up for [`wait_signal`] instead of being delivered.
     /// Blocked signals reach even a PID 1 (the kernel drops only unblocked, default-action ones).
-    pub fn block(&self) {
-        // SAFETY: valid pointer to a kernel sigset of the size passed.
+    /// Returns the mask in force before: the one the child gets back.
+    pub fn block(&self) -> SigSet {
+        let mut before = 0u64;
+        // SAFETY: valid pointers to kernel sigsets of the size passed.
         unsafe {
             libc::syscall(
                 libc::SYS_rt_sigprocmask,
                 libc::SIG_BLOCK,
                 &self.0 as *const u64,
-                ptr::null_mut::<u64>(),
+                &mut before as *mut u64,
                 KERNEL_SIGSET_SIZE,
             )
         };
+        SigSet(before)
     }
 }
 
@@ -328,6 +332,8 @@ pub struct SpawnOptions {
     pub new_group: bool,
     /// Also make that group the terminal's foreground group.
     pub take_terminal: bool,
+    /// The signal mask the reaper inherited, which the child gets back.
+    pub mask: SigSet,
 }
 
 /// Why the child could not be started.
@@ -339,8 +345,9 @@ pub enum SpawnError {
     Exec(c_int),
 }
 
-/// Starts `argv` (PATH search like a shell) with an empty signal mask and every disposition at
-/// its default.
+/// Starts `argv` (PATH search like a shell) with the signal state the reaper inherited: its
+/// `opts.mask`, and the dispositions exec leaves (inherited SIG_IGN stays, as it would without an
+/// init; the reaper itself installs no handler and ignores nothing, so nothing of its own leaks).
 ///
 /// vfork-style (`CLONE_VM | CLONE_VFORK` on a small stack of its own, as glibc's posix_spawn
 /// does): no page tables are copied and no copy-on-write faults follow, which is most of what a
@@ -438,26 +445,12 @@ extern "C" fn exec_child(arg: *mut libc::c_void) -> c_int {
                 libc::tcsetpgrp(0, libc::getpid());
             }
         }
-        // Raw rt_sigaction: glibc's wrapper refuses its reserved signals (32, 33), yet an
-        // inherited SIG_IGN on them must not leak either. An all-zero kernel `struct sigaction`
-        // is SIG_DFL with no flags and an empty mask whatever the architecture's field order.
-        let dfl = [0u64; 4];
-        for sig in 1..=signals::MAX_SIGNAL {
-            if signals::is_resettable(sig) {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    dfl.as_ptr(),
-                    ptr::null_mut::<u64>(),
-                    KERNEL_SIGSET_SIZE,
-                );
-            }
-        }
-        let empty = 0u64;
+        // Back to the inherited mask (POSIX exec semantics, as tini does): what the reaper
+        // blocked for itself must not leak, what its parent blocked must not be lost.
         libc::syscall(
             libc::SYS_rt_sigprocmask,
             libc::SIG_SETMASK,
-            &empty as *const u64,
+            &ctx.opts.mask.0 as *const u64,
             ptr::null_mut::<u64>(),
             KERNEL_SIGSET_SIZE,
         );

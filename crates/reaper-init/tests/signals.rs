@@ -1,5 +1,5 @@
 //! The `reaper` init: signal forwarding (as PID 1 and as subreaper), rewriting, process groups,
-//! the child's clean signal state, signal storms, the parent-death signal, job control and the
+//! the signal state the child inherits, signal storms, the parent-death signal, job control and the
 //! terminal hand-over.
 
 // These tests signal the init and re-wire its file descriptors and signal state.
@@ -179,51 +179,102 @@ fn process_group_option_signals_the_whole_group() {
     }
 }
 
+/// Makes `cmd` start the way `nohup` and friends start programs: some signals ignored (glibc's
+/// reserved 32 too, through the raw call its wrapper refuses), some blocked.
+fn with_inherited_signal_state(cmd: &mut Command) {
+    // SAFETY: signal/sigprocmask between fork and exec are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for sig in [libc::SIGPIPE, libc::SIGHUP, libc::SIGUSR1, libc::SIGTTOU] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            let ign: [u64; 4] = [1, 0, 0, 0]; // SIG_IGN, no flags, empty mask
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                32,
+                ign.as_ptr(),
+                std::ptr::null_mut::<u64>(),
+                8,
+            );
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for sig in [
+                libc::SIGUSR2,
+                libc::SIGTERM,
+                libc::SIGTSTP,
+                libc::SIGRTMIN() + 3,
+            ] {
+                libc::sigaddset(&mut set, sig);
+            }
+            libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+}
+
+/// The SigBlk, SigIgn and SigCgt lines of a `cat /proc/self/status` output.
+fn signal_state(out: &Output) -> Vec<String> {
+    assert_eq!(out.code(), 0, "{out:?}");
+    ["SigBlk", "SigIgn", "SigCgt"]
+        .iter()
+        .map(|field| {
+            out.stdout
+                .lines()
+                .find(|l| l.starts_with(field))
+                .unwrap_or_else(|| panic!("no {field}: {out:?}"))
+                .to_string()
+        })
+        .collect()
+}
+
+/// POSIX exec semantics, as with tini: the child gets the mask and the ignored signals the reaper
+/// inherited (what it would have had without an init), and nothing the reaper set for itself.
 #[test]
-fn child_starts_with_a_clean_signal_state() {
+fn child_gets_the_signal_state_the_reaper_inherited() {
     for how in [As::Pid1, As::Subreaper] {
-        let mut cmd = init_command(reaper(), how, &["--", "cat", "/proc/self/status"]);
-        // Whatever the reaper inherits (ignored PIPE/HUP/USR1, blocked USR2/TERM/TSTP) must not
-        // reach its child.
-        // SAFETY: signal/sigprocmask between fork and exec are async-signal-safe.
+        for inherited in [false, true] {
+            let mut with = init_command(reaper(), how, &["--", "cat", "/proc/self/status"]);
+            let mut without = init_command("cat", how, &["/proc/self/status"]);
+            if inherited {
+                with_inherited_signal_state(&mut with);
+                with_inherited_signal_state(&mut without);
+            }
+            let got = signal_state(&start(with, how).wait(TIMEOUT));
+            let want = signal_state(&start(without, how).wait(TIMEOUT));
+            // Equal to the baseline: nothing the reaper blocked for itself leaked (its caught set
+            // is never all blocked by the test's parent), nothing inherited was lost.
+            assert_eq!(got, want, "{how:?}, inherited state: {inherited}");
+            let zero = |l: &String| l.ends_with("\t0000000000000000");
+            if inherited {
+                // The set-up took effect: something is blocked and ignored.
+                assert!(!zero(&got[0]) && !zero(&got[1]), "{how:?}: {got:?}");
+            }
+        }
+    }
+}
+
+/// Under `nohup reaper -- cmd` the command survives SIGHUP, as it would under plain `nohup cmd`.
+#[test]
+fn nohup_still_protects_the_child() {
+    for how in [As::Pid1, As::Subreaper] {
+        let mut cmd = init_command(
+            reaper(),
+            how,
+            &["--", "sh", "-c", "kill -HUP $$; echo survived"],
+        );
+        // SAFETY: signal between fork and exec is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                for sig in [libc::SIGPIPE, libc::SIGHUP, libc::SIGUSR1, libc::SIGTTOU] {
-                    libc::signal(sig, libc::SIG_IGN);
-                }
-                // glibc's reserved signal 32 too (its wrapper refuses it, the raw call does not).
-                let ign: [u64; 4] = [1, 0, 0, 0]; // SIG_IGN, no flags, empty mask
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    32,
-                    ign.as_ptr(),
-                    std::ptr::null_mut::<u64>(),
-                    8,
-                );
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                for sig in [
-                    libc::SIGUSR2,
-                    libc::SIGTERM,
-                    libc::SIGTSTP,
-                    libc::SIGRTMIN() + 3,
-                ] {
-                    libc::sigaddset(&mut set, sig);
-                }
-                libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+                libc::signal(libc::SIGHUP, libc::SIG_IGN);
                 Ok(())
             });
         }
         let out = start(cmd, how).wait(TIMEOUT);
-        assert_eq!(out.code(), 0, "{out:?}");
-        for field in ["SigBlk", "SigIgn", "SigCgt"] {
-            let line = out
-                .stdout
-                .lines()
-                .find(|l| l.starts_with(field))
-                .unwrap_or_else(|| panic!("no {field}"));
-            assert_eq!(line, format!("{field}:\t0000000000000000"), "{how:?}");
-        }
+        assert_eq!(
+            (out.code(), out.stdout.trim()),
+            (0, "survived"),
+            "{how:?}: {out:?}"
+        );
     }
 }
 
