@@ -54,6 +54,13 @@ pub struct ReaperPolicySpec {
     /// share), `Inject` (wrap entrypoints with reaper), `Share` (shareProcessNamespace), `Off`.
     #[serde(default)]
     pub mode: Mode,
+    /// What `Auto` does with a pod whose target containers cannot all be wrapped (an image whose
+    /// argv is unknown, e.g. its registry did not answer in time): `Share` sets
+    /// shareProcessNamespace (every container then sees the others' processes, environment and
+    /// files through `/proc/<pid>/root`, and clusters that forbid it reject the pod); `None`
+    /// admits the pod unchanged with a warning (use `Inject` for pods that must always be wrapped).
+    #[serde(default)]
+    pub fallback: Fallback,
     /// `Enforce` mutates pods; `Audit` only annotates `reaper.dev/injected: audit:<plan>` and warns.
     #[serde(default)]
     pub enforcement: Enforcement,
@@ -121,6 +128,16 @@ impl FromStr for Mode {
             )),
         }
     }
+}
+
+/// What `Auto` falls back to when not every target container can be wrapped.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Fallback {
+    /// Share the pod's PID namespace (the pause container reaps).
+    #[default]
+    Share,
+    /// Leave the pod unchanged, with a warning.
+    None,
 }
 
 /// Whether a policy changes pods or only reports what it would do.

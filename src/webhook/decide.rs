@@ -9,7 +9,7 @@
 //! and a reinvocation after another webhook added a container wraps just that container.
 use super::argv::{Argv, ImageArgv, plan_argv, platform_argv};
 use super::install::{self, InstallSettings};
-use crate::crd::{Enforcement, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
+use crate::crd::{Enforcement, Fallback, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
 use crate::image::{ImageIndex, image_matches};
 use crate::keys;
 use crate::scope::Exclusion;
@@ -86,7 +86,7 @@ pub enum SkipReason {
     /// Every target container already runs an init.
     AlreadyInit,
     /// No target container could be wrapped (unknown argv, mount path taken) and sharing the PID
-    /// namespace was not an option.
+    /// namespace was not an option; or, under `Auto` with `fallback: None`, not all of them.
     NotWrappable,
 }
 
@@ -630,6 +630,24 @@ pub fn plan(
     } else if mode == Mode::Auto && !unwrappable.is_empty() {
         if !host_pid {
             reasons(&mut warnings);
+            if spec.fallback == Fallback::None {
+                init_notes(&mut warnings);
+                warnings.push(
+                    "reaper: not every container can be wrapped and the policy's fallback is None; pod unchanged"
+                        .to_string(),
+                );
+                return finish(
+                    pod,
+                    Verdict {
+                        outcome: Outcome::Skipped(SkipReason::NotWrappable),
+                        mode: Some(mode),
+                        policy,
+                        audit,
+                        warnings,
+                        changes: Changes::default(),
+                    },
+                );
+            }
             warnings.push(
                 "reaper: falling back to shareProcessNamespace because not every container can be wrapped"
                     .to_string(),

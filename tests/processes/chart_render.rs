@@ -80,7 +80,13 @@ fn renders_for_default_values_and_every_certs_mode() {
         for o in objs.all() {
             let cluster_scoped = matches!(
                 o["kind"].as_str(),
-                Some("ClusterRole" | "ClusterRoleBinding" | "MutatingWebhookConfiguration")
+                Some(
+                    "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "MutatingWebhookConfiguration"
+                        | "ValidatingAdmissionPolicy"
+                        | "ValidatingAdmissionPolicyBinding"
+                )
             );
             assert_eq!(
                 o["metadata"]["namespace"].as_str(),
@@ -113,8 +119,18 @@ fn renders_for_default_values_and_every_certs_mode() {
                     dns.contains(&"reaper-webhook.reaper-system.svc".to_string()),
                     "{dns:?}"
                 );
-                assert_eq!(cert["spec"]["issuerRef"]["name"], "reaper-selfsigned");
+                // A CA chain: self-signed Issuer -> CA Certificate -> CA Issuer -> serving
+                // certificate, so renewing the serving certificate keeps the caBundle valid.
+                assert_eq!(cert["spec"]["issuerRef"]["name"], "reaper-ca");
+                assert_ne!(cert["spec"]["isCA"], true);
+                let ca_issuer = objs.get("Issuer", "reaper-ca");
+                assert_eq!(ca_issuer["spec"]["ca"]["secretName"], "reaper-ca");
+                let ca = objs.get("Certificate", "reaper-ca");
+                assert_eq!(ca["spec"]["isCA"], true);
+                assert_eq!(ca["spec"]["secretName"], "reaper-ca");
+                assert_eq!(ca["spec"]["issuerRef"]["name"], "reaper-selfsigned");
                 assert!(objs.get("Issuer", "reaper-selfsigned")["spec"]["selfSigned"].is_object());
+                assert_eq!(objs.of_kind("Certificate").len(), 2);
                 assert_eq!(inject_ca, "reaper-system/reaper-webhook");
                 assert!(ca_bundle.is_null());
                 assert_eq!(
@@ -136,7 +152,7 @@ fn renders_for_default_values_and_every_certs_mode() {
             _ => unreachable!(),
         }
     }
-    // An issuer of the user's: no self-signed Issuer.
+    // An issuer of the user's: no chain of our own.
     let objs = render(
         "reaper",
         NS,
@@ -147,6 +163,7 @@ fn renders_for_default_values_and_every_certs_mode() {
         ],
     );
     assert!(objs.of_kind("Issuer").is_empty());
+    assert_eq!(objs.of_kind("Certificate").len(), 1);
     let issuer = &objs.get("Certificate", "reaper-webhook")["spec"]["issuerRef"];
     assert_eq!(
         (&issuer["kind"], &issuer["name"]),

@@ -10,6 +10,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use reaper::crd::{Mode, PolicySet, ReaperPolicy};
 use reaper::image::{ImageConfig, ImageIndex};
 use reaper::webhook::decide::{Config, Plan, Scope, plan};
+use reaper::webhook::install::{Qos, qos_class};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -110,8 +111,9 @@ fn find<'a>(pod: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no container {name}"))
 }
 
-/// PSS "restricted" for a container (pod-level settings are not relied upon).
-fn assert_restricted(c: &Value) {
+/// PSS "restricted" for a container (pod-level settings are not relied upon), with the install
+/// container's resources for a pod of QoS class `qos` (which they must not change).
+fn assert_restricted(c: &Value, qos: Qos) {
     let sc = &c["securityContext"];
     assert_eq!(sc["runAsNonRoot"], true);
     assert!(sc["runAsUser"].as_i64().unwrap() > 0);
@@ -120,14 +122,14 @@ fn assert_restricted(c: &Value) {
     assert!(sc["capabilities"].get("add").is_none());
     assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
     assert_eq!(sc["readOnlyRootFilesystem"], true);
-    assert_eq!(
-        c["resources"]["requests"],
-        json!({"cpu": "10m", "memory": "16Mi"})
-    );
-    assert_eq!(
-        c["resources"]["limits"],
-        json!({"cpu": "100m", "memory": "64Mi"})
-    );
+    let limits = json!({"cpu": "100m", "memory": "64Mi"});
+    let (requests, limits) = match qos {
+        Qos::BestEffort => (Value::Null, Value::Null),
+        Qos::Burstable => (json!({"cpu": "10m", "memory": "16Mi"}), limits),
+        Qos::Guaranteed => (limits.clone(), limits),
+    };
+    assert_eq!(c["resources"]["requests"], requests, "{qos:?}");
+    assert_eq!(c["resources"]["limits"], limits, "{qos:?}");
 }
 
 fn check(c: &Case) {
@@ -229,7 +231,13 @@ fn check(c: &Case) {
             install["command"],
             json!(["/reaper", "--install", "/.reaper/reaper"])
         );
-        assert_restricted(install);
+        let qos = qos_class(&c.pod);
+        assert_restricted(install, qos);
+        assert_eq!(
+            qos_class(&serde_json::from_value(patched.clone()).unwrap()),
+            qos,
+            "{ctx}: QoS class changed"
+        );
         let volume_name = e["volumeName"].as_str().unwrap_or("reaper-bin");
         let volume = patched["spec"]["volumes"]
             .as_array()
