@@ -10,6 +10,7 @@ pub mod argv;
 pub mod files;
 
 pub mod decide;
+pub mod exposure;
 pub mod install;
 mod patch;
 pub mod review;
@@ -83,6 +84,8 @@ pub struct Args {
     /// Image lookup in registries (ENTRYPOINT/CMD of containers without `command`).
     #[command(flatten)]
     pub registry: registry::Args,
+    #[command(flatten)]
+    pub exposure: exposure::Args,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +129,8 @@ pub enum Error {
     Registry(#[from] registry::Error),
     #[error("--warm-up needs cluster mode: drop --policies, or --warm-up=false")]
     WarmUpNeedsCluster,
+    #[error(transparent)]
+    Exposure(#[from] exposure::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -233,6 +238,18 @@ async fn serve(
     if warm_up && !cluster_mode {
         return Err(Error::WarmUpNeedsCluster);
     }
+    args.exposure.validate()?;
+    let client_roots = match &args.exposure.client_ca_file {
+        None => None,
+        Some(path) => {
+            let bad = |reason: String| exposure::Error::ClientCa {
+                path: path.clone(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+            Some(tls::client_roots(&pem).map_err(bad)?)
+        }
+    };
     let metrics = Metrics::new();
     let wm = server::WebhookMetrics::new(&metrics);
     let component = Component::start("webhook", &args.admin, metrics.clone()).await?;
@@ -328,17 +345,37 @@ async fn serve(
         }
     });
 
-    let state =
-        server::AppState::new(config, sources, resolver, wm).with_resolve_timeout(resolve_timeout);
-    tracing::info!(addr = %args.listen, "webhook listening (HTTPS)");
+    let limits = &args.exposure;
+    let tls_config = tls::server_config(certs, client_roots.clone()).map_err(|reason| {
+        exposure::Error::ClientCa {
+            path: limits.client_ca_file.clone().unwrap_or_default(),
+            reason,
+        }
+    })?;
+    let state = server::AppState::new(config, sources, resolver, wm.clone())
+        .with_resolve_timeout(resolve_timeout)
+        .with_limits(limits.max_in_flight, limits.request_timeout);
+    tracing::info!(
+        addr = %args.listen,
+        client_certificates = client_roots.is_some(),
+        max_in_flight = limits.max_in_flight,
+        max_connections = limits.max_connections,
+        request_timeout = ?limits.request_timeout,
+        "webhook listening (HTTPS)"
+    );
     tasks.spawn(
         "https server",
         tls::serve(
             listener,
-            tls::server_config(certs),
+            tls_config,
             server::router(state),
             shutdown.clone(),
             DRAIN_TIMEOUT,
+            tls::ConnLimits {
+                max_connections: limits.max_connections,
+                header_read_timeout: limits.request_timeout,
+            },
+            move || wm.connection_refused(),
         ),
     );
     // The HTTPS server drains its connections within DRAIN_TIMEOUT; a little more for the rest.

@@ -1,5 +1,7 @@
 //! The HTTP contract: `POST /mutate` (AdmissionReview in, AdmissionReview out), 404 elsewhere,
-//! 413 over 4 MiB, 400 with a one-line reason for bodies that are not an AdmissionReview.
+//! 413 over 4 MiB, 400 with a one-line reason for bodies that are not an AdmissionReview, 503 at
+//! once while `--max-in-flight` requests are being handled, 408 for a request not read and
+//! answered within `--request-timeout`.
 //!
 //! The handler decodes, asks the image resolver about images the pod does not spell out, calls
 //! the pure planner and encodes. A pod the webhook cannot handle is admitted unchanged with a
@@ -11,8 +13,9 @@ use crate::image::{ImageIndex, ImageResolver};
 use crate::metrics::Metrics;
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, State, rejection::BytesRejection};
+use axum::extract::{DefaultBodyLimit, Request, State, rejection::BytesRejection};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use kube::core::admission::AdmissionResponse;
@@ -54,6 +57,7 @@ pub struct WebhookMetrics {
     cert_reloads: Family<ResultLabel, Counter>,
     cert_expiry: Gauge,
     policies: Gauge,
+    connections_refused: Counter,
 }
 
 impl WebhookMetrics {
@@ -67,11 +71,12 @@ impl WebhookMetrics {
             cert_reloads: Family::default(),
             cert_expiry: Gauge::default(),
             policies: Gauge::default(),
+            connections_refused: Counter::default(),
         };
         metrics.register(|r| {
             r.register(
                 "reaper_webhook_requests",
-                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large) and requested mode",
+                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large, overloaded, timeout) and requested mode",
                 m.requests.clone(),
             );
             r.register(
@@ -94,6 +99,11 @@ impl WebhookMetrics {
                 "ReaperPolicies known to the webhook",
                 m.policies.clone(),
             );
+            r.register(
+                "reaper_webhook_connections_refused",
+                "Connections closed on accept because --max-connections were open",
+                m.connections_refused.clone(),
+            );
         });
         m
     }
@@ -112,6 +122,11 @@ impl WebhookMetrics {
         self.cert_reloads
             .get_or_create(&ResultLabel { result: label })
             .inc();
+    }
+
+    /// Count a connection closed because the connection cap was reached.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn set_policies(&self, n: usize) {
@@ -138,6 +153,8 @@ struct Inner {
     resolver: Arc<dyn ImageResolver>,
     resolve_timeout: Duration,
     metrics: WebhookMetrics,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    request_timeout: Duration,
 }
 
 impl AppState {
@@ -154,6 +171,10 @@ impl AppState {
                 resolver,
                 resolve_timeout: RESOLVE_TIMEOUT,
                 metrics,
+                in_flight: Arc::new(tokio::sync::Semaphore::new(
+                    super::exposure::Args::default().max_in_flight,
+                )),
+                request_timeout: super::exposure::Args::default().request_timeout,
             }),
         }
     }
@@ -165,15 +186,58 @@ impl AppState {
         }
         self
     }
+
+    /// At most `max_in_flight` requests at once; each read and answered within
+    /// `request_timeout`.
+    pub fn with_limits(mut self, max_in_flight: usize, request_timeout: Duration) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.in_flight = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1)));
+            inner.request_timeout = request_timeout;
+        }
+        self
+    }
 }
 
-/// `POST /mutate`; everything else 404.
+/// `POST /mutate`; everything else 404; all of it behind [`bounded`].
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/mutate", post(mutate))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found: POST /mutate\n") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), bounded))
         .with_state(state)
+}
+
+/// Refuses at once beyond the in-flight cap (a queue would only move the wait into the API
+/// server's timeout), and bounds reading the body and answering by the request timeout.
+async fn bounded(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let s = &state.inner;
+    let started = Instant::now();
+    let Ok(_permit) = s.in_flight.clone().try_acquire_owned() else {
+        s.metrics.observe("overloaded", "none", started.elapsed());
+        tracing::warn!("admission request refused: --max-in-flight requests in progress");
+        let mut r = plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded: too many admission requests in progress\n".into(),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return r;
+    };
+    match tokio::time::timeout(s.request_timeout, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            s.metrics.observe("timeout", "none", started.elapsed());
+            tracing::warn!(timeout = ?s.request_timeout, "admission request not read and answered in time");
+            plain(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "request not read and answered within {:?}\n",
+                    s.request_timeout
+                ),
+            )
+        }
+    }
 }
 
 /// The answer to one admission request.

@@ -1,10 +1,11 @@
-//! The HTTPS side: a certificate resolver whose pair can be replaced at any time, and an accept
-//! loop serving the axum router over rustls with graceful shutdown.
+//! The HTTPS side: a certificate resolver whose pair can be replaced at any time, optional
+//! client-certificate verification, and a bounded accept loop serving the axum router over
+//! rustls with graceful shutdown.
 //!
 //! Each TLS handshake asks the resolver for the current pair, so after a reload new connections
 //! use the new certificate while established ones carry on with the old session untouched.
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::crypto::CryptoProvider;
@@ -96,29 +97,81 @@ impl ResolvesServerCert for CertStore {
     }
 }
 
-/// rustls server config using `store` for every handshake; offers HTTP/2 and HTTP/1.1.
-pub fn server_config(store: Arc<CertStore>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("ring supports the default TLS versions")
-    .with_no_client_auth()
-    .with_cert_resolver(store);
+/// The CA certificates of a `--client-ca-file`: at least one, all valid.
+pub fn client_roots(pem: &[u8]) -> Result<Arc<rustls::RootCertStore>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not PEM certificates ({e})"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("not a usable CA certificate ({e})"))?;
+    }
+    if roots.is_empty() {
+        return Err("no PEM CERTIFICATE block".into());
+    }
+    Ok(Arc::new(roots))
+}
+
+/// rustls server config using `store` for every handshake; offers HTTP/2 and HTTP/1.1. With
+/// `client_roots`, a client must present a certificate signed by one of them, or the handshake
+/// fails.
+pub fn server_config(
+    store: Arc<CertStore>,
+    client_roots: Option<Arc<rustls::RootCertStore>>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    let builder = match client_roots {
+        None => builder.with_no_client_auth(),
+        Some(roots) => {
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider)
+                    .build()
+                    .map_err(|e| format!("client certificate verifier: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(store);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
+}
+
+/// Bounds of the accept loop.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Connections open at once; more are closed on accept.
+    pub max_connections: usize,
+    /// HTTP/1: time to receive a request head, also while a kept-alive connection is idle.
+    pub header_read_timeout: Duration,
 }
 
 /// Serve `app` over TLS on `listener` until `shutdown`; then stop accepting, ask open connections
-/// to finish their in-flight requests, and wait up to `drain` for them.
+/// to finish their in-flight requests, and wait up to `drain` for them. `refused` is called for
+/// each connection closed because `limits.max_connections` are open.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
     app: Router,
     shutdown: CancellationToken,
     drain: Duration,
+    limits: ConnLimits,
+    refused: impl Fn() + Send + 'static,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(super::exposure::MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(super::exposure::MAX_H2_STREAMS)
+        .max_header_list_size(super::exposure::MAX_HEADER_BYTES as u32);
     // Every connection task holds a sender; when all are dropped, `recv` returns None.
     let (alive, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     loop {
@@ -134,12 +187,20 @@ pub async fn serve(
                 }
             },
         };
+        // Full: close at once (no TLS work), so a flood costs an accept and a close.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "connection refused: --max-connections open");
+            refused();
+            drop(tcp);
+            continue;
+        };
         let acceptor = acceptor.clone();
         let app = app.clone();
         let shutdown = shutdown.clone();
         let alive = alive.clone();
+        let builder = builder.clone();
         tokio::spawn(async move {
-            let _alive = alive;
+            let (_alive, _slot) = (alive, slot);
             let _ = tcp.set_nodelay(true);
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
@@ -152,7 +213,6 @@ pub async fn serve(
                     return;
                 }
             };
-            let builder = auto::Builder::new(TokioExecutor::new());
             let conn = builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(app));
             let mut conn = std::pin::pin!(conn);
             tokio::select! {

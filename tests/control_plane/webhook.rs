@@ -35,6 +35,9 @@ struct Webhook {
     log: PathBuf,
     client: Client,
     mwc: String,
+    port: u16,
+    /// The CA of the webhook's serving certificate.
+    ca_pem: String,
 }
 
 impl Webhook {
@@ -45,6 +48,16 @@ impl Webhook {
     /// `failure_policy`: `Fail` makes a broken webhook show up as a failed create; the chart
     /// ships `Ignore`, which the fail-open test uses.
     async fn start_with(cp: &ControlPlane, client: &Client, failure_policy: &str) -> Self {
+        Self::start_args(cp, client, failure_policy, &[]).await
+    }
+
+    /// [`Self::start_with`] with extra `webhook` flags.
+    async fn start_args(
+        cp: &ControlPlane,
+        client: &Client,
+        failure_policy: &str,
+        extra: &[&str],
+    ) -> Self {
         cp.install_crds(client).await;
         let id = unique_name("wh");
         let dir = cp.dir().join(&id);
@@ -71,11 +84,12 @@ impl Webhook {
             "--reaper-image",
             REAPER_IMAGE,
         ])
+        .args(extra)
         .env("POD_NAMESPACE", "reaper-system")
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(std::fs::File::create(dir.join("webhook.err")).unwrap());
         let child = ChildGuard::spawn(&mut cmd).expect("spawning reaper-controller webhook");
-        let w = Self {
+        let mut w = Self {
             child,
             id: id.clone(),
             failure_policy: failure_policy.to_string(),
@@ -83,9 +97,13 @@ impl Webhook {
             log: dir.join("webhook.err"),
             client: client.clone(),
             mwc: format!("reaper-{id}"),
+            port: 0,
+            ca_pem: String::new(),
         };
         w.wait_ready().await;
         w.register(port, &ca.cert_pem()).await;
+        w.port = port;
+        w.ca_pem = ca.cert_pem();
         w
     }
 
@@ -813,5 +831,68 @@ async fn injection_keeps_every_qos_class() {
             "{name}: the webhook changed its QoS class"
         );
     }
+    w.stop().await;
+}
+
+/// With `--client-ca-file`, the webhook serves the API server (which presents the client
+/// certificate of its admission configuration, as the README describes) and refuses every other
+/// client at the TLS handshake: a pod in the cluster cannot call /mutate itself.
+#[tokio::test]
+async fn only_the_api_server_may_call_the_webhook_with_client_auth() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let ca_file = cp.webhook_client_ca_file();
+    let w = Webhook::start_args(
+        cp,
+        &client,
+        "Fail",
+        &["--client-ca-file", ca_file.to_str().unwrap()],
+    )
+    .await;
+    let ns = w.namespace(cp, "client-auth", &[]).await;
+    let spec = json!({"containers": [restricted("app", "ghcr.io/acme/app:1", Some(&["/app"]))]});
+    let got = create(&client, &ns, &pod("web", spec), false).await;
+    assert_eq!(annotation(&got), Some("inject:app"), "{}", w.logs());
+    let served = w.admissions().await;
+    assert!(served >= 1);
+
+    // Any other client: the handshake fails, whatever certificate it brings.
+    let direct = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(w.ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(5));
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        b.build().unwrap()
+    };
+    let review = include_str!("../fixtures/pods/reviews/deployment-3-containers.json");
+    // A client certificate the API server itself trusts (the cluster CA), but not the webhook.
+    let cluster_user = cp.ca().issue_client("system:admin", &["system:masters"]);
+    let cluster_identity = reqwest::Identity::from_pem(
+        format!("{}{}", cluster_user.cert_pem, cluster_user.key_pem).as_bytes(),
+    )
+    .unwrap();
+    for (what, identity) in [
+        ("no certificate", None),
+        ("a cluster-CA certificate", Some(cluster_identity)),
+    ] {
+        let r = direct(identity)
+            .post(format!("https://127.0.0.1:{}/mutate", w.port))
+            .header("content-type", "application/json")
+            .body(review)
+            .send()
+            .await;
+        assert!(r.is_err(), "served a client with {what}: {r:?}");
+    }
+    assert_eq!(
+        w.admissions().await,
+        served,
+        "a refused client was answered"
+    );
     w.stop().await;
 }

@@ -622,6 +622,13 @@ fn rendered_flags_are_accepted_by_reaper_controller() {
             V::Set("operator.leaderElection", "false"),
         ],
         vec![V::Set("certs.mode", "cert-manager")],
+        vec![
+            V::Str(
+                "webhook.clientAuth.caBundle",
+                "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
+            ),
+            V::Set("webhook.requestTimeout", "2500ms"),
+        ],
     ];
     for values in variants {
         let objs = render("reaper", NS, &values);
@@ -672,6 +679,18 @@ fn invalid_values_are_rejected_with_the_reason() {
         (
             vec![V::Set("certs.mode", "provided")],
             "certs.provided.secretName",
+        ),
+        (
+            vec![V::Set("webhook.networkPolicy.enabled", "true")],
+            "webhook.networkPolicy.apiServer",
+        ),
+        (
+            vec![V::Str("webhook.clientAuth.caBundle", "not a PEM")],
+            "webhook/clientAuth/caBundle",
+        ),
+        (
+            vec![V::Set("webhook.maxInFlight", "0")],
+            "webhook/maxInFlight",
         ),
         (
             vec![
@@ -890,4 +909,83 @@ fn schema_and_readme_cover_every_value() {
         }
     }
     closed(&schema, "");
+}
+
+/// The admission endpoint's bounds reach the webhook's flags; a client CA becomes a ConfigMap
+/// mounted for `--client-ca-file` (a change rolls the replicas); the NetworkPolicy admits the
+/// HTTPS port only from the API server's peers. None of it is rendered by default.
+#[test]
+fn webhook_exposure_renders_bounds_client_ca_and_network_policy() {
+    let objs = default_render();
+    let args = objs.args("Deployment", "reaper-webhook");
+    assert_eq!(flag(&args, "max-in-flight"), Some("256"));
+    assert_eq!(flag(&args, "max-connections"), Some("1024"));
+    assert_eq!(flag(&args, "request-timeout"), Some("10s"));
+    assert_eq!(flag(&args, "client-ca-file"), None);
+    assert!(objs.of_kind("NetworkPolicy").is_empty());
+    assert!(objs.find("ConfigMap", "reaper-webhook-client-ca").is_none());
+
+    let ca = "-----BEGIN CERTIFICATE-----\nMIIBtest\n-----END CERTIFICATE-----\n";
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Str("webhook.clientAuth.caBundle", ca),
+            V::Set("webhook.networkPolicy.enabled", "true"),
+            V::Set(
+                "webhook.networkPolicy.apiServer[0].ipBlock.cidr",
+                "172.18.0.2/32",
+            ),
+            V::Set("webhook.maxInFlight", "32"),
+        ],
+    );
+    let args = objs.args("Deployment", "reaper-webhook");
+    assert_eq!(flag(&args, "max-in-flight"), Some("32"));
+    let ca_file = flag(&args, "client-ca-file").expect("--client-ca-file");
+    let cm = objs.get("ConfigMap", "reaper-webhook-client-ca");
+    assert_eq!(cm["data"]["ca.crt"].as_str().unwrap().trim(), ca.trim());
+    let pod = &objs.get("Deployment", "reaper-webhook")["spec"]["template"];
+    assert!(
+        pod["metadata"]["annotations"]["checksum/client-ca"]
+            .as_str()
+            .is_some_and(|s| s.len() == 64),
+        "{pod}"
+    );
+    let volume = pod["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["configMap"]["name"] == "reaper-webhook-client-ca")
+        .expect("client CA volume");
+    let mount = pod["spec"]["containers"][0]["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == volume["name"])
+        .expect("client CA mount");
+    assert_eq!(
+        Path::new(mount["mountPath"].as_str().unwrap()).join("ca.crt"),
+        Path::new(ca_file)
+    );
+
+    let np = objs.get("NetworkPolicy", "reaper-webhook");
+    let webhook_labels = &pod["metadata"]["labels"];
+    for (k, v) in np["spec"]["podSelector"]["matchLabels"]
+        .as_object()
+        .unwrap()
+    {
+        assert_eq!(
+            &webhook_labels[k], v,
+            "podSelector selects the webhook pods"
+        );
+    }
+    let ingress = np["spec"]["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 2);
+    assert_eq!(ingress[0]["ports"][0]["port"], 8443);
+    assert_eq!(ingress[0]["from"][0]["ipBlock"]["cidr"], "172.18.0.2/32");
+    assert_eq!(ingress[1]["ports"][0]["port"], 8080);
+    assert!(
+        ingress[1].get("from").is_none(),
+        "metrics from anywhere by default"
+    );
 }

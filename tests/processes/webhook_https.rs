@@ -53,6 +53,19 @@ impl Pki {
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem(), cert.der().to_vec())
     }
+
+    /// A client certificate signed by the CA, as one PEM (certificate then key) for reqwest.
+    fn client_identity(&self, cn: &str) -> reqwest::Identity {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let pem = format!("{}{}", cert.pem(), key.serialize_pem());
+        reqwest::Identity::from_pem(pem.as_bytes()).unwrap()
+    }
 }
 
 fn free_port() -> u16 {
@@ -73,6 +86,14 @@ struct Webhook {
 
 impl Webhook {
     async fn start(pki: &Pki, resolver: Arc<dyn ImageResolver>) -> Self {
+        Self::start_with(pki, resolver, Default::default()).await
+    }
+
+    async fn start_with(
+        pki: &Pki,
+        resolver: Arc<dyn ImageResolver>,
+        exposure: reaper::webhook::exposure::Args,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (cert, key, _) = pki.leaf();
         std::fs::write(dir.path().join("tls.crt"), cert).unwrap();
@@ -100,6 +121,7 @@ impl Webhook {
             install_memory_limit: "64Mi".into(),
             volume_size_limit: "8Mi".into(),
             registry: Default::default(),
+            exposure,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(run_with(args, resolver, async move {
@@ -269,6 +291,14 @@ async fn tls_connect(
     port: u16,
     alpn: &[&[u8]],
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    try_tls_connect(pki, port, alpn).await.unwrap()
+}
+
+async fn try_tls_connect(
+    pki: &Pki,
+    port: u16,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut roots = rustls::RootCertStore::empty();
     let ca: rustls_pki_types::CertificateDer<'static> =
         rustls_pki_types::pem::PemObject::from_pem_slice(pki.ca_pem.as_bytes()).unwrap();
@@ -282,13 +312,10 @@ async fn tls_connect(
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     connector
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .unwrap()
 }
 
 /// The DER of the certificate the server presents to a fresh connection.
@@ -532,5 +559,248 @@ async fn policies_file_is_reloaded() {
         check_review_answer(&body)["spec"]["shareProcessNamespace"],
         true
     );
+    w.stop().await;
+}
+
+fn limits(f: impl FnOnce(&mut reaper::webhook::exposure::Args)) -> reaper::webhook::exposure::Args {
+    let mut a = reaper::webhook::exposure::Args::default();
+    f(&mut a);
+    a
+}
+
+/// The review with its first container's command removed, so the (slow) resolver is asked.
+fn review_needing_lookup() -> Vec<u8> {
+    let mut review: Value = serde_json::from_str(REVIEW).unwrap();
+    let c0 = review["request"]["object"]["spec"]["containers"][0]
+        .as_object_mut()
+        .unwrap();
+    c0.remove("command");
+    c0.remove("args");
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// Beyond `--max-in-flight`, a request is refused at once with 503 and Retry-After (the API
+/// server then applies the failure policy instead of waiting out its timeout), and counted.
+#[tokio::test]
+async fn saturated_webhook_refuses_at_once_and_recovers() {
+    let pki = Pki::new();
+    let mut w = Webhook::start_with(&pki, Arc::new(Slow), limits(|a| a.max_in_flight = 1)).await;
+    let (c, url) = (client(&pki, false), w.url());
+    let busy = tokio::spawn(async move { post(&c, &url, review_needing_lookup()).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let started = Instant::now();
+    let r = client(&pki, false)
+        .post(w.url())
+        .header("content-type", "application/json")
+        .body(REVIEW)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "not at once"
+    );
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(r.text().await.unwrap().contains("overloaded"));
+
+    let (status, _) = busy.await.unwrap();
+    assert_eq!(status, 200, "the request in flight is not disturbed");
+    let (status, body) = post(&client(&pki, false), &w.url(), REVIEW.into()).await;
+    assert_eq!(status, 200);
+    check_review_answer(&body);
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains(r#"reaper_webhook_requests_total{result="overloaded",mode="none"} 1"#),
+        "{metrics}"
+    );
+    w.stop().await;
+}
+
+/// Beyond `--max-connections`, a connection is closed before any TLS work; closing one frees a
+/// slot.
+#[tokio::test]
+async fn connections_beyond_the_cap_are_closed_on_accept() {
+    let pki = Pki::new();
+    let mut w = Webhook::start_with(
+        &pki,
+        Arc::new(NoImageResolver),
+        limits(|a| a.max_connections = 2),
+    )
+    .await;
+    let held = [
+        tls_connect(&pki, w.port, &[b"http/1.1"]).await,
+        tls_connect(&pki, w.port, &[b"http/1.1"]).await,
+    ];
+    assert!(
+        try_tls_connect(&pki, w.port, &[b"http/1.1"]).await.is_err(),
+        "a third connection completes its handshake"
+    );
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains("reaper_webhook_connections_refused_total 1"),
+        "{metrics}"
+    );
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = client(&pki, false)
+            .post(w.url())
+            .header("content-type", "application/json")
+            .body(REVIEW)
+            .send()
+            .await;
+        if let Ok(r) = r
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no slot freed after closing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    w.stop().await;
+}
+
+/// Read what the server sends until it closes, or fail after `within`.
+async fn read_until_closed(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    within: Duration,
+) -> String {
+    let mut answer = Vec::new();
+    // A reset instead of a clean close is as good: the server let go.
+    let _ = tokio::time::timeout(within, tls.read_to_end(&mut answer))
+        .await
+        .expect("the server holds the connection open");
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A client that sends its request head or body slowly (slowloris) is cut off after
+/// `--request-timeout`, instead of holding a connection and a worker for ever.
+#[tokio::test]
+async fn slow_clients_are_cut_off_by_the_request_timeout() {
+    let pki = Pki::new();
+    let timeout = Duration::from_millis(500);
+    let mut w = Webhook::start_with(
+        &pki,
+        Arc::new(NoImageResolver),
+        limits(|a| a.request_timeout = timeout),
+    )
+    .await;
+    // Half a request head, then nothing: closed without an answer.
+    let mut tls = tls_connect(&pki, w.port, &[b"http/1.1"]).await;
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let text = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(
+        started.elapsed() >= timeout / 2,
+        "closed before the timeout"
+    );
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {text}"
+    );
+
+    // The whole head but half the body: 408.
+    let mut tls = tls_connect(&pki, w.port, &[b"http/1.1"]).await;
+    tls.write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"apiVersion\":")
+        .await
+        .unwrap();
+    let text = read_until_closed(&mut tls, Duration::from_secs(5)).await;
+    assert!(
+        text.starts_with("HTTP/1.1 408"),
+        "unexpected answer: {text}"
+    );
+    let metrics = w.metrics().await;
+    assert!(
+        metrics.contains(r#"reaper_webhook_requests_total{result="timeout",mode="none"} 1"#),
+        "{metrics}"
+    );
+    // Prompt clients are unaffected.
+    let (status, body) = post(&client(&pki, false), &w.url(), REVIEW.into()).await;
+    assert_eq!(status, 200);
+    check_review_answer(&body);
+    w.stop().await;
+}
+
+/// The server announces its HTTP/2 stream limit, so one connection cannot open Go's default of
+/// 250 concurrent streams (or thousands).
+#[tokio::test]
+async fn http2_streams_per_connection_are_limited() {
+    let pki = Pki::new();
+    let mut w = Webhook::start(&pki, Arc::new(NoImageResolver)).await;
+    let tls = tls_connect(&pki, w.port, &[b"h2"]).await;
+    let (mut h2, mut conn) = h2::client::handshake(tls).await.unwrap();
+    let req = http::Request::post(w.url())
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut body) = h2.send_request(req, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(REVIEW.as_bytes()), true)
+        .unwrap();
+    let response = tokio::select! {
+        r = response => r.unwrap(),
+        r = &mut conn => panic!("connection ended: {r:?}"),
+    };
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        conn.max_concurrent_send_streams(),
+        reaper::webhook::exposure::MAX_H2_STREAMS as usize
+    );
+    w.stop().await;
+}
+
+/// With `--client-ca-file`, only clients presenting a certificate from that CA are served
+/// (the API server, configured as the README says); others fail the TLS handshake.
+#[tokio::test]
+async fn client_certificates_are_required_with_a_client_ca() {
+    let pki = Pki::new();
+    let (api_server_ca, stranger_ca) = (Pki::new(), Pki::new());
+    let ca_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca_file.path(), &api_server_ca.ca_pem).unwrap();
+    let mut w = Webhook::start_with(
+        &pki,
+        Arc::new(NoImageResolver),
+        limits(|a| a.client_ca_file = Some(ca_file.path().to_path_buf())),
+    )
+    .await;
+    let with = |identity: Option<reqwest::Identity>| {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+            .timeout(Duration::from_secs(10));
+        if let Some(id) = identity {
+            b = b.identity(id);
+        }
+        b.build().unwrap()
+    };
+    let send = |c: reqwest::Client| {
+        let url = w.url();
+        async move {
+            c.post(url)
+                .header("content-type", "application/json")
+                .body(REVIEW)
+                .send()
+                .await
+        }
+    };
+    assert!(
+        send(with(None)).await.is_err(),
+        "served without a certificate"
+    );
+    assert!(
+        send(with(Some(stranger_ca.client_identity("kube-apiserver"))))
+            .await
+            .is_err(),
+        "served a certificate from another CA"
+    );
+    let r = send(with(Some(api_server_ca.client_identity("kube-apiserver"))))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    check_review_answer(&r.bytes().await.unwrap());
     w.stop().await;
 }

@@ -532,6 +532,12 @@ impl ControlPlane {
         &self.ca_pem
     }
 
+    /// The CA of the client certificate the API server presents to webhooks that ask for one
+    /// (a webhook's `--client-ca-file`).
+    pub fn webhook_client_ca_file(&self) -> PathBuf {
+        self.dir.join("pki").join("webhook-client-ca.crt")
+    }
+
     /// The CA itself: clients it signs are trusted by the API server (`--client-ca-file`).
     pub fn ca(&self) -> &TestCa {
         &self.ca
@@ -1041,6 +1047,10 @@ struct Pki {
     sa_key: PathBuf,
     kubelet_client_cert: PathBuf,
     kubelet_client_key: PathBuf,
+    /// The API server's identity towards admission webhooks (its admission configuration), and
+    /// the dedicated CA that signed it: what a webhook's `--client-ca-file` trusts.
+    webhook_client_ca: PathBuf,
+    admission_config: PathBuf,
 }
 
 impl Pki {
@@ -1076,6 +1086,8 @@ impl Pki {
             sa_key: pki.join("sa.key"),
             kubelet_client_cert: pki.join("apiserver-kubelet-client.crt"),
             kubelet_client_key: pki.join("apiserver-kubelet-client.key"),
+            webhook_client_ca: pki.join("webhook-client-ca.crt"),
+            admission_config: dir.join("admission.yaml"),
         };
         fs::write(&p.ca, ca.cert_pem())?;
         fs::write(&p.serving_cert, &serving.cert_pem)?;
@@ -1086,7 +1098,52 @@ impl Pki {
         fs::write(&p.sa_key, sa.serialize_pem())?;
         fs::write(&p.kubelet_client_cert, &kubelet_client.cert_pem)?;
         fs::write(&p.kubelet_client_key, &kubelet_client.key_pem)?;
+        Self::write_webhook_client(dir, &p)?;
         Ok((p, ca))
+    }
+}
+
+impl Pki {
+    /// A client certificate the API server presents to every webhook that asks for one (a
+    /// webhook that does not ask never sees it), as the README tells users to configure it:
+    /// an AdmissionConfiguration pointing both webhook plugins at a kubeconfig whose user `*`
+    /// holds the certificate.
+    fn write_webhook_client(dir: &Path, p: &Pki) -> io::Result<()> {
+        let ca = TestCa::new("reaper-test webhook client CA");
+        let pair = ca.issue_client("kube-apiserver", &[]);
+        let pki = dir.join("pki");
+        let (cert, key) = (
+            pki.join("webhook-client.crt"),
+            pki.join("webhook-client.key"),
+        );
+        fs::write(&p.webhook_client_ca, ca.cert_pem())?;
+        fs::write(&cert, &pair.cert_pem)?;
+        fs::write(&key, &pair.key_pem)?;
+        let kubeconfig = dir.join("webhook-client.kubeconfig");
+        fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    \
+                 client-certificate: {}\n    client-key: {}\n",
+                cert.display(),
+                key.display()
+            ),
+        )?;
+        let plugin = |name: &str| {
+            format!(
+                "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    \
+                 kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+                kubeconfig.display()
+            )
+        };
+        fs::write(
+            &p.admission_config,
+            format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+                plugin("MutatingAdmissionWebhook"),
+                plugin("ValidatingAdmissionWebhook")
+            ),
+        )
     }
 }
 
@@ -1112,6 +1169,10 @@ fn apiserver_args(dir: &Path, pki: &Pki, etcd_url: &str, ip: &str, port: u16) ->
             .into(),
         // The agent DaemonSet (hostPID, privileged) must be admissible, as on real clusters.
         "--allow-privileged=true".into(),
+        format!(
+            "--admission-control-config-file={}",
+            p(&pki.admission_config)
+        ),
         "--profiling=false".into(),
         // Towards kubelets (only a node has any): verify their serving certificates (signed by
         // the same CA), authenticate with a client certificate, dial the InternalIP first.
