@@ -121,6 +121,8 @@ fn default_platform(platforms: &[PlatformConfig]) -> Option<usize> {
 #[derive(Clone, Debug, Default)]
 pub struct ImageIndex {
     images: HashMap<String, Result<ImageConfig, String>>,
+    /// Digest of the manifest or index each resolved image's config was read from.
+    digests: HashMap<String, String>,
 }
 
 impl ImageIndex {
@@ -134,6 +136,17 @@ impl ImageIndex {
 
     pub fn get(&self, image: &str) -> Option<&Result<ImageConfig, String>> {
         self.images.get(image)
+    }
+
+    /// Record the digest (`sha256:...`, verified against the content read) of the manifest or
+    /// index `image` resolved to: what pinning `image` to `image@digest` would run.
+    pub fn set_digest(&mut self, image: impl Into<String>, digest: impl Into<String>) {
+        self.digests.insert(image.into(), digest.into());
+    }
+
+    /// The digest `image` resolved to, when the resolver read one (never for failures).
+    pub fn digest(&self, image: &str) -> Option<&str> {
+        self.digests.get(image).map(String::as_str)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -166,6 +179,7 @@ impl ImageIndex {
                     )
                 })
                 .collect(),
+            digests: self.digests.clone(),
         }
     }
 }
@@ -174,6 +188,7 @@ impl FromIterator<(String, Result<ImageConfig, String>)> for ImageIndex {
     fn from_iter<T: IntoIterator<Item = (String, Result<ImageConfig, String>)>>(iter: T) -> Self {
         Self {
             images: iter.into_iter().collect(),
+            digests: HashMap::new(),
         }
     }
 }
@@ -256,12 +271,16 @@ mod tests {
         assert_eq!(c.narrowed(|_| true), c);
         let mut idx = ImageIndex::new();
         idx.insert("img", Ok(c));
+        idx.set_digest("img", "sha256:1");
         idx.insert("bad", Err("401".into()));
         assert!(idx.has_platforms());
         let n = idx.narrowed(|a| a == "amd64");
         assert!(!n.has_platforms());
         assert_eq!(n.get("img").unwrap().as_ref().unwrap().entrypoint, ["/amd"]);
         assert_eq!(n.get("bad").unwrap().as_ref().unwrap_err(), "401");
+        // Narrowing keeps the digest the config was read from (the index's).
+        assert_eq!(n.digest("img"), Some("sha256:1"));
+        assert_eq!(n.digest("bad"), None);
     }
 
     #[test]

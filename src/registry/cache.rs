@@ -9,8 +9,8 @@
 //! Every key holds the registry, the repository and the [`Identity`] the registry was asked as: an
 //! answer obtained with one credential is never given to a lookup made with another, and a failure
 //! with bad credentials does not hide a success with good ones.
-use super::Failure;
 use super::auth::Identity;
+use super::{Failure, Resolved};
 use crate::image::ImageConfig;
 use lru::LruCache;
 use std::num::NonZeroUsize;
@@ -55,7 +55,8 @@ enum Version {
 /// What a cache read found.
 #[derive(Clone, Debug)]
 pub enum Cached {
-    Config(Arc<ImageConfig>),
+    /// The config and the digest it was read from (the tag's digest for a tag).
+    Config(Resolved),
     Failed(Failure),
 }
 
@@ -112,7 +113,8 @@ impl Cache {
                 entry.digest.clone()
             }
         };
-        self.config(&key.repo, &digest).map(Cached::Config)
+        let config = self.config(&key.repo, &digest)?;
+        Some(Cached::Config(Resolved { digest, config }))
     }
 
     /// The config stored for a manifest or index digest.
@@ -193,7 +195,7 @@ mod tests {
 
     fn entry(c: &Option<Cached>) -> Option<String> {
         match c {
-            Some(Cached::Config(c)) => Some(c.entrypoint[0].clone()),
+            Some(Cached::Config(c)) => Some(c.config.entrypoint[0].clone()),
             Some(Cached::Failed(f)) => Some(format!("failed: {}", f.message)),
             None => None,
         }
@@ -226,9 +228,13 @@ mod tests {
             entry(&c.get(&d, t0 + TTL * 100, TTL, NEG)).as_deref(),
             Some("/a")
         );
-        // A moved tag: the new digest replaces the old one.
+        // A moved tag: the new digest replaces the old one, and is the one answered.
         c.put_success(&k, "sha256:b", cfg("/b"), t0 + TTL);
         assert_eq!(entry(&c.get(&k, t0 + TTL, TTL, NEG)).as_deref(), Some("/b"));
+        let Some(Cached::Config(r)) = c.get(&k, t0 + TTL, TTL, NEG) else {
+            panic!("cached")
+        };
+        assert_eq!(r.digest, "sha256:b");
         // Untagged means latest.
         let latest = key(Identity::Anonymous, None, None);
         c.put_success(

@@ -1,45 +1,28 @@
-//! The registry round trip, through oci-client: tag → digest (HEAD), manifest or index, config
-//! blobs. One oci-client `Client` per [`Identity`]: the client remembers the first credential it
-//! sees for a registry and caches tokens per repository, so sharing one between credentials could
-//! hand a token obtained with one secret to a pod that has another.
-use super::auth::{Credential, Identity};
+//! Resolving a reference through [`client`]: tag → digest (HEAD), the manifest or index, the
+//! config blobs of its linux platforms (at most [`MAX_PLATFORMS`]). The pure parts (which
+//! platforms, what a config says) are here too.
+use super::auth::Credential;
+use super::client::{self, Client, MAX_CONFIG_BYTES, Repo};
 use super::{Failure, FailureKind};
 use crate::image::{ImageConfig, PlatformConfig};
-use futures::future::join_all;
-use lru::LruCache;
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::{OciDistributionError, OciErrorCode};
+use futures::{StreamExt, TryStreamExt};
+use oci_client::Reference;
 use oci_client::manifest::{ImageIndexEntry, OciImageIndex, OciImageManifest, OciManifest};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use std::num::NonZeroUsize;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use std::time::Duration;
+use std::sync::Arc;
 
-/// Largest config blob read (real ones are a few KB; history-heavy ones some hundred KB).
-const MAX_CONFIG_BYTES: usize = 4 * 1024 * 1024;
-/// Credentials (and so oci-client clients) remembered at once.
-const MAX_CLIENTS: usize = 64;
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-const READ_TIMEOUT: Duration = Duration::from_secs(15);
-const USER_AGENT: &str = concat!("reaper-controller/", env!("CARGO_PKG_VERSION"));
+pub use client::Settings;
+
 /// Why no registry client can be built here, and what to do.
 pub const NO_ROOTS: &str = "cannot build the registry client: no CA certificates on this system \
      (the controller image carries /etc/ssl/certs/ca-certificates.crt; a custom image needs one, \
      or SSL_CERT_FILE pointing at a PEM bundle)";
 /// Index annotation BuildKit puts on attestation manifests (platform `unknown/unknown`).
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
-
-/// How to reach registries.
-#[derive(Clone, Debug, Default)]
-pub struct Settings {
-    /// `host:port` of registries spoken to over plain HTTP.
-    pub insecure: Vec<String>,
-    /// Extra trusted CA certificates (DER), on top of the system roots.
-    pub extra_roots: Vec<Vec<u8>>,
-}
+/// Platform manifests read per index: real indexes list a handful of linux platforms; a
+/// registry listing thousands must not make the webhook fetch thousands.
+pub const MAX_PLATFORMS: usize = 16;
+/// Platform manifests of one index read at once.
+const PLATFORM_READS: usize = 4;
 
 /// A resolved reference: the digest it points at, its config, and the configs of the platform
 /// manifests of an index (for the digest cache).
@@ -51,8 +34,7 @@ pub struct Fetched {
 }
 
 pub struct Fetcher {
-    settings: Settings,
-    clients: Mutex<LruCache<Identity, Client>>,
+    client: Result<Client, Failure>,
 }
 
 /// One platform of an index worth reading: its key (`os/arch[/variant]`) and manifest digest.
@@ -100,6 +82,43 @@ fn is_index_media_type(m: &str) -> bool {
         || m == oci_client::manifest::IMAGE_MANIFEST_LIST_MEDIA_TYPE
 }
 
+/// At most `max` of an index's platforms, in index order: linux/amd64 and linux/arm64 (any
+/// variant) first, the architectures nodes run almost everywhere (and amd64 is the default
+/// argv), then the others in index order.
+pub fn select_platforms(entries: Vec<PlatformEntry>, max: usize) -> Vec<PlatformEntry> {
+    if entries.len() <= max {
+        return entries;
+    }
+    let rank = |p: &PlatformEntry| match p.platform.split('/').nth(1) {
+        Some("amd64") => 0,
+        Some("arm64") => 1,
+        _ => 2,
+    };
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&i| (rank(&entries[i]), i));
+    order.truncate(max);
+    order.sort_unstable();
+    order.into_iter().map(|i| entries[i].clone()).collect()
+}
+
+/// A manifest or index from its bytes.
+pub fn parse_manifest(bytes: &[u8]) -> Result<OciManifest, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Versioned {
+        schema_version: i64,
+    }
+    let v: Versioned = serde_json::from_slice(bytes)
+        .map_err(|_| "the manifest is not JSON with a schemaVersion".to_string())?;
+    if v.schema_version != 2 {
+        return Err(format!(
+            "manifest schemaVersion {} is not supported (2 is)",
+            v.schema_version
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|_| "not an image manifest or index".to_string())
+}
+
 /// ENTRYPOINT and CMD from a config blob (OCI image config / Docker container config).
 pub fn parse_config(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
     let c: oci_spec::image::ImageConfiguration = serde_json::from_slice(bytes)
@@ -114,177 +133,30 @@ pub fn parse_config(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> 
     Ok((ep, cmd))
 }
 
-/// The error and its causes on one line (reqwest's own message hides the interesting part).
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-/// What an oci-client error means for the user.
-pub fn classify(e: &OciDistributionError, registry: &str, repository: &str) -> Failure {
-    use FailureKind::*;
-    let denied = || {
-        Failure::new(
-            Unauthorized,
-            format!(
-                "registry {registry} refused access to {repository}; give the pod an imagePullSecret for it (webhook flag --registry-auth=pull-secrets) or set a ReaperPolicy entrypoint"
-            ),
-        )
-    };
-    let missing = || {
-        Failure::new(
-            NotFound,
-            format!("registry {registry} has no such image ({repository})"),
-        )
-    };
-    match e {
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => denied(),
-        OciDistributionError::ImageManifestNotFoundError(_) => missing(),
-        OciDistributionError::RegistryError { envelope, .. } => {
-            let codes: Vec<&OciErrorCode> = envelope.errors.iter().map(|e| &e.code).collect();
-            if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Unauthorized | OciErrorCode::Denied))
-            {
-                denied()
-            } else if codes.iter().any(|c| {
-                matches!(
-                    c,
-                    OciErrorCode::ManifestUnknown
-                        | OciErrorCode::NameUnknown
-                        | OciErrorCode::NotFound
-                        | OciErrorCode::BlobUnknown
-                )
-            }) {
-                missing()
-            } else if codes
-                .iter()
-                .any(|c| matches!(c, OciErrorCode::Toomanyrequests))
-            {
-                Failure::new(
-                    Error,
-                    format!(
-                        "registry {registry} is rate-limiting lookups (429); set a ReaperPolicy entrypoint for busy images"
-                    ),
-                )
-            } else {
-                Failure::new(Error, format!("registry {registry}: {envelope}"))
-            }
-        }
-        OciDistributionError::ServerError { code, message, .. } => match code {
-            401 | 403 => denied(),
-            404 => missing(),
-            _ => Failure::new(
-                Error,
-                format!(
-                    "registry {registry} answered HTTP {code}: {}",
-                    message.chars().take(200).collect::<String>().trim()
-                ),
-            ),
-        },
-        OciDistributionError::RequestError(r) => Failure::new(
-            Unreachable,
-            format!("cannot reach registry {registry}: {}", chain(r)),
-        ),
-        other => Failure::new(
-            Invalid,
-            format!("registry {registry}, {repository}: {}", chain(other)),
-        ),
-    }
-}
-
-/// An AsyncWrite into memory that refuses to grow past a limit.
-struct Capped {
-    buf: Vec<u8>,
-    limit: usize,
-}
-
-impl tokio::io::AsyncWrite for Capped {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if self.buf.len() + data.len() > self.limit {
-            return Poll::Ready(Err(std::io::Error::other(format!(
-                "config blob larger than {} bytes",
-                self.limit
-            ))));
-        }
-        self.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
-    }
-    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-}
-
 impl Fetcher {
     pub fn new(settings: Settings) -> Self {
         // reqwest is built without a bundled crypto provider; use ring like the rest of the
         // process (a no-op when main already installed it).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        Self {
-            settings,
-            clients: Mutex::new(LruCache::new(
-                NonZeroUsize::new(MAX_CLIENTS).unwrap_or(NonZeroUsize::MIN),
+        // Building the TLS setup has panicked on systems without CA certificates: say so.
+        let built = std::panic::catch_unwind(|| Client::new(&settings));
+        let client = match built {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(why)) => Err(Failure::new(
+                FailureKind::Error,
+                format!("cannot build the registry client: {why}"),
             )),
+            Err(_) => Err(Failure::new(FailureKind::Error, NO_ROOTS.to_string())),
+        };
+        if let Err(f) = &client {
+            tracing::error!(error = %f.message, "image lookups will fail");
         }
+        Self { client }
     }
 
-    fn client(&self, identity: &Identity) -> Result<Client, Failure> {
-        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = clients.get(identity) {
-            return Ok(c.clone());
-        }
-        let config = ClientConfig {
-            protocol: if self.settings.insecure.is_empty() {
-                ClientProtocol::Https
-            } else {
-                ClientProtocol::HttpsExcept(self.settings.insecure.clone())
-            },
-            extra_root_certificates: self
-                .settings
-                .extra_roots
-                .iter()
-                .map(|der| Certificate {
-                    encoding: CertificateEncoding::Der,
-                    data: der.clone(),
-                })
-                .collect(),
-            // Indexes are walked here, platform by platform.
-            platform_resolver: None,
-            connect_timeout: Some(CONNECT_TIMEOUT),
-            read_timeout: Some(READ_TIMEOUT),
-            user_agent: USER_AGENT,
-            ..Default::default()
-        };
-        // oci-client builds a default reqwest client as well, which panics instead of failing
-        // when the system has no CA certificates (an image without /etc/ssl/certs): say so.
-        let built =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Client::try_from(config)))
-                .map_err(|_| Failure::new(FailureKind::Error, NO_ROOTS.to_string()))?;
-        let client = built.map_err(|e| {
-            Failure::new(
-                FailureKind::Error,
-                format!("cannot build the registry client: {}", chain(&e)),
-            )
-        })?;
-        clients.put(identity.clone(), client.clone());
-        Ok(client)
+    /// Whether every registry request slot is taken.
+    pub fn saturated(&self) -> bool {
+        self.client.as_ref().is_ok_and(Client::saturated)
     }
 
     /// Resolve `reference` as `credential` (anonymous when `None`). `known` answers from the
@@ -295,24 +167,29 @@ impl Fetcher {
         credential: Option<&Credential>,
         known: impl Fn(&str) -> Option<Arc<ImageConfig>>,
     ) -> Result<Fetched, Failure> {
-        let identity = credential.map_or(Identity::Anonymous, Credential::identity);
-        let client = self.client(&identity)?;
-        let auth = match credential {
-            Some(c) if identity != Identity::Anonymous => {
-                RegistryAuth::Basic(c.username.clone(), c.password.clone())
-            }
-            _ => RegistryAuth::Anonymous,
+        let client = self.client.as_ref().map_err(Clone::clone)?;
+        let repo = Repo {
+            registry: reference.registry(),
+            host: reference.resolve_registry(),
+            repository: reference.repository(),
+            credential,
         };
-        let registry = reference.registry().to_string();
-        let repository = reference.repository().to_string();
-        let fail = |e: OciDistributionError| classify(&e, &registry, &repository);
-        // Tag → digest with a HEAD (Docker Hub does not count HEADs against its pull limits).
+        let repository = repo.repository;
+        let mut read_by_tag = None;
         let digest = match reference.digest() {
             Some(d) => d.to_string(),
-            None => client
-                .fetch_manifest_digest(reference, &auth)
-                .await
-                .map_err(fail)?,
+            None => {
+                let tag = reference.tag().unwrap_or("latest");
+                match client.manifest_digest(&repo, tag).await? {
+                    Some(d) => d,
+                    None => {
+                        let m = client.manifest(&repo, tag).await?;
+                        let d = m.digest.clone();
+                        read_by_tag = Some(m);
+                        d
+                    }
+                }
+            }
         };
         if let Some(c) = known(&digest) {
             return Ok(Fetched {
@@ -321,11 +198,19 @@ impl Fetcher {
                 manifests: Vec::new(),
             });
         }
-        let pinned = Reference::with_digest(registry.clone(), repository.clone(), digest.clone());
-        let (manifest, _) = client.pull_manifest(&pinned, &auth).await.map_err(fail)?;
-        match manifest {
+        let manifest = match read_by_tag {
+            Some(m) => m,
+            None => client.manifest(&repo, &digest).await?,
+        };
+        let invalid = |why: String| {
+            Failure::new(
+                FailureKind::Invalid,
+                format!("{}/{repository}@{digest}: {why}", repo.registry),
+            )
+        };
+        match parse_manifest(&manifest.bytes).map_err(invalid)? {
             OciManifest::Image(m) => {
-                let (ep, cmd) = self.config_of(&client, &pinned, &m).await?;
+                let (ep, cmd) = config_of(client, &repo, &m).await?;
                 Ok(Fetched {
                     digest,
                     config: ImageConfig::new(ep, cmd),
@@ -333,63 +218,62 @@ impl Fetcher {
                 })
             }
             OciManifest::ImageIndex(index) => {
-                let entries = linux_platforms(&index);
-                if entries.is_empty() {
-                    return Err(Failure::new(
-                        FailureKind::Invalid,
-                        format!("image index {repository}@{digest} has no linux platform"),
-                    ));
+                let all = linux_platforms(&index);
+                if all.is_empty() {
+                    return Err(invalid("the image index has no linux platform".into()));
                 }
-                let reads = entries.iter().map(|e| {
-                    let client = client.clone();
-                    let (registry, repository, auth) =
-                        (registry.clone(), repository.clone(), auth.clone());
-                    let known = known(&e.digest);
-                    async move {
-                        if let Some(c) = known {
-                            return Ok((e, (*c).clone(), false));
+                let listed = all.len();
+                let entries = select_platforms(all, MAX_PLATFORMS);
+                // Collected first: a lazy `map` keeps a closure over `&PlatformEntry` in the
+                // future's type, which the spawned (Send) fetch cannot prove general enough.
+                let reads: Vec<_> = entries
+                    .into_iter()
+                    .map(|e| {
+                        let known = known(&e.digest);
+                        async move {
+                            if let Some(c) = known {
+                                return Ok((e, (*c).clone(), false));
+                            }
+                            let m = client.manifest(&repo, &e.digest).await?;
+                            let Ok(OciManifest::Image(m)) = parse_manifest(&m.bytes) else {
+                                return Err(Failure::new(
+                                    FailureKind::Invalid,
+                                    format!(
+                                        "{}/{repository}@{}: platform {} is not an image manifest",
+                                        repo.registry, e.digest, e.platform
+                                    ),
+                                ));
+                            };
+                            let (ep, cmd) = config_of(client, &repo, &m).await?;
+                            Ok((e, ImageConfig::new(ep, cmd), true))
                         }
-                        let r = Reference::with_digest(
-                            registry.clone(),
-                            repository.clone(),
-                            e.digest.clone(),
-                        );
-                        let (m, _) = client
-                            .pull_manifest(&r, &auth)
-                            .await
-                            .map_err(|x| classify(&x, &registry, &repository))?;
-                        let OciManifest::Image(m) = m else {
-                            return Err(Failure::new(
-                                FailureKind::Invalid,
-                                format!(
-                                    "{repository}@{}: platform {} points at another index",
-                                    e.digest, e.platform
-                                ),
-                            ));
-                        };
-                        let (ep, cmd) = self.config_of(&client, &r, &m).await?;
-                        Ok((e, ImageConfig::new(ep, cmd), true))
-                    }
-                });
-                let mut platforms = Vec::with_capacity(entries.len());
+                    })
+                    .collect();
+                let read: Vec<_> = futures::stream::iter(reads)
+                    .buffered(PLATFORM_READS)
+                    .try_collect()
+                    .await?;
+                let mut platforms = Vec::with_capacity(read.len());
                 let mut manifests = Vec::new();
-                for r in join_all(reads).await {
-                    let (e, config, fresh) = r?;
+                for (e, config, fresh) in read {
                     platforms.push(PlatformConfig::new(
-                        e.platform.clone(),
+                        e.platform,
                         config.entrypoint.clone(),
                         config.cmd.clone(),
                     ));
                     if fresh {
-                        manifests.push((e.digest.clone(), config));
+                        manifests.push((e.digest, config));
                     }
                 }
-                let config = ImageConfig::from_platforms(platforms).ok_or_else(|| {
-                    Failure::new(
-                        FailureKind::Invalid,
-                        format!("image index {repository}@{digest} is empty"),
-                    )
-                })?;
+                let config = ImageConfig::from_platforms(platforms)
+                    .ok_or_else(|| invalid("the image index is empty".into()))?;
+                // Platforms left unread are assumed to agree with the read ones only when those
+                // all agree; otherwise the argv of an unread platform would be a guess.
+                if listed > MAX_PLATFORMS && !config.platforms.is_empty() {
+                    return Err(invalid(format!(
+                        "the image index lists {listed} linux platforms whose ENTRYPOINT/CMD differ; only {MAX_PLATFORMS} are read: set a ReaperPolicy entrypoint for this image"
+                    )));
+                }
                 Ok(Fetched {
                     digest,
                     config,
@@ -398,53 +282,39 @@ impl Fetcher {
             }
         }
     }
+}
 
-    async fn config_of(
-        &self,
-        client: &Client,
-        reference: &Reference,
-        manifest: &OciImageManifest,
-    ) -> Result<(Vec<String>, Vec<String>), Failure> {
-        let registry = reference.registry();
-        let repository = reference.repository();
-        if manifest.config.size < 0 || manifest.config.size as usize > MAX_CONFIG_BYTES {
-            return Err(Failure::new(
-                FailureKind::Invalid,
-                format!(
-                    "{repository}: config blob of {} bytes (limit {MAX_CONFIG_BYTES})",
-                    manifest.config.size
-                ),
-            ));
-        }
-        let mut out = Capped {
-            buf: Vec::with_capacity(manifest.config.size as usize),
-            limit: MAX_CONFIG_BYTES,
-        };
-        client
-            .pull_blob(reference, &manifest.config, &mut out)
-            .await
-            .map_err(|e| classify(&e, registry, repository))?;
-        parse_config(&out.buf).map_err(|why| {
-            Failure::new(
-                FailureKind::Invalid,
-                format!("{registry}/{repository}: {why}"),
-            )
-        })
+/// ENTRYPOINT and CMD of an image manifest's config blob (at most [`MAX_CONFIG_BYTES`]).
+async fn config_of(
+    client: &Client,
+    repo: &Repo<'_>,
+    manifest: &OciImageManifest,
+) -> Result<(Vec<String>, Vec<String>), Failure> {
+    let config = &manifest.config;
+    if config.size < 0 || config.size as u64 > MAX_CONFIG_BYTES as u64 {
+        return Err(Failure::new(
+            FailureKind::Invalid,
+            format!(
+                "{}/{}: config blob of {} bytes (limit {} MiB, as containerd)",
+                repo.registry,
+                repo.repository,
+                config.size,
+                MAX_CONFIG_BYTES >> 20
+            ),
+        ));
     }
+    let bytes = client.blob(repo, &config.digest, MAX_CONFIG_BYTES).await?;
+    parse_config(&bytes).map_err(|why| {
+        Failure::new(
+            FailureKind::Invalid,
+            format!("{}/{}: {why}", repo.registry, repo.repository),
+        )
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_client_builds_with_plain_http_registries() {
-        let fetcher = Fetcher::new(Settings {
-            insecure: vec!["10.0.0.1:5000".into()],
-            extra_roots: Vec::new(),
-        });
-        assert!(fetcher.client(&Identity::Anonymous).is_ok());
-    }
 
     #[test]
     fn platforms_of_an_index() {
@@ -512,48 +382,54 @@ mod tests {
         );
     }
 
+    fn entry(platform: &str, digest: &str) -> PlatformEntry {
+        PlatformEntry {
+            platform: platform.into(),
+            digest: digest.into(),
+        }
+    }
+
     #[test]
-    fn errors_say_what_to_do() {
-        let f = classify(
-            &OciDistributionError::UnauthorizedError { url: "u".into() },
-            "r:5000",
-            "team/app",
+    fn at_most_max_platforms_amd64_and_arm64_first() {
+        let few: Vec<PlatformEntry> = (0..3)
+            .map(|i| entry("linux/s390x", &format!("sha256:{i}")))
+            .collect();
+        assert_eq!(select_platforms(few.clone(), 16), few);
+        // 20 platforms, amd64 and arm64 near the end: kept, and index order kept.
+        let mut many: Vec<PlatformEntry> = (0..18)
+            .map(|i| entry(&format!("linux/arch{i}"), &format!("sha256:{i}")))
+            .collect();
+        many.push(entry("linux/arm64/v8", "sha256:arm64"));
+        many.push(entry("linux/amd64", "sha256:amd64"));
+        let kept = select_platforms(many, 16);
+        let names: Vec<&str> = kept.iter().map(|p| p.platform.as_str()).collect();
+        assert_eq!(names.len(), 16);
+        assert_eq!(
+            &names[..14],
+            (0..14)
+                .map(|i| format!("linux/arch{i}"))
+                .collect::<Vec<_>>()
         );
-        assert_eq!(f.kind, FailureKind::Unauthorized);
-        assert!(f.message.contains("imagePullSecret"), "{}", f.message);
-        let f = classify(
-            &OciDistributionError::ServerError {
-                code: 404,
-                url: "u".into(),
-                message: String::new(),
-            },
-            "r:5000",
-            "team/app",
+        assert_eq!(&names[14..], ["linux/arm64/v8", "linux/amd64"]);
+    }
+
+    #[test]
+    fn manifests_parse_only_as_schema_2() {
+        let image = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:1","size":2},
+            "layers":[]}"#;
+        assert!(matches!(parse_manifest(image), Ok(OciManifest::Image(_))));
+        let index = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(matches!(
+            parse_manifest(index),
+            Ok(OciManifest::ImageIndex(_))
+        ));
+        assert!(
+            parse_manifest(br#"{"schemaVersion":1,"fsLayers":[]}"#)
+                .unwrap_err()
+                .contains("schemaVersion 1")
         );
-        assert_eq!(f.kind, FailureKind::NotFound);
-        let f = classify(
-            &OciDistributionError::ServerError {
-                code: 503,
-                url: "u".into(),
-                message: "  busy ".into(),
-            },
-            "r",
-            "a",
-        );
-        assert_eq!(f.kind, FailureKind::Error);
-        assert!(f.message.ends_with("503: busy"), "{}", f.message);
-        let env: oci_client::errors::OciEnvelope = serde_json::from_str(
-            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
-        )
-        .unwrap();
-        let f = classify(
-            &OciDistributionError::RegistryError {
-                envelope: env,
-                url: "u".into(),
-            },
-            "r",
-            "a",
-        );
-        assert_eq!(f.kind, FailureKind::NotFound);
+        assert!(parse_manifest(b"<html>").is_err());
+        assert!(parse_manifest(br#"{"schemaVersion":2}"#).is_err());
     }
 }

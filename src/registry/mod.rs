@@ -3,7 +3,12 @@
 //!
 //! - [`auth`]: docker config parsing and kubelet-style credential matching (pure)
 //! - [`cache`]: digest → config, tag → digest with TTLs, failures (pure, time passed in)
-//! - [`fetch`]: the registry round trip through oci-client (I/O)
+//! - [`guard`]: what an (untrusted) registry may make the webhook do: token realms, redirects,
+//!   text shown to users (pure)
+//! - [`client`]: the distribution API over reqwest: capped bodies, verified digests, bearer and
+//!   basic auth, at most 16 requests at once (I/O)
+//! - [`fetch`]: a reference resolved through the client: tag → digest, manifest or index,
+//!   config blobs
 //! - [`secrets`]: pull secrets through the API server (`--registry-auth=pull-secrets`)
 //! - [`warmup`]: prefetch for workload templates (cluster mode)
 //!
@@ -13,7 +18,9 @@
 //! same reference share one fetch.
 pub mod auth;
 pub mod cache;
+pub mod client;
 pub mod fetch;
+pub mod guard;
 pub mod secrets;
 pub mod warmup;
 
@@ -298,7 +305,15 @@ fn pulled_always(pod: &Pod, image: &str) -> bool {
         })
 }
 
-type Flight = Shared<BoxFuture<'static, Result<Arc<ImageConfig>, Failure>>>;
+/// A successful lookup: the config, and the digest of the manifest or index it was read from
+/// (for a tag, its digest at the time: `image@digest` runs exactly the image whose argv this is).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub digest: String,
+    pub config: Arc<ImageConfig>,
+}
+
+type Flight = Shared<BoxFuture<'static, Result<Resolved, Failure>>>;
 
 struct Inner {
     settings: Settings,
@@ -350,7 +365,7 @@ impl Registry {
         reference: &Reference,
         credential: Option<&Credential>,
         tag_ttl: Duration,
-    ) -> Result<Arc<ImageConfig>, Failure> {
+    ) -> Result<Resolved, Failure> {
         let s = &self.inner.settings;
         let key = LookupKey {
             repo: RepoKey {
@@ -414,10 +429,18 @@ impl Registry {
             )
             .await
             .unwrap_or_else(|_| {
+                let busy = if this.inner.fetcher.saturated() {
+                    format!(
+                        " (all {} registry request slots are busy)",
+                        client::MAX_CONCURRENT_REQUESTS
+                    )
+                } else {
+                    String::new()
+                };
                 Err(Failure::new(
                     FailureKind::Unreachable,
                     format!(
-                        "registry {} did not answer within {}s",
+                        "registry {} did not answer within {}s{busy}",
                         reference.registry(),
                         FETCH_TIMEOUT.as_secs()
                     ),
@@ -438,7 +461,10 @@ impl Registry {
                         let config = Arc::new(f.config);
                         cache.put_success(&key, &f.digest, config.clone(), now);
                         tracing::debug!(image = %reference, digest = %f.digest, identity = %repo.identity.short(), "image config read from the registry");
-                        Ok(config)
+                        Ok(Resolved {
+                            digest: f.digest,
+                            config,
+                        })
                     }
                     Err(failure) => {
                         cache.put_failure(&key, failure.clone(), now);
@@ -487,7 +513,7 @@ impl Registry {
         image: &str,
         keyring: &Keyring,
         pull_always: bool,
-    ) -> Result<Arc<ImageConfig>, Failure> {
+    ) -> Result<Resolved, Failure> {
         let reference: Reference = image.parse().map_err(|e| {
             Failure::new(
                 FailureKind::Invalid,
@@ -556,7 +582,7 @@ impl ImageResolver for Registry {
                 )
                 .await;
                 let answer = match r {
-                    Ok(Ok(config)) => Ok((*config).clone()),
+                    Ok(Ok(resolved)) => Ok(resolved),
                     Ok(Err(f)) => {
                         tracing::warn!(image = %image, result = f.kind.label(), error = %f.message, "image lookup failed");
                         Err(f.message)
@@ -569,10 +595,17 @@ impl ImageResolver for Registry {
                 (image.clone(), answer)
             }
         });
-        futures::future::join_all(lookups)
-            .await
-            .into_iter()
-            .collect()
+        let mut index = ImageIndex::new();
+        for (image, answer) in futures::future::join_all(lookups).await {
+            match answer {
+                Ok(r) => {
+                    index.set_digest(image.clone(), r.digest);
+                    index.insert(image, Ok((*r.config).clone()));
+                }
+                Err(why) => index.insert(image, Err(why)),
+            }
+        }
+        index
     }
 }
 

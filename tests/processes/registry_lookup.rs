@@ -181,6 +181,7 @@ async fn digests_skip_the_tag_step_and_are_cached() {
     let pinned = format!("{}/app@{digest}", proxy.addr);
     let idx = resolve(&r, &[&pinned]).await;
     assert_eq!(ok(&idx, &pinned).entrypoint, ["/app"]);
+    assert_eq!(idx.digest(&pinned), Some(digest.as_str()));
     let reqs = proxy.requests();
     assert!(
         !reqs.iter().any(|l| l.contains("/manifests/1 ")),
@@ -196,10 +197,10 @@ async fn digests_skip_the_tag_step_and_are_cached() {
     // By tag: one HEAD for the digest, whose config is known already.
     let before = proxy.requests().len();
     let tagged = proxy.image("app", "1");
-    assert_eq!(
-        ok(&resolve(&r, &[&tagged]).await, &tagged).entrypoint,
-        ["/app"]
-    );
+    let idx = resolve(&r, &[&tagged]).await;
+    assert_eq!(ok(&idx, &tagged).entrypoint, ["/app"]);
+    // The digest the tag resolved to is carried for pinning (`image:tag@digest`).
+    assert_eq!(idx.digest(&tagged), Some(digest.as_str()));
     let new: Vec<String> = proxy.requests()[before..]
         .iter()
         .filter(|l| l.contains("/manifests/") || l.contains("/blobs/"))
@@ -257,7 +258,7 @@ async fn basic_auth_and_credentials_do_not_share_answers() {
     let good = cred("alice", "s3cret");
     let bad = cred("alice", "wrong");
     let c = r.lookup(&reference, Some(&good), ttl).await.unwrap();
-    assert_eq!(c.entrypoint, ["/private"]);
+    assert_eq!(c.config.entrypoint, ["/private"]);
     // The good answer is not served to other credentials.
     let e = r.lookup(&reference, Some(&bad), ttl).await.unwrap_err();
     assert!(e.message.contains("refused access"), "{e:?}");
@@ -292,7 +293,7 @@ async fn bearer_token_flow() {
         .await
         .unwrap();
     assert_eq!(
-        (c.entrypoint.clone(), c.cmd.clone()),
+        (c.config.entrypoint.clone(), c.config.cmd.clone()),
         (v(&["/tok"]), v(&["x"]))
     );
     assert!(
