@@ -240,6 +240,9 @@ pub struct ControlPlane {
     /// *thread* exits, so the shared instance spawns everything from one long-lived thread).
     owner: Option<mpsc::Sender<Box<dyn FnOnce() + Send>>>,
     controller_manager: tokio::sync::OnceCell<()>,
+    /// How etcd and kube-apiserver were started, for [`Self::restart`].
+    recipes: Mutex<BTreeMap<&'static str, (PathBuf, Vec<String>)>>,
+    etcd_port: u16,
     /// Time from spawning etcd to `/readyz` answering 200.
     pub startup: Duration,
     stopped: Mutex<bool>,
@@ -329,10 +332,11 @@ impl ControlPlane {
             controller_manager: tokio::sync::OnceCell::new(),
             startup: Duration::ZERO,
             stopped: Mutex::new(false),
+            recipes: Mutex::default(),
+            etcd_port,
         };
 
-        let mut etcd_cmd = Command::new(etcd);
-        etcd_cmd.args([
+        let etcd_args = vec![
             "--name=default".to_string(),
             format!("--data-dir={}", dir.join("etcd").display()),
             format!("--listen-client-urls={etcd_url}"),
@@ -343,13 +347,13 @@ impl ControlPlane {
             // Test data: durability buys nothing and fsync dominates write latency.
             "--unsafe-no-fsync=true".to_string(),
             "--log-level=warn".to_string(),
-        ]);
-        cp.spawn("etcd", etcd_cmd).map_err(StartError::Failed)?;
+        ];
+        cp.spawn_recipe("etcd", etcd, etcd_args)
+            .map_err(StartError::Failed)?;
         cp.wait_port("etcd", etcd_port, ETCD_TIMEOUT)?;
 
-        let mut api_cmd = Command::new(apiserver);
-        api_cmd.args(apiserver_args(&dir, &pki, &etcd_url, &api_ip, api_port));
-        cp.spawn("kube-apiserver", api_cmd)
+        let api_args = apiserver_args(&dir, &pki, &etcd_url, &api_ip, api_port);
+        cp.spawn_recipe("kube-apiserver", apiserver, api_args)
             .map_err(StartError::Failed)?;
         cp.wait_ready()?;
         cp.startup = began.elapsed();
@@ -366,7 +370,12 @@ impl ControlPlane {
     /// returns its pid. [`Self::shutdown`] kills it (also a node's processes spawned here).
     pub fn spawn(&self, name: &'static str, mut cmd: Command) -> Result<u32, String> {
         let log = self.dir.join(format!("{name}.log"));
-        let out = fs::File::create(&log).map_err(|e| format!("creating {}: {e}", log.display()))?;
+        // Appended: a restarted process keeps its first run's log.
+        let out = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("creating {}: {e}", log.display()))?;
         let err = out.try_clone().map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
         die_with_parent(&mut cmd);
@@ -388,6 +397,48 @@ impl ControlPlane {
         let pid = child.id();
         self.procs.lock().unwrap().push(Proc { name, child, log });
         Ok(pid)
+    }
+
+    fn spawn_recipe(
+        &self,
+        name: &'static str,
+        program: &Path,
+        args: Vec<String>,
+    ) -> Result<u32, String> {
+        let mut cmd = Command::new(program);
+        cmd.args(&args);
+        self.recipes
+            .lock()
+            .unwrap()
+            .insert(name, (program.to_path_buf(), args));
+        self.spawn(name, cmd)
+    }
+
+    /// Stops `name` (`etcd` or `kube-apiserver`) with SIGTERM and starts it again with the same
+    /// flags and data, as an upgrade or a crash-restart does; returns once the API server is
+    /// ready again, with the time that took. Call it from the thread that started the control
+    /// plane (its processes die with their spawning thread).
+    pub fn restart(&self, name: &'static str) -> Result<Duration, String> {
+        let (program, args) = self
+            .recipes
+            .lock()
+            .unwrap()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| format!("{name} is not a process this control plane can restart"))?;
+        let began = Instant::now();
+        self.kill(name, libc::SIGTERM);
+        self.spawn_recipe(name, &program, args)?;
+        let ready = |r: Result<(), StartError>| {
+            r.map_err(|e| match e {
+                StartError::PortTaken(m) | StartError::Failed(m) => m,
+            })
+        };
+        if name == "etcd" {
+            ready(self.wait_port("etcd", self.etcd_port, ETCD_TIMEOUT))?;
+        }
+        ready(self.wait_ready())?;
+        Ok(began.elapsed())
     }
 
     /// Kills and reaps the processes named `name` (spawned by [`Self::spawn`]); true if any.
