@@ -52,7 +52,9 @@ pub enum Error {
         "recording an Event on {object}: {source} (does the role allow create/patch on events.k8s.io events?)"
     )]
     Event { object: String, source: kube::Error },
-    #[error("restarting {workload}: {source} (does the role allow get/patch on it?)")]
+    #[error(
+        "restarting {workload}: {source} (does the role allow get/patch on it, and list on events?)"
+    )]
     Restart {
         workload: String,
         source: kube::Error,
@@ -382,6 +384,12 @@ fn workload_resource(kind: index::WorkloadKind) -> ApiResource {
 
 /// `kubectl rollout restart`: a strategic-merge patch of the pod template's `restartedAt`
 /// annotation (RFC 3339, seconds), after checking the live annotation against the cooldown.
+///
+/// Exactly once across leaders: the `ZombieRestart` Event is recorded *before* the patch, unless
+/// one about this workload already exists within the cooldown. A leader that dies between the two
+/// leaves an Event and no restart; its successor finds the cooldown elapsed, finds the Event,
+/// and only patches. A leader that dies after the patch leaves a live `restartedAt` that blocks a
+/// second restart. Neither the restart nor its Event is ever lost or doubled.
 async fn restart(
     ctx: &Context,
     workload: &index::WorkloadRef,
@@ -411,6 +419,35 @@ async fn restart(
         tracing::info!(%workload, restarted_at, "restarted recently; waiting for the cooldown");
         return Ok(());
     }
+    let uid = live.metadata.uid.clone().unwrap_or_default();
+    if restart_event_since(ctx, &workload.namespace, &uid, now, cooldown).await? {
+        tracing::info!(%workload, "a restart Event is already recorded (an earlier leader); restarting without another");
+    } else {
+        let note = format!(
+            "rolling out because pod {}/{} holds {zombies} zombie processes and is not protected by Reaper; \
+             its new pods get PID 1 fixed by the webhook; next restart for zombies at most after {}",
+            pod.namespace,
+            pod.name,
+            humantime::format_duration(cooldown)
+        );
+        tracing::warn!(%workload, "{note}");
+        let reference = ObjectReference {
+            api_version: Some(resource.api_version.clone()),
+            kind: Some(resource.kind.clone()),
+            name: Some(workload.name.clone()),
+            namespace: Some(workload.namespace.clone()),
+            uid: live.metadata.uid.clone(),
+            ..Default::default()
+        };
+        publish(
+            ctx,
+            keys::REASON_ZOMBIE_RESTART,
+            "Restart",
+            &note,
+            &reference,
+        )
+        .await?;
+    }
     let stamp = Timestamp::from_second(now.as_second())
         .unwrap_or(now)
         .to_string();
@@ -429,30 +466,38 @@ async fn restart(
     .map_err(err)?;
     ctx.log().restarts.insert(workload.clone(), now);
     ctx.metrics.restarts.inc();
-    let note = format!(
-        "rolled out because pod {}/{} holds {zombies} zombie processes and is not protected by Reaper; \
-         its new pods get PID 1 fixed by the webhook; next restart for zombies at most after {}",
-        pod.namespace,
-        pod.name,
-        humantime::format_duration(cooldown)
+    Ok(())
+}
+
+/// Whether a `ZombieRestart` Event about the workload with `uid` was created within `cooldown`
+/// before `now` (core Events: their field selectors on the involved object are served by every
+/// API server version).
+async fn restart_event_since(
+    ctx: &Context,
+    namespace: &str,
+    uid: &str,
+    now: Timestamp,
+    cooldown: Duration,
+) -> Result<bool> {
+    let events: Api<k8s_openapi::api::core::v1::Event> =
+        Api::namespaced(ctx.client.clone(), namespace);
+    let selector = format!(
+        "involvedObject.uid={uid},reason={}",
+        keys::REASON_ZOMBIE_RESTART
     );
-    tracing::warn!(%workload, "{note}");
-    let reference = ObjectReference {
-        api_version: Some(resource.api_version.clone()),
-        kind: Some(resource.kind.clone()),
-        name: Some(workload.name.clone()),
-        namespace: Some(workload.namespace.clone()),
-        uid: live.metadata.uid.clone(),
-        ..Default::default()
-    };
-    publish(
-        ctx,
-        keys::REASON_ZOMBIE_RESTART,
-        "Restart",
-        &note,
-        &reference,
-    )
-    .await
+    let list = events
+        .list(&kube::api::ListParams::default().fields(&selector))
+        .await
+        .map_err(|source| Error::Restart {
+            workload: format!("events of {namespace}/{uid}"),
+            source,
+        })?;
+    Ok(list.items.iter().any(|e| {
+        e.metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| actions::elapsed(t.0, now) < cooldown)
+    }))
 }
 
 /// A reflector over `api` (objects trimmed by `trim` before they are stored) and the stream of
@@ -815,6 +860,22 @@ mod tests {
     const STATUS_PATH: &str = "/apis/reaper.dev/v1alpha1/reaperpolicies/web/status?&force=true&fieldManager=reaper-operator";
     const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/shop/events?";
     const DEPLOY_PATH: &str = "/apis/apps/v1/namespaces/shop/deployments/web";
+    const RESTART_EVENTS_PATH: &str = "/api/v1/namespaces/shop/events?&fieldSelector=involvedObject.uid%3Ddeploy-uid%2Creason%3DZombieRestart";
+
+    /// A core EventList holding Events created at `created`.
+    fn events(created: &[&str]) -> Value {
+        let items: Vec<Value> = created
+            .iter()
+            .map(|at| {
+                json!({
+                    "metadata": {"name": format!("web.{at}"), "namespace": "shop", "creationTimestamp": at},
+                    "involvedObject": {"kind": "Deployment", "name": "web", "uid": "deploy-uid"},
+                    "reason": "ZombieRestart"
+                })
+            })
+            .collect();
+        json!({"apiVersion": "v1", "kind": "EventList", "metadata": {}, "items": items})
+    }
 
     fn deployment(restarted_at: Option<&str>) -> Value {
         let mut d = json!({
@@ -932,6 +993,12 @@ mod tests {
         expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
         expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         expect(&mut handle, Method::GET, DEPLOY_PATH, |_| deployment(None)).await;
+        // The restart's Event first (none recorded yet), then the patch.
+        expect(&mut handle, Method::GET, RESTART_EVENTS_PATH, |_| {
+            events(&[])
+        })
+        .await;
+        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         let patch = expect(
             &mut handle,
             Method::PATCH,
@@ -943,7 +1010,6 @@ mod tests {
             patch,
             json!({"spec": {"template": {"metadata": {"annotations": {keys::ANNOTATION_RESTARTED_AT: NOW}}}}})
         );
-        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
         assert_eq!(event["reason"], keys::REASON_ZOMBIE_RESTART);
         assert_eq!(
             event["regarding"],
@@ -985,6 +1051,70 @@ mod tests {
         let log = ctx.log();
         let remembered = log.restarts.values().next().copied();
         assert_eq!(remembered, Some("2026-03-01T11:50:00Z".parse().unwrap()));
+    }
+
+    /// A leader that recorded the restart's Event and died before patching: its successor
+    /// restarts without a second Event; an Event older than the cooldown does not count.
+    #[tokio::test]
+    async fn an_earlier_leaders_restart_event_is_not_repeated() {
+        start!(
+            handle,
+            ctx,
+            _w,
+            scene = ZombieAction::Restart,
+            rs_owner(),
+            5
+        );
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        expect(&mut handle, Method::GET, DEPLOY_PATH, |_| deployment(None)).await;
+        expect(&mut handle, Method::GET, RESTART_EVENTS_PATH, |_| {
+            events(&["2026-03-01T10:00:00Z", "2026-03-01T11:59:58Z"])
+        })
+        .await;
+        // No POST of another Event: straight to the patch.
+        expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{DEPLOY_PATH}?&fieldManager=reaper-operator"),
+            |_| deployment(Some(NOW)),
+        )
+        .await;
+        run.await.unwrap().unwrap();
+        no_more_requests(&mut handle).await;
+        assert_eq!(ctx.metrics.restarts.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_old_restart_event_does_not_stop_a_new_one() {
+        start!(
+            handle,
+            ctx,
+            _w,
+            scene = ZombieAction::Restart,
+            rs_owner(),
+            5
+        );
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        expect(&mut handle, Method::GET, DEPLOY_PATH, |_| deployment(None)).await;
+        // Two hours old: outside the 1 h cooldown.
+        expect(&mut handle, Method::GET, RESTART_EVENTS_PATH, |_| {
+            events(&["2026-03-01T10:00:00Z"])
+        })
+        .await;
+        let event = expect(&mut handle, Method::POST, EVENTS_PATH, echo).await;
+        assert_eq!(event["reason"], keys::REASON_ZOMBIE_RESTART);
+        expect(
+            &mut handle,
+            Method::PATCH,
+            &format!("{DEPLOY_PATH}?&fieldManager=reaper-operator"),
+            |_| deployment(Some(NOW)),
+        )
+        .await;
+        run.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -152,6 +152,7 @@ async fn operator_identity(
         json!({"apiGroups": [""], "resources": ["namespaces", "pods"], "verbs": ["list", "watch"]}),
         json!({"apiGroups": ["apps"], "resources": ["replicasets"], "verbs": ["list", "watch"]}),
         json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "patch"]}),
+        json!({"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}),
         json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
     ];
     let mut ns_rules = vec![json!({
@@ -1060,6 +1061,169 @@ async fn restart_patches_the_deployment_template_once_per_cooldown() {
     let m = op.metrics().await.unwrap();
     assert!(m.contains("reaper_operator_restarts_total 1"), "{m}");
     op.assert_clean_log();
+}
+
+/// The restart's Events about Deployment `name`.
+async fn restart_events_of(admin: &Client, ns: &str, name: &str) -> Vec<Event> {
+    events_with_reason(admin, ns, keys::REASON_ZOMBIE_RESTART)
+        .await
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect()
+}
+
+/// Two operators; the leader is SIGKILLed as soon as it starts restarting a workload (`live`),
+/// and a second workload (`crashed`) carries what a leader leaves when it dies between the
+/// restart's Event and its patch (the Event, no `restartedAt`). The survivor takes over: each
+/// workload is rolled out exactly once and has exactly one `ZombieRestart` Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_killed_mid_restart_neither_loses_nor_doubles_a_restart_or_its_event() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let admin = cp.client().await;
+    cp.install_crds(&admin).await;
+    let (ns, tag) = app_namespace(cp, &admin, "op-failover").await;
+    let home = cp.ns(&admin, "op-failover-home").await;
+    let name = format!("{tag}-failover");
+    policy(
+        &admin,
+        &name,
+        &tag,
+        0,
+        json!({}),
+        json!({"threshold": 2, "action": "Restart", "cooldown": "1h"}),
+    )
+    .await;
+    let crashed = workload(&admin, &ns, "crashed", None, None).await;
+    let live = workload(&admin, &ns, "live", None, None).await;
+    let deployments: Api<Deployment> = Api::namespaced(admin.clone(), &ns);
+    let crashed_uid = deployments.get("crashed").await.unwrap().uid().unwrap();
+    let micro_now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string();
+    create::<Event>(
+        &Api::namespaced(admin.clone(), &ns),
+        json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"name": "crashed.by-a-dead-leader", "namespace": ns},
+            "eventTime": micro_now, "type": "Warning",
+            "reason": keys::REASON_ZOMBIE_RESTART, "action": "Restart",
+            "reportingController": keys::EVENT_REPORTER_OPERATOR, "reportingInstance": "op-dead",
+            "note": "rolling out because pod ... (recorded by a leader that died before patching)",
+            "regarding": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "crashed",
+                          "namespace": ns, "uid": crashed_uid}
+        }),
+    )
+    .await;
+    let report_name = unique_name("op-failover-node");
+    let report = |count: u32| {
+        json!({
+            "apiVersion": "reaper.dev/v1alpha1", "kind": "ZombieReport",
+            "metadata": {"name": report_name},
+            "spec": {"nodeName": report_name, "zombies": count * 2, "containers": [
+                {"podUid": crashed, "containerId": format!("{:064x}", 1), "container": "app", "count": count},
+                {"podUid": live, "containerId": format!("{:064x}", 2), "container": "app", "count": count}
+            ]}
+        })
+    };
+    let reports: Api<ZombieReport> = Api::all(admin.clone());
+    create(&reports, report(3)).await;
+
+    let identity = operator_identity(cp, &admin, &home, None).await;
+    let args = [
+        "--lease-duration",
+        "4s",
+        "--lease-grace",
+        "2s",
+        "--restart-workloads",
+    ];
+    let mut ops = [
+        Operator::spawn(cp, &identity, "op-fo-a", &home, &args),
+        Operator::spawn(cp, &identity, "op-fo-b", &home, &args),
+    ];
+    let both_logs = |ops: &[Operator; 2]| format!("{}\n{}", ops[0].logs(), ops[1].logs());
+    // The moment the leader has begun restarting `live` (its Event comes first, the patch a
+    // moment later), kill it: the kill lands between the two or just after.
+    eventually(
+        "the leader starting to restart `live`",
+        || both_logs(&ops),
+        async || {
+            let begun = !restart_events_of(&admin, &ns, "live").await.is_empty()
+                || restarted_at(&deployments.get("live").await.ok()?).is_some();
+            begun.then_some(())
+        },
+    )
+    .await;
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &home);
+    let holder = holder_of(&leases).await.expect("a leader");
+    let leader = ops
+        .iter()
+        .position(|o| holder.starts_with(&format!("{}_", o.name)))
+        .unwrap_or_else(|| panic!("holder {holder} is neither operator"));
+    ops[leader].child.0.kill().unwrap();
+    ops[leader].child.0.wait().unwrap();
+    let survivor = 1 - leader;
+    let prefix = format!("{}_", ops[survivor].name);
+    eventually(
+        "takeover",
+        || both_logs(&ops),
+        async || holder_of(&leases).await.filter(|h| h.starts_with(&prefix)),
+    )
+    .await;
+    // The survivor reconciles (a report change it must see in the status), then has its chance
+    // to restart anything again.
+    let rv = reports.get(&report_name).await.unwrap().resource_version();
+    let mut updated = report(4);
+    updated["metadata"]["resourceVersion"] = json!(rv);
+    reports
+        .replace(
+            &report_name,
+            &PostParams::default(),
+            &serde_json::from_value(updated).unwrap(),
+        )
+        .await
+        .unwrap();
+    wait_policy(
+        &admin,
+        &name,
+        "the survivor's status",
+        || both_logs(&ops),
+        |s| s["zombies"] == 8,
+    )
+    .await;
+    for workload in ["crashed", "live"] {
+        eventually(
+            &format!("{workload} restarted"),
+            || both_logs(&ops),
+            async || restarted_at(&deployments.get(workload).await.ok()?),
+        )
+        .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for workload in ["crashed", "live"] {
+        let d = deployments.get(workload).await.unwrap();
+        assert_eq!(
+            d.metadata.generation,
+            Some(2),
+            "{workload}: rolled out more than once\n{}",
+            both_logs(&ops)
+        );
+        let events = restart_events_of(&admin, &ns, workload).await;
+        assert_eq!(
+            events.len(),
+            1,
+            "{workload}: {events:#?}\n{}",
+            both_logs(&ops)
+        );
+    }
+    assert_eq!(
+        restart_events_of(&admin, &ns, "crashed").await[0].name_any(),
+        "crashed.by-a-dead-leader",
+        "the dead leader's Event was repeated"
+    );
+    ops[survivor].assert_clean_log();
 }
 
 /// A StatefulSet or DaemonSet owning one pod directly (no ReplicaSet in between); the pod's UID.
