@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod cli;
 pub mod component;
 pub mod crd;
 pub mod image;

@@ -1,7 +1,7 @@
 //! `reaper-controller`: one binary, one subcommand per role. Flag parsing and dispatch only.
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use reaper::{agent, crd, operator, telemetry, webhook};
+use reaper::{agent, cli, crd, operator, telemetry, webhook};
 
 // glibc malloc spent ~20 % of the webhook's CPU under load (perf, bench/webhook.sh); mimalloc
 // handles the many short-lived allocations of JSON decoding far better.
@@ -31,6 +31,9 @@ enum Command {
     Agent(agent::Args),
     /// Print the CRDs (ReaperPolicy, ZombieReport) as a YAML stream, or write them with --dir.
     Crds(crd::Args),
+    /// Apply the webhook's mutation offline to manifests (Pods and workload templates; YAML
+    /// stream in, YAML stream out; what happened to each on standard error).
+    Inject(cli::inject::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,6 +49,9 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Command::Inject(args) = &cli.command {
+        return cli::inject::run(args).context("inject");
+    }
     telemetry::init(&cli.log).context("invalid --log-level")?;
     // rustls needs one process-wide crypto provider; ring is the one kube is built with.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -57,7 +63,7 @@ fn main() -> anyhow::Result<()> {
             Command::Webhook(args) => webhook::run(*args).await.context("webhook"),
             Command::Operator(args) => operator::run(args).await.context("operator"),
             Command::Agent(args) => agent::run(args).await.context("agent"),
-            Command::Crds(_) => unreachable!("handled above"),
+            Command::Crds(_) | Command::Inject(_) => unreachable!("handled above"),
         }
     })
 }

@@ -896,3 +896,100 @@ async fn only_the_api_server_may_call_the_webhook_with_client_auth() {
     );
     w.stop().await;
 }
+
+/// A stored pod with what differs between two API server admissions of the same pod removed:
+/// identity, namespace, a generated name's suffix, and the ServiceAccount token volume (its name
+/// has a random suffix too).
+fn comparable(p: &Pod) -> Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    for k in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "namespace",
+    ] {
+        v["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    v.as_object_mut().unwrap().remove("status");
+    if v["metadata"]["generateName"].is_string() {
+        v["metadata"].as_object_mut().unwrap().remove("name");
+    }
+    let token = |name: &Value| {
+        name.as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+    };
+    if let Some(vols) = v["spec"]["volumes"].as_array_mut() {
+        vols.retain(|vol| !token(&vol["name"]));
+    }
+    for list in ["initContainers", "containers"] {
+        for c in v["spec"][list].as_array_mut().into_iter().flatten() {
+            if let Some(m) = c["volumeMounts"].as_array_mut() {
+                m.retain(|m| !token(&m["name"]));
+            }
+        }
+    }
+    v
+}
+
+/// `reaper-controller inject` applied offline and the webhook through the API server agree on
+/// every corpus pod: the pod `inject` prints, created in a namespace the webhook does not
+/// touch, is stored exactly as the original created in an opted-in namespace.
+#[tokio::test]
+async fn inject_offline_agrees_with_the_webhook_on_the_corpus() {
+    use reaper::cli::inject;
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w.namespace(cp, "agree", &[]).await;
+    let plain = cp.ns(&client, "plain").await;
+    // The same policies the webhook sees (other tests' are scoped to their own namespaces).
+    let policies = Api::<ReaperPolicy>::all(client.clone())
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items;
+    let namespace_labels: Vec<String> = [
+        ("reaper.dev/inject", "enabled"),
+        (TEST_LABEL, w.id.as_str()),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={v}"))
+    .collect();
+    let args = inject::Args {
+        file: "-".into(),
+        policies: None,
+        reaper_image: REAPER_IMAGE.into(),
+        mount_path: "/.reaper".into(),
+        default_mode: Mode::Auto,
+        namespace: ns.clone(),
+        namespace_labels,
+    };
+    let opts = inject::options(&args, policies).unwrap();
+    let mut failures = Vec::new();
+    let pods = corpus();
+    for (file, original) in &pods {
+        let by_webhook = create(&client, &ns, original, true).await;
+        let mut offline = serde_json::to_value(original).unwrap();
+        inject::inject_object(&mut offline, &opts).unwrap();
+        let offline: Pod = serde_json::from_value(offline).unwrap();
+        let by_inject = create(&client, &plain, &offline, true).await;
+        if comparable(&by_webhook) != comparable(&by_inject) {
+            failures.push(format!(
+                "{file}:\n webhook {}\n inject  {}",
+                comparable(&by_webhook),
+                comparable(&by_inject)
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus pods differ:\n{}",
+        failures.len(),
+        pods.len(),
+        failures.join("\n")
+    );
+    w.stop().await;
+}
