@@ -9,6 +9,7 @@
 //! and a reinvocation after another webhook added a container wraps just that container.
 use super::argv::{Argv, ImageArgv, plan_argv, platform_argv};
 use super::install::{self, InstallSettings};
+use super::pin;
 use crate::crd::{Enforcement, Fallback, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
 use crate::image::{ImageIndex, image_matches};
 use crate::keys;
@@ -32,6 +33,10 @@ pub struct Config {
     pub excluded_namespaces: BTreeSet<String>,
     /// The injected init container and volume.
     pub install: InstallSettings,
+    /// Rewrite the image of a container wrapped with an argv read from the registry to
+    /// `image@digest`, the digest that argv was read from (`--pin-digests`). The digest is
+    /// recorded in `reaper.dev/image-digests` either way.
+    pub pin_digests: bool,
 }
 
 impl Config {
@@ -46,6 +51,7 @@ impl Config {
                 .map(String::from)
                 .collect(),
             install: InstallSettings::default(),
+            pin_digests: false,
         }
     }
 
@@ -147,6 +153,8 @@ pub struct Wrap {
     pub mount: Option<VolumeMount>,
     /// `REAPER_PLATFORM_ARGV` to add: the image's platforms run different argvs (JSON object).
     pub platform_argv: Option<String>,
+    /// New `image`: the reference pinned to the digest its argv was read from (`--pin-digests`).
+    pub image: Option<String>,
     /// Whether the container already has a `volumeMounts` list.
     pub(super) had_mounts: bool,
     /// Whether the container already has an `env` list.
@@ -198,6 +206,9 @@ pub struct Plan {
     pub changes: Changes,
     /// New value of `reaper.dev/injected`, when it differs from the pod's.
     pub set_annotation: Option<String>,
+    /// New value of `reaper.dev/image-digests` (the pod's entries plus this pass's), when it
+    /// differs from the pod's.
+    pub set_image_digests: Option<String>,
     pub(super) had_annotations: bool,
 }
 
@@ -211,6 +222,7 @@ impl Plan {
             warnings: Vec::new(),
             changes: Changes::default(),
             set_annotation: None,
+            set_image_digests: None,
             had_annotations: false,
         }
     }
@@ -554,6 +566,7 @@ pub fn plan(
                 container: c,
                 argv: None,
                 platform_argv: None,
+                digest: None,
             }),
             Argv::HasInit(init) => with_init.push((c.name.clone(), init)),
             Argv::Unknown(why) => {
@@ -583,6 +596,7 @@ pub fn plan(
                             container: c,
                             argv: Some(wrap),
                             platform_argv: per_platform,
+                            digest: pin::digest_to_record(c, image, images).map(String::from),
                         })
                     }
                 }
@@ -673,12 +687,19 @@ pub fn plan(
     }
     init_notes(&mut warnings);
     let names: Vec<String> = wrapped.iter().map(|t| t.container.name.clone()).collect();
-    let changes = if audit {
-        Changes::default()
+    let (changes, digests) = if audit {
+        (Changes::default(), BTreeMap::new())
     } else {
-        inject_changes(pod, cfg, install.as_ref(), &wrapped)
+        let digests = wrapped
+            .iter()
+            .filter_map(|t| Some((t.container.name.clone(), t.digest.clone()?)))
+            .collect();
+        (
+            inject_changes(pod, cfg, install.as_ref(), &wrapped),
+            digests,
+        )
     };
-    finish(
+    let mut plan = finish(
         pod,
         Verdict {
             outcome: Outcome::Inject(names),
@@ -688,7 +709,10 @@ pub fn plan(
             warnings,
             changes,
         },
-    )
+    );
+    plan.set_image_digests =
+        pin::annotation_update(annotation(pod, keys::ANNOTATION_IMAGE_DIGESTS), &digests);
+    plan
 }
 
 /// A container to run under reaper.
@@ -699,6 +723,8 @@ struct Target<'a> {
     argv: Option<Argv>,
     /// Its `REAPER_PLATFORM_ARGV` value, if any.
     platform_argv: Option<String>,
+    /// The digest its new argv was read from (see [`pin::digest_to_record`]).
+    digest: Option<String>,
 }
 
 fn has_env(c: &Container, name: &str) -> bool {
@@ -816,6 +842,7 @@ fn inject_changes(
         container: c,
         argv,
         platform_argv: per_platform,
+        digest,
     } in wrapped
     {
         let mount = if install::has_our_mount(c, &cfg.mount_path, &volume_name)
@@ -832,12 +859,18 @@ fn inject_changes(
         if command.is_none() && mount.is_none() {
             continue;
         }
+        // Only a container wrapped now has a digest to pin (see `pin::digest_to_record`).
+        let image = digest
+            .as_deref()
+            .filter(|_| cfg.pin_digests && command.is_some())
+            .and_then(|d| Some(pin::pinned(c.image.as_deref()?, d)));
         changes.wraps.push(Wrap {
             slot: *slot,
             command,
             args,
             mount,
             platform_argv: per_platform.clone(),
+            image,
             had_mounts: c.volume_mounts.is_some(),
             had_env: c.env.is_some(),
         });
@@ -884,6 +917,7 @@ fn finish(pod: &Pod, verdict: Verdict) -> Plan {
         warnings: Vec::new(),
         changes,
         set_annotation: None,
+        set_image_digests: None,
         had_annotations,
     };
     if audit {
@@ -915,7 +949,198 @@ fn finish(pod: &Pod, verdict: Verdict) -> Plan {
 #[cfg(test)]
 mod tests {
     use super::arch_allowed;
+    use super::{Config, Plan, Scope, plan};
+    use crate::crd::{EntrypointOverride, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
+    use crate::image::{ImageConfig, ImageIndex};
+    use crate::keys;
     use k8s_openapi::api::core::v1::Pod;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    /// Containers `a`..`f`, one per case; `f` is a native sidecar (an init container, resolved).
+    fn digest_pod(annotations: Value) -> Value {
+        json!({
+            "metadata": {"name": "p", "annotations": annotations},
+            "spec": {
+                "initContainers": [
+                    {"name": "f", "image": "sidecar:1", "restartPolicy": "Always"}
+                ],
+                "containers": [
+                    // Resolved from the registry.
+                    {"name": "a", "image": "app:1"},
+                    // The pod's command: the image's argv is not used.
+                    {"name": "b", "image": "app:1", "command": ["/mine"]},
+                    // The policy's entrypoint: not looked up.
+                    {"name": "c", "image": "redis:7"},
+                    // Already pinned by its author.
+                    {"name": "d", "image": format!("app@{D1}")},
+                    // The lookup failed.
+                    {"name": "e", "image": "private:1"}
+                ]
+            }
+        })
+    }
+
+    fn digest_images() -> ImageIndex {
+        let config = || Ok(ImageConfig::new(vec!["/entry".into()], vec!["run".into()]));
+        let mut images = ImageIndex::new();
+        for (image, digest) in [("app:1", D1), ("sidecar:1", D2), ("redis:7", D2)] {
+            images.insert(image, config());
+            images.set_digest(image, digest);
+        }
+        images.insert(format!("app@{D1}"), config());
+        images.set_digest(format!("app@{D1}"), D1);
+        images.insert("private:1", Err("401".into()));
+        images
+    }
+
+    fn plan_with(pod: &Value, images: &ImageIndex, pin: bool) -> Plan {
+        let mut cfg = Config::new("reaper:1");
+        cfg.pin_digests = pin;
+        let policy = ReaperPolicy::new(
+            "p",
+            ReaperPolicySpec {
+                // inject: the failed lookup skips that container instead of sharing the pod.
+                mode: Mode::Inject,
+                init_containers: false,
+                entrypoints: vec![EntrypointOverride {
+                    image: "redis:*".into(),
+                    command: vec!["redis-server".into()],
+                    args: vec![],
+                }],
+                ..Default::default()
+            },
+        );
+        let set = PolicySet::new([Arc::new(policy)]);
+        let labels = BTreeMap::from([(keys::LABEL_NAMESPACE_NAME.to_string(), "ns".to_string())]);
+        let scope = Scope {
+            namespace: "ns",
+            namespace_labels: &labels,
+        };
+        let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+        plan(&pod, scope, &set, images, &cfg)
+    }
+
+    fn apply(pod: &Value, plan: &Plan) -> Value {
+        let mut out = pod.clone();
+        json_patch::patch(&mut out, &plan.patch()).unwrap();
+        out
+    }
+
+    fn images_of(pod: &Value) -> Vec<String> {
+        let spec = &pod["spec"];
+        spec["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .chain(spec["containers"].as_array().unwrap())
+            .filter(|c| c["name"] != "reaper-install")
+            .map(|c| c["image"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn digests_are_recorded_for_registry_read_argvs_only_and_pinned_on_request() {
+        let pod = digest_pod(json!({}));
+        let images = digest_images();
+        let recorded = format!("a={D1},f={D2}");
+        for pin in [false, true] {
+            let p = plan_with(&pod, &images, pin);
+            assert_eq!(p.annotation().as_deref(), Some("inject:f,a,b,c,d"), "{p:?}");
+            assert_eq!(p.set_image_digests.as_deref(), Some(recorded.as_str()));
+            let pinned: Vec<(String, Option<&str>)> = p
+                .changes
+                .wraps
+                .iter()
+                .map(|w| (w.slot.list.field().to_string(), w.image.as_deref()))
+                .collect();
+            let patched = apply(&pod, &p);
+            assert_eq!(
+                patched["metadata"]["annotations"][keys::ANNOTATION_IMAGE_DIGESTS],
+                recorded.as_str()
+            );
+            let want: Vec<String> = if pin {
+                assert_eq!(
+                    pinned.iter().filter(|(_, i)| i.is_some()).count(),
+                    2,
+                    "{pinned:?}"
+                );
+                vec![
+                    format!("sidecar:1@{D2}"),
+                    format!("app:1@{D1}"),
+                    "app:1".into(),
+                    "redis:7".into(),
+                    format!("app@{D1}"),
+                    "private:1".into(),
+                ]
+            } else {
+                assert!(pinned.iter().all(|(_, i)| i.is_none()), "{pinned:?}");
+                images_of(&pod)
+            };
+            assert_eq!(images_of(&patched), want, "pin {pin}");
+            // Converged: the mutated pod is left as it is, annotation included.
+            let again = plan_with(&patched, &images, pin);
+            assert!(again.patch().0.is_empty(), "{:?}", again.patch());
+            // Even when the registry is unknown by then (the images are not looked up again).
+            let again = plan_with(&patched, &ImageIndex::new(), pin);
+            assert!(again.patch().0.is_empty(), "{:?}", again.patch());
+        }
+    }
+
+    #[test]
+    fn digest_annotation_keeps_other_entries_and_nothing_without_a_lookup() {
+        let images = digest_images();
+        // Entries of earlier passes are kept; the pod's other annotations too.
+        let pod = digest_pod(json!({
+            "team": "x",
+            keys::ANNOTATION_IMAGE_DIGESTS: format!("late={D2},a={D2}")
+        }));
+        let p = plan_with(&pod, &images, true);
+        let patched = apply(&pod, &p);
+        let a = &patched["metadata"]["annotations"];
+        assert_eq!(
+            a[keys::ANNOTATION_IMAGE_DIGESTS],
+            format!("a={D1},f={D2},late={D2}")
+        );
+        assert_eq!(a["team"], "x");
+        assert_eq!(a[keys::ANNOTATION_INJECTED], "inject:f,a,b,c,d");
+        // No resolver (NoImageResolver) or only failures: nothing recorded, nothing pinned.
+        let pod = digest_pod(json!({}));
+        let bare = json!({"metadata": {"name": "p"}, "spec": pod["spec"].clone()});
+        for images in [ImageIndex::new(), {
+            let mut i = ImageIndex::new();
+            i.insert("app:1", Err("timed out".into()));
+            i
+        }] {
+            let p = plan_with(&bare, &images, true);
+            assert_eq!(p.set_image_digests, None);
+            assert!(p.changes.wraps.iter().all(|w| w.image.is_none()));
+            let patched = apply(&bare, &p);
+            assert!(
+                patched["metadata"]["annotations"]
+                    .get(keys::ANNOTATION_IMAGE_DIGESTS)
+                    .is_none()
+            );
+            assert_eq!(images_of(&patched), images_of(&bare));
+        }
+    }
+
+    #[test]
+    fn audit_and_share_record_and_pin_nothing() {
+        let images = digest_images();
+        for mode in ["share", "auto"] {
+            // auto: the failed lookup makes the pod fall back to share.
+            let pod = digest_pod(json!({keys::ANNOTATION_MODE: mode}));
+            let p = plan_with(&pod, &images, true);
+            assert!(p.annotation().unwrap().starts_with("share"), "{p:?}");
+            assert_eq!(p.set_image_digests, None);
+            assert_eq!(images_of(&apply(&pod, &p)), images_of(&pod));
+        }
+    }
 
     fn pod(spec: serde_json::Value) -> Pod {
         let mut spec = spec;

@@ -3,6 +3,7 @@
 //!
 //! - [`plan`]: the pure decision (pod + policies + images → plan → JSONPatch)
 //! - [`argv`]: effective argv and wrapping rules; [`images`]: image configs and the resolver trait
+//! - [`pin`]: the digests argvs were read from (`reaper.dev/image-digests`, `--pin-digests`)
 //! - [`review`]: AdmissionReview decoding/encoding; [`server`]: the axum router and handler
 //! - [`tls`]: reloading certificate resolver and the HTTPS accept loop; [`sources`]: policies
 //!   and namespace labels from a file or the cluster
@@ -13,6 +14,7 @@ pub mod decide;
 pub mod exposure;
 pub mod install;
 mod patch;
+pub mod pin;
 pub mod review;
 pub mod server;
 pub mod sources;
@@ -81,6 +83,13 @@ pub struct Args {
     /// sizeLimit of the `reaper-bin` emptyDir.
     #[arg(long, env = "REAPER_VOLUME_SIZE_LIMIT", default_value = "8Mi")]
     pub volume_size_limit: String,
+    /// Rewrite the image of a container wrapped with an argv read from its registry to
+    /// `image@digest` (the tag kept), so the kubelet runs exactly the image that argv was read
+    /// from. The digest is recorded in the `reaper.dev/image-digests` annotation either way.
+    #[arg(long, env = "REAPER_PIN_DIGESTS", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub pin_digests: bool,
     /// Image lookup in registries (ENTRYPOINT/CMD of containers without `command`).
     #[command(flatten)]
     pub registry: registry::Args,
@@ -192,6 +201,7 @@ impl Args {
                 memory_limit: self.install_memory_limit.clone(),
                 volume_size_limit: self.volume_size_limit.clone(),
             },
+            pin_digests: self.pin_digests,
         })
     }
 }
@@ -473,6 +483,26 @@ mod tests {
         assert_eq!(c.excluded_namespaces.len(), 2);
         assert_eq!(c.default_mode, Mode::Share);
         assert_eq!(c.reaper_path(), "/x/reaper");
+    }
+
+    #[test]
+    fn pin_digests_is_off_unless_asked_for() {
+        assert!(!parse(&[]).config(None).unwrap().pin_digests);
+        for (flag, want) in [
+            ("--pin-digests", true),
+            ("--pin-digests=true", true),
+            ("--pin-digests=false", false),
+        ] {
+            assert_eq!(
+                parse(&[flag]).config(None).unwrap().pin_digests,
+                want,
+                "{flag}"
+            );
+        }
+        let required = ["--tls-cert", "c", "--tls-key", "k", "--reaper-image", "r"];
+        let with = |flag| crate::component::parse_flags::<Args>(&[&required[..], &[flag]].concat());
+        assert!(with("--pin-digests=true").is_ok());
+        assert!(with("--pin-digests=sometimes").is_err());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 use super::decide::Plan;
 use crate::keys;
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation};
+use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation, ReplaceOperation};
 use k8s_openapi::api::core::v1::EnvVar;
 use serde_json::Value;
 
@@ -17,6 +17,13 @@ impl Plan {
         for w in &c.wraps {
             let base = ["spec", w.slot.list.field()];
             let idx = w.slot.index.to_string();
+            if let Some(image) = &w.image {
+                // `replace`: the image is there (only a container with one is pinned).
+                ops.push(PatchOperation::Replace(ReplaceOperation {
+                    path: ptr(&[base[0], base[1], &idx, "image"]),
+                    value: Value::String(image.clone()),
+                }));
+            }
             if let Some(command) = &w.command {
                 ops.push(add(
                     ptr(&[base[0], base[1], &idx, "command"]),
@@ -87,20 +94,26 @@ impl Plan {
                 Value::Bool(true),
             ));
         }
-        if let Some(value) = &self.set_annotation {
-            if self.had_annotations {
+        let annotations: Vec<(&str, &String)> = [
+            (keys::ANNOTATION_INJECTED, &self.set_annotation),
+            (keys::ANNOTATION_IMAGE_DIGESTS, &self.set_image_digests),
+        ]
+        .into_iter()
+        .filter_map(|(key, value)| Some((key, value.as_ref()?)))
+        .collect();
+        if self.had_annotations {
+            for (key, value) in annotations {
                 ops.push(add(
-                    ptr(&["metadata", "annotations", keys::ANNOTATION_INJECTED]),
+                    ptr(&["metadata", "annotations", key]),
                     Value::String(value.clone()),
                 ));
-            } else {
-                let mut map = serde_json::Map::new();
-                map.insert(
-                    keys::ANNOTATION_INJECTED.to_string(),
-                    Value::String(value.clone()),
-                );
-                ops.push(add(ptr(&["metadata", "annotations"]), Value::Object(map)));
             }
+        } else if !annotations.is_empty() {
+            let map = annotations
+                .into_iter()
+                .map(|(key, value)| (key.to_string(), Value::String(value.clone())))
+                .collect();
+            ops.push(add(ptr(&["metadata", "annotations"]), Value::Object(map)));
         }
         Patch(ops)
     }
@@ -122,4 +135,118 @@ fn strings(v: &[String]) -> Value {
 fn to_value<T: serde::Serialize>(v: &T) -> Value {
     // k8s-openapi types always serialise to JSON (string keys, no floats that could be NaN).
     serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::decide::{Changes, List, Outcome, Plan, Slot, Wrap};
+    use crate::keys;
+    use serde_json::{Value, json};
+
+    fn wrap(list: List, index: usize, image: Option<&str>) -> Wrap {
+        Wrap {
+            slot: Slot { list, index },
+            command: Some(vec!["/.reaper/reaper".into(), "--".into(), "/app".into()]),
+            args: None,
+            mount: None,
+            platform_argv: None,
+            image: image.map(String::from),
+            had_mounts: false,
+            had_env: false,
+        }
+    }
+
+    fn plan(wraps: Vec<Wrap>, digests: Option<&str>, had_annotations: bool) -> Plan {
+        Plan {
+            outcome: Outcome::Inject(vec![]),
+            mode: None,
+            policy: None,
+            audit: false,
+            warnings: vec![],
+            changes: Changes {
+                wraps,
+                ..Default::default()
+            },
+            set_annotation: Some("inject:s,a".into()),
+            set_image_digests: digests.map(String::from),
+            had_annotations,
+        }
+    }
+
+    fn ops(p: &Plan) -> Vec<Value> {
+        p.patch()
+            .0
+            .iter()
+            .map(|op| serde_json::to_value(op).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn pinned_images_are_replaced_in_place() {
+        let p = plan(
+            vec![
+                wrap(List::Init, 1, Some("side:1@sha256:2")),
+                wrap(List::Regular, 0, Some("app:1@sha256:1")),
+                wrap(List::Regular, 1, None),
+            ],
+            Some("a=sha256:1,s=sha256:2"),
+            true,
+        );
+        let ops = ops(&p);
+        let replaces: Vec<&Value> = ops.iter().filter(|o| o["op"] == "replace").collect();
+        assert_eq!(
+            replaces,
+            [
+                &json!({"op": "replace", "path": "/spec/initContainers/1/image", "value": "side:1@sha256:2"}),
+                &json!({"op": "replace", "path": "/spec/containers/0/image", "value": "app:1@sha256:1"}),
+            ]
+        );
+        // Existing annotations: one `add` per key.
+        let adds: Vec<&Value> = ops
+            .iter()
+            .filter(|o| o["path"].as_str().unwrap().starts_with("/metadata"))
+            .collect();
+        assert_eq!(
+            adds,
+            [
+                &json!({"op": "add", "path": "/metadata/annotations/reaper.dev~1injected", "value": "inject:s,a"}),
+                &json!({"op": "add", "path": "/metadata/annotations/reaper.dev~1image-digests", "value": "a=sha256:1,s=sha256:2"}),
+            ]
+        );
+        // The patch applies to such a pod.
+        let mut pod = json!({
+            "metadata": {"annotations": {}},
+            "spec": {
+                "initContainers": [{"name": "i", "image": "i"}, {"name": "s", "image": "side:1"}],
+                "containers": [{"name": "a", "image": "app:1"}, {"name": "b", "image": "b"}]
+            }
+        });
+        json_patch::patch(&mut pod, &p.patch()).unwrap();
+        assert_eq!(pod["spec"]["containers"][0]["image"], "app:1@sha256:1");
+        assert_eq!(pod["spec"]["containers"][1]["image"], "b");
+        assert_eq!(pod["spec"]["initContainers"][1]["image"], "side:1@sha256:2");
+    }
+
+    #[test]
+    fn annotations_are_created_together() {
+        let p = plan(vec![], Some("a=sha256:1"), false);
+        assert_eq!(
+            ops(&p),
+            [
+                json!({"op": "add", "path": "/metadata/annotations", "value": {
+                    keys::ANNOTATION_INJECTED: "inject:s,a",
+                    keys::ANNOTATION_IMAGE_DIGESTS: "a=sha256:1",
+                }})
+            ]
+        );
+        // Nothing recorded: only `reaper.dev/injected`, as before.
+        assert_eq!(
+            ops(&plan(vec![], None, false)),
+            [
+                json!({"op": "add", "path": "/metadata/annotations", "value": {
+                    keys::ANNOTATION_INJECTED: "inject:s,a",
+                }})
+            ]
+        );
+    }
 }

@@ -628,6 +628,7 @@ fn rendered_flags_are_accepted_by_reaper_controller() {
                 "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----",
             ),
             V::Set("webhook.requestTimeout", "2500ms"),
+            V::Set("webhook.pinDigests", "true"),
         ],
     ];
     for values in variants {
@@ -643,8 +644,14 @@ fn rendered_flags_are_accepted_by_reaper_controller() {
             )
             .unwrap_or_else(|e| panic!("{kind}/{name} args {args:?} rejected:\n{e}"));
             if let Cmd::Webhook(w) = cli.command {
-                w.config(Some(NS))
+                let config = w
+                    .config(Some(NS))
                     .unwrap_or_else(|e| panic!("webhook flags {args:?}: {e}"));
+                // webhook.pinDigests reaches the planner (off by default).
+                let pin = values
+                    .iter()
+                    .any(|v| matches!(v, V::Set("webhook.pinDigests", "true")));
+                assert_eq!(config.pin_digests, pin, "{args:?}");
             }
         }
     }

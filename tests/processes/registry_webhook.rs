@@ -453,3 +453,76 @@ async fn a_moved_tag_is_followed_after_tag_ttl() {
     let (p, _) = w.admit("apps", pod(json!([container("c", &pinned)]))).await;
     assert_eq!(entry(&p), "/three");
 }
+
+/// Pod annotation recording the digest each image-resolved container's argv was read from.
+const DIGESTS: &str = reaper::keys::ANNOTATION_IMAGE_DIGESTS;
+
+/// The image of container `i`.
+fn image_of(p: &Value, i: usize) -> &str {
+    p["spec"]["containers"][i]["image"].as_str().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolved_images_record_their_digest_and_pin_it_with_pin_digests() {
+    let reg = TestRegistry::start();
+    let digest = reg.push_image("app", "1", &ImageSpec::new(Some(&["/app"]), Some(&["run"])));
+    let same = ImageSpec::new(Some(&["/multi"]), None);
+    let index_digest = reg.push_index("multi", "1", &[same.clone(), same.on("arm64/v8")], true);
+    reg.push_image("overridden", "1", &ImageSpec::new(Some(&["/image"]), None));
+    let by_digest = format!("{}/app@{digest}", reg.addr);
+    // inject mode, so the container whose lookup fails is skipped rather than the pod shared.
+    let mut admitted = pod(json!([
+        container("a", &reg.image("app", "1")),
+        // A pod command: no lookup, nothing to pin.
+        {"name": "b", "image": reg.image("app", "1"), "command": ["/mine"]},
+        // A policy entrypoint: no lookup.
+        container("c", &reg.image("overridden", "1")),
+        // Already pinned by its author.
+        container("d", &by_digest),
+        container("e", &reg.image("multi", "1")),
+        // The lookup fails: not wrapped, nothing recorded.
+        container("f", &reg.image("missing", "1")),
+    ]));
+    admitted["metadata"]["annotations"] = json!({"reaper.dev/mode": "inject"});
+    let recorded = format!("a={digest},e={index_digest}");
+
+    // Off (the default): the digests are recorded, the images left as written.
+    let w = Webhook::start(POLICIES, &["--insecure-registries", &reg.addr]).await;
+    let (p, warnings) = w.admit("apps", admitted.clone()).await;
+    assert_eq!(injected(&p), "inject:a,b,c,d,e", "{p}\n{warnings:?}");
+    assert_eq!(p["metadata"]["annotations"][DIGESTS], recorded, "{p}");
+    for i in 0..6 {
+        assert_eq!(image_of(&p, i), image_of(&admitted, i), "container {i}");
+    }
+    drop(w);
+
+    // On: the resolved tags become tag@digest, the digest the registry serves for them.
+    let w = Webhook::start(
+        POLICIES,
+        &["--insecure-registries", &reg.addr, "--pin-digests"],
+    )
+    .await;
+    let (p, warnings) = w.admit("apps", admitted.clone()).await;
+    assert_eq!(injected(&p), "inject:a,b,c,d,e", "{p}\n{warnings:?}");
+    assert_eq!(p["metadata"]["annotations"][DIGESTS], recorded, "{p}");
+    assert_eq!(
+        image_of(&p, 0),
+        format!("{}/app:1@{digest}", reg.addr),
+        "{p}"
+    );
+    assert_eq!(
+        image_of(&p, 4),
+        format!("{}/multi:1@{index_digest}", reg.addr)
+    );
+    for i in [1, 2, 3, 5] {
+        assert_eq!(image_of(&p, i), image_of(&admitted, i), "container {i}");
+    }
+    // The argv is the one read from that digest.
+    assert_eq!(
+        argv(&p, 0),
+        (v(&["/.reaper/reaper", "--", "/app"]), v(&["run"]))
+    );
+    // Admitted again (a reinvocation): nothing more changes.
+    let (again, _) = w.admit("apps", p.clone()).await;
+    assert_eq!(again, p);
+}

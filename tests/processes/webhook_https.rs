@@ -120,6 +120,7 @@ impl Webhook {
             install_cpu_limit: "100m".into(),
             install_memory_limit: "64Mi".into(),
             volume_size_limit: "8Mi".into(),
+            pin_digests: false,
             registry: Default::default(),
             exposure,
         };

@@ -41,6 +41,7 @@ fn load(path: &Path) -> Case {
     if let Some(m) = f["config"]["defaultMode"].as_str() {
         config.default_mode = m.parse::<Mode>().unwrap();
     }
+    config.pin_digests = f["config"]["pinDigests"] == true;
     let policies: Vec<ReaperPolicy> = f
         .get("policies")
         .map(|p| serde_json::from_value(p.clone()).unwrap())
@@ -62,6 +63,9 @@ fn load(path: &Path) -> Case {
             )),
         };
         images.insert(image.clone(), entry);
+        if let Some(d) = c.get("digest") {
+            images.set_digest(image.clone(), d.as_str().unwrap());
+        }
     }
     let pod_json = f["pod"].clone();
     Case {
@@ -155,6 +159,18 @@ fn check(c: &Case) {
         want_annotation,
         "{ctx}: annotation in the patched pod"
     );
+    assert_eq!(
+        patched["metadata"]["annotations"]["reaper.dev/image-digests"].as_str(),
+        e["imageDigests"].as_str(),
+        "{ctx}: image digests annotation"
+    );
+    for (name, image) in e["images"].as_object().into_iter().flatten() {
+        assert_eq!(
+            &find(&patched, name)["image"],
+            image,
+            "{ctx}: image of {name}"
+        );
+    }
     if e["noPatch"] == true {
         assert!(
             patch.0.is_empty(),

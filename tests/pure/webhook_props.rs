@@ -3,7 +3,10 @@
 //! - mutating is idempotent: planning the patched pod gives an empty patch and the same annotation;
 //! - every container wrapped in this pass has effective argv `[reaper, opts…, "--", original…]`;
 //!   every other container keeps its command and args;
-//! - names stay unique and every reaper mount points at an emptyDir.
+//! - names stay unique and every reaper mount points at an emptyDir;
+//! - exactly the containers wrapped with an argv read from the registry (no `command`, no policy
+//!   entrypoint, no `@digest` in the reference) get their digest in `reaper.dev/image-digests` and,
+//!   with `--pin-digests`, the image `<as written>@<digest>`; every other image is kept.
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EmptyDirVolumeSource, Pod, PodSpec, Volume, VolumeMount,
 };
@@ -25,7 +28,16 @@ const IMAGES: &[&str] = &[
     "redis:7",
     "private.example.com/x:2",
     "busybox",
+    "ghcr.io/acme/pinned:1@sha256:00000000000000000000000000000000000000000000000000000000000000ff",
 ];
+
+/// The digest the resolver read for `IMAGES[i]` (the one in the reference when it has one).
+fn digest_of(i: usize) -> String {
+    match IMAGES[i].split_once('@') {
+        Some((_, d)) => d.to_string(),
+        None => format!("sha256:{:064x}", i + 1),
+    }
+}
 
 /// The image of [`IMAGES`] that is multi-platform when known.
 const MULTI_ARCH: &str = "ghcr.io/acme/app:1";
@@ -87,6 +99,7 @@ struct Input {
     pod: Pod,
     policy: Option<ReaperPolicy>,
     images: ImageIndex,
+    pin_digests: bool,
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -121,9 +134,20 @@ fn input() -> impl Strategy<Value = Input> {
             0u8..3,
         )),
         prop::collection::vec(any::<bool>(), IMAGES.len()),
+        any::<bool>(),
     )
         .prop_map(
-            |(regular, init, mut names, (host_pid, vol_clash, shared), mode, only, pol, known)| {
+            |(
+                regular,
+                init,
+                mut names,
+                (host_pid, vol_clash, shared),
+                mode,
+                only,
+                pol,
+                known,
+                pin_digests,
+            )| {
                 // Unique container names.
                 let init_len = init.len();
                 let mut all: Vec<Container> = init.into_iter().chain(regular).collect();
@@ -212,7 +236,10 @@ fn input() -> impl Strategy<Value = Input> {
                     p
                 });
                 let mut images = ImageIndex::new();
-                for (img, k) in IMAGES.iter().zip(known) {
+                for (i, (img, k)) in IMAGES.iter().zip(known).enumerate() {
+                    if k {
+                        images.set_digest(*img, digest_of(i));
+                    }
                     if k && *img == MULTI_ARCH {
                         // An index whose platforms disagree: amd64's argv goes after `--`,
                         // the rest into REAPER_PLATFORM_ARGV.
@@ -245,6 +272,7 @@ fn input() -> impl Strategy<Value = Input> {
                     pod,
                     policy,
                     images,
+                    pin_digests,
                 }
             },
         )
@@ -261,7 +289,8 @@ proptest! {
 
     #[test]
     fn patch_applies_is_idempotent_and_preserves_argv(inp in input()) {
-        let cfg = Config::new("reaper:1");
+        let mut cfg = Config::new("reaper:1");
+        cfg.pin_digests = inp.pin_digests;
         let set = PolicySet::new(inp.policy.clone().map(Arc::new));
         let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "ns".to_string())]);
         let scope = Scope { namespace: "ns", namespace_labels: &labels };
@@ -288,6 +317,7 @@ proptest! {
             (Outcome::Inject(names), false) => names.clone(),
             _ => vec![],
         };
+        let mut recorded = BTreeMap::new();
         let before = |list: &Option<Vec<Container>>| list.clone().unwrap_or_default();
         let ps = inp.pod.spec.as_ref().unwrap();
         let qs = patched.spec.as_ref().unwrap();
@@ -319,6 +349,20 @@ proptest! {
                 } else if !multi {
                     prop_assert_eq!(platform_env, o.env.iter().flatten().find(|e| e.name == "REAPER_PLATFORM_ARGV"));
                 }
+                // Read from the registry: digest recorded, and pinned when asked for.
+                let written = o.image.clone().unwrap_or_default();
+                let read = image_decides
+                    && matches!(image, reaper::webhook::argv::ImageArgv::Resolved(_))
+                    && !written.contains('@');
+                let digest = IMAGES.iter().position(|i| *i == written).map(digest_of);
+                match digest.filter(|_| read) {
+                    Some(d) => {
+                        let want = if inp.pin_digests { format!("{written}@{d}") } else { written.clone() };
+                        prop_assert_eq!(n.image.clone().unwrap_or_default(), want, "container {}", o.name);
+                        recorded.insert(o.name.clone(), d);
+                    }
+                    None => prop_assert_eq!(&n.image, &o.image, "container {}", o.name),
+                }
                 let m = n.volume_mounts.iter().flatten().find(|m| m.mount_path == "/.reaper").expect("mounted");
                 prop_assert_eq!(m.read_only, Some(true));
                 let vol = qs.volumes.iter().flatten().find(|v| v.name == m.name).expect("volume exists");
@@ -326,7 +370,18 @@ proptest! {
             } else {
                 prop_assert_eq!(&n.command, &o.command, "container {}", o.name);
                 prop_assert_eq!(&n.args, &o.args, "container {}", o.name);
+                prop_assert_eq!(&n.image, &o.image, "container {}", o.name);
             }
+        }
+        let annotation = |pod: &Pod, key: &str| {
+            pod.metadata.annotations.as_ref().and_then(|a| a.get(key)).cloned()
+        };
+        let digests = annotation(&patched, "reaper.dev/image-digests");
+        if recorded.is_empty() {
+            prop_assert_eq!(digests, None);
+        } else {
+            let want: Vec<String> = recorded.iter().map(|(c, d)| format!("{c}={d}")).collect();
+            prop_assert_eq!(digests, Some(want.join(",")));
         }
         // Unique names; shareProcessNamespace never together with hostPID.
         prop_assert!(unique(now.iter().map(|c| c.name.clone())));

@@ -17,6 +17,11 @@ pub const ANNOTATION_MODE: &str = "reaper.dev/mode";
 pub const ANNOTATION_CONTAINERS: &str = "reaper.dev/containers";
 /// Pod annotation recording what the webhook did.
 pub const ANNOTATION_INJECTED: &str = "reaper.dev/injected";
+/// Pod annotation the webhook writes for containers it wrapped with an argv read from the registry:
+/// `<container>=<digest>` pairs joined by `,`, sorted by container name
+/// (`app=sha256:...,sidecar=sha256:...`), the digest of the manifest or index that argv was read
+/// from. Entries are only added; with `--pin-digests` those images also become `image@digest`.
+pub const ANNOTATION_IMAGE_DIGESTS: &str = "reaper.dev/image-digests";
 
 /// Annotation set on a mirror (static) pod by the kubelet.
 pub const ANNOTATION_MIRROR: &str = "kubernetes.io/config.mirror";
