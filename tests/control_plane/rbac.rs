@@ -772,3 +772,87 @@ async fn an_agent_may_write_only_its_own_nodes_report() {
         .to_string();
     assert!(err.contains("no node in its token"), "{err}");
 }
+
+/// People get Reaper's resources through Kubernetes' built-in roles: the chart's aggregated
+/// ClusterRoles make `view` read ReaperPolicies and ZombieReports, and (opt-in) `edit` write
+/// ReaperPolicies; `view` never writes.
+#[tokio::test]
+async fn built_in_view_and_edit_roles_cover_reaper_resources() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
+    use reaper::crd::ReaperPolicy;
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    // Aggregation is kube-controller-manager's clusterrole-aggregation controller.
+    cp.ensure_controller_manager(&admin).await;
+    let (_, ns, release) = install_rbac(cp, &admin, &[V::Set("rbac.aggregate.edit", "true")]).await;
+    let mut clients = Vec::new();
+    for role in ["view", "edit"] {
+        let sa = format!("{release}-{role}er");
+        Api::<ServiceAccount>::namespaced(admin.clone(), &ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        Api::<ClusterRoleBinding>::all(admin.clone())
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": sa},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                    "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]
+                }))
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        clients.push(cp.client_as_service_account(&admin, &ns, &sa).await);
+    }
+    let (viewer, editor) = (&clients[0], &clients[1]);
+    let policy = |name: &str| -> ReaperPolicy {
+        serde_json::from_value(json!({
+            "apiVersion": "reaper.dev/v1alpha1", "kind": "ReaperPolicy",
+            "metadata": {"name": name},
+            "spec": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": format!("{release}-none")}}}
+        }))
+        .unwrap()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let read = Api::<ReaperPolicy>::all(viewer.clone())
+            .list(&Default::default())
+            .await
+            .is_ok()
+            && Api::<ZombieReport>::all(viewer.clone())
+                .list(&Default::default())
+                .await
+                .is_ok();
+        let wrote = Api::<ReaperPolicy>::all(editor.clone())
+            .create(
+                &PostParams::default(),
+                &policy(&format!("{release}-by-editor")),
+            )
+            .await
+            .is_ok();
+        if read && wrote {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "view/edit never aggregated the chart's rules (read {read}, write {wrote})"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let refused = Api::<ReaperPolicy>::all(viewer.clone())
+        .create(
+            &PostParams::default(),
+            &policy(&format!("{release}-by-viewer")),
+        )
+        .await
+        .expect_err("a viewer created a ReaperPolicy");
+    assert!(refused.to_string().contains("forbidden"), "{refused}");
+}

@@ -996,3 +996,83 @@ fn webhook_exposure_renders_bounds_client_ca_and_network_policy() {
         "metrics from anywhere by default"
     );
 }
+
+/// Artifact Hub metadata stays true: the images are this release's (tag = appVersion, repository
+/// = the values' defaults), the CRDs listed are the chart's, and the examples are valid objects
+/// of the Rust types.
+#[test]
+fn artifact_hub_metadata_matches_the_chart() {
+    let dir = chart_common::chart_dir();
+    let chart: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("Chart.yaml")).unwrap()).unwrap();
+    let values: yaml_serde::Value =
+        yaml_serde::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
+    let app_version = chart["appVersion"].as_str().unwrap();
+    let annotation = |key: &str| -> yaml_serde::Value {
+        let text = chart["annotations"][key]
+            .as_str()
+            .unwrap_or_else(|| panic!("Chart.yaml lacks {key}"));
+        yaml_serde::from_str(text).unwrap_or_else(|e| panic!("{key}: {e}"))
+    };
+    for home in ["home", "icon"] {
+        assert!(
+            chart[home]
+                .as_str()
+                .is_some_and(|u| u.starts_with("https://")),
+            "Chart.yaml {home}"
+        );
+    }
+    assert!(
+        chart["maintainers"]
+            .as_sequence()
+            .is_some_and(|m| !m.is_empty())
+    );
+    assert_eq!(
+        chart["annotations"]["artifacthub.io/license"].as_str(),
+        Some("Apache-2.0")
+    );
+    let images: Vec<String> = annotation("artifacthub.io/images")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|i| i["image"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: Vec<String> = ["controller", "reaper"]
+        .iter()
+        .map(|k| {
+            format!(
+                "{}:{app_version}",
+                values["image"][*k]["repository"].as_str().unwrap()
+            )
+        })
+        .collect();
+    want.sort();
+    let mut got = images.clone();
+    got.sort();
+    assert_eq!(got, want);
+    let crds: BTreeSet<String> = annotation("artifacthub.io/crds")
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(dir.join("crds"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .trim_end_matches(".yaml")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(crds, files);
+    for example in annotation("artifacthub.io/crdsExamples")
+        .as_sequence()
+        .unwrap()
+    {
+        let v: Value = serde_json::to_value(example).unwrap();
+        let _: reaper::crd::ReaperPolicy = serde_json::from_value(v.clone())
+            .unwrap_or_else(|e| panic!("crdsExamples entry is not a ReaperPolicy: {e}\n{v}"));
+    }
+}
