@@ -34,6 +34,9 @@ enum Command {
     /// Apply the webhook's mutation offline to manifests (Pods and workload templates; YAML
     /// stream in, YAML stream out; what happened to each on standard error).
     Inject(cli::inject::Args),
+    /// Why the webhook does (or would do) what it does with a pod or a workload's pods: policy,
+    /// mode, each container's argv and init, and the patch.
+    Explain(Box<cli::explain::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +66,7 @@ fn main() -> anyhow::Result<()> {
             Command::Webhook(args) => webhook::run(*args).await.context("webhook"),
             Command::Operator(args) => operator::run(args).await.context("operator"),
             Command::Agent(args) => agent::run(args).await.context("agent"),
+            Command::Explain(args) => cli::explain::run(*args).await.context("explain"),
             Command::Crds(_) | Command::Inject(_) => unreachable!("handled above"),
         }
     })

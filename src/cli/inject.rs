@@ -7,13 +7,14 @@
 //! passes through unchanged. No registry is asked: a container without `command` is handled as
 //! when the webhook's lookup fails (`auto` falls back to the policy's fallback), unless a policy
 //! names its argv in `entrypoints`.
+use super::{template_path, template_pod};
 use crate::crd::{Mode, PolicySet, ReaperPolicy};
 use crate::image::ImageIndex;
 use crate::keys;
 use crate::webhook::decide::{self, Plan, Scope};
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -145,20 +146,6 @@ pub fn options(args: &Args, policies: Vec<ReaperPolicy>) -> Result<Options, Erro
     })
 }
 
-/// Where a kind keeps its pod template, as a JSON pointer path.
-fn template_path(kind: &str) -> Option<&'static [&'static str]> {
-    match kind {
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "Job"
-        | "ReplicationController" => Some(&["spec", "template"]),
-        "CronJob" => Some(&["spec", "jobTemplate", "spec", "template"]),
-        _ => None,
-    }
-}
-
 /// Mutates every pod and pod template of a YAML stream; returns the new stream and a note per
 /// pod (template). Documents are re-emitted as YAML (comments are not kept).
 pub fn inject_stream(input: &str, opts: &Options) -> Result<(String, Vec<Note>), Error> {
@@ -203,23 +190,12 @@ pub fn inject_object(obj: &mut Value, opts: &Options) -> Result<Option<Note>, St
     let Some(path) = template_path(&kind) else {
         return Ok(None);
     };
+    let mut pod = template_pod(obj)
+        .ok_or_else(|| format!("{object}: no pod template at .{}", path.join(".")))?;
+    let named = obj_named(obj, path);
     let mut template = obj;
     for p in path {
         template = &mut template[*p];
-    }
-    if !template.is_object() {
-        return Err(format!("{object}: no pod template at .{}", path.join(".")));
-    }
-    // A pod made of the template: the planner sees what the API server will see at CREATE.
-    let mut pod = json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": template.get("metadata").cloned().unwrap_or_else(|| json!({})),
-        "spec": template.get("spec").cloned().unwrap_or_else(|| json!({})),
-    });
-    // Controllers name their pods `<name>-<suffix>`; the planner ignores nameless pods.
-    let named = pod["metadata"]["name"].is_string() || pod["metadata"]["generateName"].is_string();
-    if !named {
-        pod["metadata"]["generateName"] = json!(format!("{name}-"));
     }
     let note = mutate_pod(&mut pod, &namespace, opts).map_err(|e| format!("{object}: {e}"))?;
     if !named && let Some(m) = pod["metadata"].as_object_mut() {
@@ -268,6 +244,7 @@ fn mutate_pod(pod: &mut Value, namespace: &str, opts: &Options) -> Result<Note, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn opts() -> Options {
         Options {
@@ -367,4 +344,13 @@ spec:
         let err = inject_stream("kind: Pod\nspec: {containers: 3}\n", &opts()).unwrap_err();
         assert!(err.to_string().starts_with("document 1: Pod/"), "{err}");
     }
+}
+
+/// Whether the template at `path` names its pods (else [`template_pod`] gave it a generateName).
+fn obj_named(obj: &Value, path: &[&str]) -> bool {
+    let mut t = obj;
+    for p in path {
+        t = &t[*p];
+    }
+    t["metadata"]["name"].is_string() || t["metadata"]["generateName"].is_string()
 }

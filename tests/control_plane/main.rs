@@ -5,6 +5,7 @@
 
 mod agent;
 mod chart;
+mod cli;
 mod crds;
 mod demo;
 mod operator;
