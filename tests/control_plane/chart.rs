@@ -294,6 +294,34 @@ async fn helm_install_and_uninstall_on_the_api_server() {
     deps.get(&format!("{release}-reaper-webhook"))
         .await
         .expect("the webhook Deployment");
+    // The certificate Secrets belong to the release, empty until the operator fills them; what
+    // the operator writes survives `helm upgrade` (three-way merge: the chart never changes them).
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let names = [
+        format!("{release}-reaper-webhook-tls"),
+        format!("{release}-reaper-webhook-tls-ca"),
+    ];
+    for name in &names {
+        let s = secrets.get(name).await.expect("a certificate Secret");
+        assert_eq!(s.data, None, "{name} comes with data");
+    }
+    let filled = json!({"data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5", "ca.crt": "Y2E="}});
+    secrets
+        .patch(
+            &names[0],
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&filled),
+        )
+        .await
+        .unwrap();
+    let out = run(vec!["upgrade".into(), release.clone(), chart.clone()]);
+    assert!(out.contains("has been upgraded"), "{out}");
+    let kept = secrets.get(&names[0]).await.unwrap();
+    assert_eq!(
+        serde_json::to_value(&kept.data).unwrap(),
+        filled["data"],
+        "helm upgrade reset the operator's certificate"
+    );
     let out = run(vec![
         "uninstall".into(),
         release.clone(),
@@ -306,4 +334,10 @@ async fn helm_install_and_uninstall_on_the_api_server() {
         mwcs.get_opt(&mwc_name).await.unwrap().is_none(),
         "uninstall left {mwc_name}"
     );
+    for name in &names {
+        assert!(
+            secrets.get_opt(name).await.unwrap().is_none(),
+            "uninstall left the Secret {name}"
+        );
+    }
 }
