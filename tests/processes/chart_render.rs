@@ -831,6 +831,8 @@ fn leaf_paths(prefix: &str, v: &yaml_serde::Value, out: &mut Vec<String>) {
         "labels",
         "issuerRef",
         "resources",
+        "podSecurityContext",
+        "securityContext",
     ];
     match v {
         yaml_serde::Value::Mapping(m)
@@ -1074,5 +1076,39 @@ fn artifact_hub_metadata_matches_the_chart() {
         let v: Value = serde_json::to_value(example).unwrap();
         let _: reaper::crd::ReaperPolicy = serde_json::from_value(v.clone())
             .unwrap_or_else(|e| panic!("crdsExamples entry is not a ReaperPolicy: {e}\n{v}"));
+    }
+}
+
+/// The security contexts are values: keys can be overridden, and dropped with null (platforms
+/// that assign UIDs per namespace), for every component at once.
+#[test]
+fn security_contexts_are_overridable() {
+    let objs = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("podSecurityContext.runAsUser", "null"),
+            V::Set("podSecurityContext.runAsGroup", "null"),
+            V::Set("securityContext.runAsUser", "null"),
+            V::Set("securityContext.runAsGroup", "null"),
+            V::Set("podSecurityContext.fsGroup", "2000"),
+        ],
+    );
+    for (kind, name) in [
+        ("Deployment", "reaper-webhook"),
+        ("Deployment", "reaper-operator"),
+        ("DaemonSet", "reaper-agent"),
+    ] {
+        let pod = &objs.get(kind, name)["spec"]["template"]["spec"];
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["runAsUser"], Value::Null, "{kind}/{name}: {psc}");
+        assert_eq!(psc["fsGroup"], 2000);
+        assert_eq!(psc["runAsNonRoot"], true, "the rest stays");
+        for c in pod["containers"].as_array().unwrap() {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["runAsUser"], Value::Null, "{kind}/{name}: {sc}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true);
+            assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        }
     }
 }

@@ -80,25 +80,12 @@ app.kubernetes.io/component: {{ index . 1 }}
 
 {{/* Pod-level security context of every pod: Pod Security "restricted" except the agent's hostPID. */}}
 {{- define "reaper.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.podSecurityContext }}
 {{- end }}
 
-{{/* Container-level security context of every container. */}}
+{{/* Container-level security context of every container (values: securityContext). */}}
 {{- define "reaper.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 65532
-runAsGroup: 65532
-allowPrivilegeEscalation: false
-privileged: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
+{{- toYaml .Values.securityContext }}
 {{- end }}
 
 {{/* Global flags and the env every component gets. */}}
