@@ -1,7 +1,9 @@
 //! Faults and load on a real control plane (reaper_test_support::control_plane, a private one per
 //! test): admission at 100 pods/s while the certificate rotates, a webhook replica goes away and
 //! the registry stalls; the API server and etcd restarted under the running webhook, operator and
-//! agent. Each test prints its figures as `FIGURE` lines (the README's reliability table).
+//! agent. And without a control plane: the agent scanning a node where 30,000 processes come and
+//! go (`agent_churn`). Each test prints its figures as `FIGURE` lines (the README's reliability
+//! table).
 //!
 //! The tests take [`HEAVY`] so that they run one at a time: their figures are about the product,
 //! not about a neighbour test competing for the same two cores.
@@ -10,6 +12,7 @@
 use reaper_test_support as support;
 
 mod admission_load;
+mod agent_churn;
 mod parts;
 mod restarts;
 

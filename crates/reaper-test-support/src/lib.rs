@@ -8,6 +8,7 @@
 //!   control plane);
 //! - [`chart`]: `helm template`/`lint` of charts/reaper and applying its rendering;
 //! - [`agent`]: cgroup trees and zombie-holding processes shaped like a kubelet's pods;
+//! - [`churn`]: tens of thousands of short-lived processes (and brief zombies) for load tests;
 //! - [`wait`]: the one polling helper; [`process`]: signals and the like, safely wrapped.
 //!
 //! It depends on the controller library (the scenarios speak its types) while the controller
@@ -15,6 +16,7 @@
 
 pub mod agent;
 pub mod chart;
+pub mod churn;
 pub mod control_plane;
 pub mod node;
 pub mod podman;
