@@ -49,7 +49,7 @@ images: reaper controller-static
 	podman build --pull=never --build-arg BINARIES=prebuilt --build-arg VERSION=$(VERSION) --target reaper -t $(IMAGE_REPO)/reaper:$(VERSION) .
 	podman build --pull=never --build-arg BINARIES=prebuilt --build-arg VERSION=$(VERSION) --target controller -t $(IMAGE_REPO)/reaper-controller:$(VERSION) .
 
-## kube-apiserver, etcd, helm and the node (kubelet, kube-scheduler, kube-proxy, kubectl,
+## kube-apiserver, etcd, helm, promtool and the node (kubelet, kube-scheduler, kube-proxy, kubectl,
 ## containerd, pause) built from Go modules into bin/ (cached by version).
 tools:
 	e2e/control-plane/build.sh

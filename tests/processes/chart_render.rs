@@ -727,36 +727,49 @@ fn service_monitor_is_optional_and_scrapes_all_three() {
             V::Set("serviceMonitor.labels.release", "kps"),
         ],
     );
-    let sm = objs.get("ServiceMonitor", "reaper");
-    assert_eq!(sm["metadata"]["labels"]["release"], "kps");
-    let selector = sm["spec"]["selector"]["matchLabels"]
-        .as_object()
-        .unwrap()
-        .clone();
-    let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
-    let mut components = BTreeSet::new();
-    for svc in objs.of_kind("Service") {
-        let labels = svc["metadata"]["labels"].as_object().unwrap();
-        if selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            assert!(
-                svc["spec"]["ports"]
+    // `reaper` scrapes the webhook and the operator, `reaper-agent` the agents (honorLabels:
+    // tests/processes/monitoring.rs); each Service is selected by exactly one of them.
+    let mut components = Vec::new();
+    for sm in objs.of_kind("ServiceMonitor") {
+        assert_eq!(sm["metadata"]["labels"]["release"], "kps");
+        let selector = &sm["spec"]["selector"];
+        let port = sm["spec"]["endpoints"][0]["port"].as_str().unwrap();
+        for svc in objs.of_kind("Service") {
+            let labels = svc["metadata"]["labels"].as_object().unwrap();
+            let matched = selector["matchLabels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+                && selector["matchExpressions"]
                     .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|p| p["name"] == port)
-            );
-            components.insert(
-                svc["spec"]["selector"]["app.kubernetes.io/component"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            );
+                    .into_iter()
+                    .flatten()
+                    .all(|e| {
+                        assert_eq!(e["operator"], "In", "{e}");
+                        labels
+                            .get(e["key"].as_str().unwrap())
+                            .is_some_and(|v| e["values"].as_array().unwrap().contains(v))
+                    });
+            if matched {
+                assert!(
+                    svc["spec"]["ports"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|p| p["name"] == port)
+                );
+                components.push(
+                    svc["spec"]["selector"]["app.kubernetes.io/component"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
         }
     }
-    assert_eq!(
-        components,
-        BTreeSet::from(["agent".into(), "operator".into(), "webhook".into()])
-    );
+    components.sort();
+    assert_eq!(components, ["agent", "operator", "webhook"]);
 }
 
 /// charts/reaper/crds/ holds the generated CRDs (`make crds` writes both places).

@@ -6,6 +6,7 @@
 
 mod agent_live;
 mod chart_render;
+mod monitoring;
 mod registry_hardening;
 mod registry_lookup;
 mod registry_webhook;
