@@ -20,6 +20,10 @@ use std::collections::{BTreeMap, BTreeSet};
 /// Warnings past this many are summarised (the API server truncates long warning lists anyway).
 const MAX_WARNINGS: usize = 12;
 
+/// This build's release, written to `reaper.dev/version` (the `reaper-controller` version, which
+/// the chart's images share; the reaper image is named in the pod's install container anyway).
+pub const RELEASE: &str = env!("CARGO_PKG_VERSION");
+
 /// Settings that shape every plan (from the webhook's flags).
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -37,6 +41,9 @@ pub struct Config {
     /// `image@digest`, the digest that argv was read from (`--pin-digests`). The digest is
     /// recorded in `reaper.dev/image-digests` either way.
     pub pin_digests: bool,
+    /// Written to `reaper.dev/version` on pods this webhook protects first ([`RELEASE`]; tests
+    /// fix it so snapshots do not change with every release).
+    pub release: String,
 }
 
 impl Config {
@@ -52,6 +59,7 @@ impl Config {
                 .collect(),
             install: InstallSettings::default(),
             pin_digests: false,
+            release: RELEASE.to_string(),
         }
     }
 
@@ -105,6 +113,35 @@ impl SkipReason {
             SkipReason::NotWrappable => "not-wrappable",
         }
     }
+}
+
+/// How a protected pod's protection differs from the one asked for (`reason` label, Events).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FallbackReason {
+    /// `auto`: not every target container can be wrapped, so the PID namespace is shared.
+    AutoShare,
+    /// `share` asked for, impossible with `hostPID`: the containers are wrapped instead.
+    HostPidInject,
+    /// Some target containers could not be wrapped and run without reaper (`inject` mode, or
+    /// `auto`/`share` with `hostPID`).
+    PartialInject,
+}
+
+impl FallbackReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FallbackReason::AutoShare => "auto-share",
+            FallbackReason::HostPidInject => "hostpid-inject",
+            FallbackReason::PartialInject => "partial-inject",
+        }
+    }
+}
+
+/// A change of one pod annotation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AnnotationEdit {
+    Set(String),
+    Remove,
 }
 
 /// What the webhook decided for a pod.
@@ -201,6 +238,8 @@ pub struct Plan {
     pub policy: Option<String>,
     /// `Audit` enforcement: annotate only.
     pub audit: bool,
+    /// Set when the pod is protected otherwise than asked, or only partly.
+    pub fallback: Option<FallbackReason>,
     /// Shown by `kubectl` (AdmissionResponse `warnings`).
     pub warnings: Vec<String>,
     pub changes: Changes,
@@ -209,6 +248,10 @@ pub struct Plan {
     /// New value of `reaper.dev/image-digests` (the pod's entries plus this pass's), when it
     /// differs from the pod's.
     pub set_image_digests: Option<String>,
+    /// New value of `reaper.dev/version` (see [`finish`] for when it is written).
+    pub set_version: Option<String>,
+    /// Change of `reaper.dev/policy`, when it differs from the governing policy.
+    pub set_policy: Option<AnnotationEdit>,
     pub(super) had_annotations: bool,
 }
 
@@ -219,10 +262,13 @@ impl Plan {
             mode,
             policy,
             audit: false,
+            fallback: None,
             warnings: Vec::new(),
             changes: Changes::default(),
             set_annotation: None,
             set_image_digests: None,
+            set_version: None,
+            set_policy: None,
             had_annotations: false,
         }
     }
@@ -240,6 +286,16 @@ impl Plan {
         } else {
             what
         })
+    }
+
+    /// Why the pod was skipped, or how its protection fell back (`none` otherwise): the `reason`
+    /// label of `reaper_webhook_requests_total`.
+    pub fn reason_label(&self) -> &'static str {
+        match (&self.outcome, self.fallback) {
+            (Outcome::Skipped(r), _) => r.as_str(),
+            (_, Some(f)) => f.as_str(),
+            _ => "none",
+        }
     }
 
     /// Short name of the outcome for metrics and logs.
@@ -361,11 +417,13 @@ fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Co
         warnings.push("reaper: Windows pod left unchanged".to_string());
         return Stage::Done(Box::new(finish(
             pod,
+            cfg,
             Verdict {
                 outcome: Outcome::Skipped(SkipReason::Windows),
                 mode: Some(mode),
                 policy: policy_name,
                 audit,
+                fallback: None,
                 warnings,
                 changes: Changes::default(),
             },
@@ -527,18 +585,20 @@ pub fn plan(
         images
     };
 
-    let share = |warnings: Vec<String>| {
+    let share = |warnings: Vec<String>, fallback: Option<FallbackReason>| {
         let changes = Changes {
             share_process_namespace: !already_shared && !audit,
             ..Default::default()
         };
         finish(
             pod,
+            cfg,
             Verdict {
                 outcome: Outcome::Share,
                 mode: Some(mode),
                 policy: policy.clone(),
                 audit,
+                fallback,
                 warnings,
                 changes,
             },
@@ -547,7 +607,7 @@ pub fn plan(
     // A pod whose PID namespace is already shared (by its author or an earlier pass) is protected
     // by the pause container; `auto` leaves it at that.
     if mode == Mode::Share && !host_pid || mode == Mode::Auto && already_shared {
-        return share(warnings);
+        return share(warnings, None);
     }
 
     let reaper_path = cfg.reaper_path();
@@ -624,11 +684,13 @@ pub fn plan(
         });
         finish(
             pod,
+            cfg,
             Verdict {
                 outcome: Outcome::Skipped(reason),
                 mode: Some(mode),
                 policy: policy.clone(),
                 audit,
+                fallback: None,
                 warnings,
                 changes: Changes::default(),
             },
@@ -652,11 +714,13 @@ pub fn plan(
                 );
                 return finish(
                     pod,
+                    cfg,
                     Verdict {
                         outcome: Outcome::Skipped(SkipReason::NotWrappable),
                         mode: Some(mode),
                         policy,
                         audit,
+                        fallback: None,
                         warnings,
                         changes: Changes::default(),
                     },
@@ -666,7 +730,7 @@ pub fn plan(
                 "reaper: falling back to shareProcessNamespace because not every container can be wrapped"
                     .to_string(),
             );
-            return share(warnings);
+            return share(warnings, Some(FallbackReason::AutoShare));
         }
         warnings.push(
             "reaper: shareProcessNamespace is impossible with hostPID; wrapping the containers that can be"
@@ -699,13 +763,23 @@ pub fn plan(
             digests,
         )
     };
+    // Some targets run without reaper: that outweighs how the mode was reached.
+    let fallback = if !unwrappable.is_empty() {
+        Some(FallbackReason::PartialInject)
+    } else if mode == Mode::Share {
+        Some(FallbackReason::HostPidInject)
+    } else {
+        None
+    };
     let mut plan = finish(
         pod,
+        cfg,
         Verdict {
             outcome: Outcome::Inject(names),
             mode: Some(mode),
             policy,
             audit,
+            fallback,
             warnings,
             changes,
         },
@@ -895,16 +969,30 @@ struct Verdict {
     mode: Option<Mode>,
     policy: Option<String>,
     audit: bool,
+    fallback: Option<FallbackReason>,
     warnings: Vec<String>,
     changes: Changes,
 }
 
-fn finish(pod: &Pod, verdict: Verdict) -> Plan {
+/// Settles the annotations and warnings of a verdict.
+///
+/// `reaper.dev/version` and `reaper.dev/policy` are written on pods the webhook protects
+/// (`share`, `inject:`; not audited or skipped ones, whose spec it leaves alone):
+/// - the version only when the pod carries none: an existing one is kept, because a pod
+///   re-created from a manifest that an older release wrapped (a copied pod, a template
+///   `reaper-controller inject` wrote) still runs that release's wrapping, and `check` is to find
+///   it. A pod that already runs our install container but carries no version was wrapped by a
+///   release older than the annotation, and gets none either;
+/// - the policy always follows the policy governing this admission (removed when none does).
+///
+/// Both are then stable on re-admission: `mutate(mutate(p)) == mutate(p)`.
+fn finish(pod: &Pod, cfg: &Config, verdict: Verdict) -> Plan {
     let Verdict {
         outcome,
         mode,
         policy,
         audit,
+        fallback,
         mut warnings,
         changes,
     } = verdict;
@@ -914,12 +1002,30 @@ fn finish(pod: &Pod, verdict: Verdict) -> Plan {
         mode,
         policy,
         audit,
+        fallback,
         warnings: Vec::new(),
         changes,
         set_annotation: None,
         set_image_digests: None,
+        set_version: None,
+        set_policy: None,
         had_annotations,
     };
+    let protects = !audit && matches!(plan.outcome, Outcome::Share | Outcome::Inject(_));
+    if protects {
+        // Not audited, so an inject plan without a new install container found ours in the pod.
+        let wrapped_before =
+            matches!(plan.outcome, Outcome::Inject(_)) && plan.changes.install.is_none();
+        if annotation(pod, keys::ANNOTATION_VERSION).is_none() && !wrapped_before {
+            plan.set_version = Some(cfg.release.clone());
+        }
+        let current = annotation(pod, keys::ANNOTATION_POLICY);
+        plan.set_policy = match (plan.policy.as_deref(), current) {
+            (Some(p), c) if c != Some(p) => Some(AnnotationEdit::Set(p.to_string())),
+            (None, Some(_)) => Some(AnnotationEdit::Remove),
+            _ => None,
+        };
+    }
     if audit {
         let what = match &plan.outcome {
             Outcome::Share => Some("set shareProcessNamespace".to_string()),
@@ -1140,6 +1246,138 @@ mod tests {
             assert_eq!(p.set_image_digests, None);
             assert_eq!(images_of(&apply(&pod, &p)), images_of(&pod));
         }
+    }
+
+    /// Plans `pod` with `--default-mode auto`, or under policy `gov` in `mode` when given.
+    fn plan_under(pod: &Value, policy: Option<(Mode, bool)>) -> Plan {
+        let mut cfg = Config::new("reaper:1");
+        cfg.release = "9.9.9".into();
+        let set = PolicySet::new(policy.map(|(mode, audit)| {
+            Arc::new(ReaperPolicy::new(
+                "gov",
+                ReaperPolicySpec {
+                    mode,
+                    enforcement: if audit {
+                        crate::crd::Enforcement::Audit
+                    } else {
+                        crate::crd::Enforcement::Enforce
+                    },
+                    ..Default::default()
+                },
+            ))
+        }));
+        let labels = BTreeMap::new();
+        let scope = Scope {
+            namespace: "ns",
+            namespace_labels: &labels,
+        };
+        let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+        plan(&pod, scope, &set, &ImageIndex::new(), &cfg)
+    }
+
+    fn annotations_of(pod: &Value) -> (Option<&str>, Option<&str>) {
+        let a = &pod["metadata"]["annotations"];
+        (
+            a[keys::ANNOTATION_VERSION].as_str(),
+            a[keys::ANNOTATION_POLICY].as_str(),
+        )
+    }
+
+    #[test]
+    fn protected_pods_name_the_release_and_the_policy_and_keep_them() {
+        let app = |annotations: Value| {
+            json!({"metadata": {"name": "p", "annotations": annotations},
+                   "spec": {"containers": [{"name": "a", "image": "x", "command": ["/a"]}]}})
+        };
+        let unknown = json!({"metadata": {"name": "p"},
+                             "spec": {"containers": [{"name": "a", "image": "nginx"}]}});
+        for (what, pod, policy, want) in [
+            (
+                "injected, no policy",
+                app(json!({})),
+                None,
+                (Some("9.9.9"), None),
+            ),
+            (
+                "injected by policy",
+                app(json!({})),
+                Some((Mode::Inject, false)),
+                (Some("9.9.9"), Some("gov")),
+            ),
+            (
+                "shared by policy",
+                app(json!({})),
+                Some((Mode::Share, false)),
+                (Some("9.9.9"), Some("gov")),
+            ),
+            (
+                "auto fell back to share",
+                unknown.clone(),
+                None,
+                (Some("9.9.9"), None),
+            ),
+            (
+                "an older release's wrap is kept, the policy follows this admission",
+                app(json!({keys::ANNOTATION_VERSION: "0.0.1", keys::ANNOTATION_POLICY: "old"})),
+                Some((Mode::Inject, false)),
+                (Some("0.0.1"), Some("gov")),
+            ),
+            (
+                "a policy no longer governing is removed",
+                app(json!({keys::ANNOTATION_POLICY: "old"})),
+                None,
+                (Some("9.9.9"), None),
+            ),
+            (
+                "audited: not changed",
+                app(json!({})),
+                Some((Mode::Inject, true)),
+                (None, None),
+            ),
+            (
+                "skipped: not changed",
+                unknown.clone(),
+                Some((Mode::Inject, false)),
+                (None, None),
+            ),
+            (
+                "ignored: not changed",
+                app(json!({keys::ANNOTATION_MODE: "off", keys::ANNOTATION_POLICY: "old"})),
+                None,
+                (None, Some("old")),
+            ),
+        ] {
+            let p = plan_under(&pod, policy);
+            let patched = apply(&pod, &p);
+            assert_eq!(annotations_of(&patched), want, "{what}: {p:?}");
+            // Stable on re-admission.
+            let again = plan_under(&patched, policy);
+            assert!(again.patch().0.is_empty(), "{what}: {:?}", again.patch());
+        }
+    }
+
+    #[test]
+    fn a_pod_wrapped_before_the_version_annotation_is_not_given_one() {
+        let pod = json!({"metadata": {"name": "p"},
+                         "spec": {"containers": [{"name": "a", "image": "x", "command": ["/a"]}]}});
+        let first = apply(&pod, &plan_under(&pod, None));
+        assert_eq!(annotations_of(&first).0, Some("9.9.9"));
+        // The same pod as a release without the annotation left it.
+        let mut older = first.clone();
+        older["metadata"]["annotations"]
+            .as_object_mut()
+            .unwrap()
+            .remove(keys::ANNOTATION_VERSION);
+        // A container added since is wrapped, but the install container is the older one's.
+        older["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "late", "image": "y", "command": ["/late"]}));
+        let p = plan_under(&older, None);
+        assert_eq!(p.annotation().as_deref(), Some("inject:a,late"));
+        let patched = apply(&older, &p);
+        assert_eq!(annotations_of(&patched), (None, None));
+        assert!(plan_under(&patched, None).patch().0.is_empty());
     }
 
     fn pod(spec: serde_json::Value) -> Pod {

@@ -5,12 +5,14 @@
 //! - [`argv`]: effective argv and wrapping rules; [`images`]: image configs and the resolver trait
 //! - [`pin`]: the digests argvs were read from (`reaper.dev/image-digests`, `--pin-digests`)
 //! - [`review`]: AdmissionReview decoding/encoding; [`server`]: the axum router and handler
+//! - [`events`]: skips and fallbacks as Events on the pod's owner (rate-limited, in the background)
 //! - [`tls`]: reloading certificate resolver and the HTTPS accept loop; [`sources`]: policies
 //!   and namespace labels from a file or the cluster
 pub mod argv;
 pub mod files;
 
 pub mod decide;
+pub mod events;
 pub mod exposure;
 pub mod install;
 mod patch;
@@ -90,6 +92,13 @@ pub struct Args {
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub pin_digests: bool,
+    /// Record skips and fallbacks as Events on the pod's controller (ReplicaSet, Job, ...), at
+    /// most one per owner and reason every 10 minutes (cluster mode only; needs `create` and
+    /// `patch` on `events.k8s.io` events).
+    #[arg(long, env = "REAPER_EVENTS", default_value_t = true, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub events: bool,
     /// Image lookup in registries (ENTRYPOINT/CMD of containers without `command`).
     #[command(flatten)]
     pub registry: registry::Args,
@@ -202,6 +211,7 @@ impl Args {
                 volume_size_limit: self.volume_size_limit.clone(),
             },
             pin_digests: self.pin_digests,
+            release: decide::RELEASE.to_string(),
         })
     }
 }
@@ -362,9 +372,31 @@ async fn serve(
             reason,
         }
     })?;
-    let state = server::AppState::new(config, sources, resolver, wm.clone())
+    let mut state = server::AppState::new(config, sources, resolver, wm.clone())
         .with_resolve_timeout(resolve_timeout)
         .with_limits(limits.max_in_flight, limits.request_timeout);
+    match (&client, args.events && cluster_mode) {
+        (Some(client), true) => {
+            let limiter = events::Limiter::new(events::INTERVAL, events::MAX_TRACKED);
+            let (sink, rx) = events::EventSink::new(limiter, events::QUEUE);
+            // The instance is the hostname: the pod's name in a cluster.
+            let recorder = kube::runtime::events::Recorder::new(
+                client.clone(),
+                keys::EVENT_REPORTER_WEBHOOK.into(),
+            );
+            let m = wm.clone();
+            tasks.spawn(
+                "event sender",
+                events::send_all(rx, recorder, move |r| m.event(r), shutdown.clone()),
+            );
+            state = state.with_events(sink);
+            tracing::info!(interval = ?events::INTERVAL, "Events on the owners of skipped and fallen-back pods");
+        }
+        _ if args.events => {
+            tracing::info!("no Events in --policies mode (no API server)")
+        }
+        _ => tracing::info!("Events off (--events=false)"),
+    }
     tracing::info!(
         addr = %args.listen,
         client_certificates = client_roots.is_some(),
@@ -483,6 +515,21 @@ mod tests {
         assert_eq!(c.excluded_namespaces.len(), 2);
         assert_eq!(c.default_mode, Mode::Share);
         assert_eq!(c.reaper_path(), "/x/reaper");
+    }
+
+    #[test]
+    fn events_are_on_unless_turned_off_and_the_release_is_this_build() {
+        assert!(parse(&[]).events);
+        assert!(!parse(&["--events=false"]).events);
+        assert!(parse(&["--events"]).events);
+        assert_eq!(
+            parse(&[]).config(None).unwrap().release,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert_eq!(
+            decide::Config::new("r:1").release,
+            env!("CARGO_PKG_VERSION")
+        );
     }
 
     #[test]

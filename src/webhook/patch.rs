@@ -1,8 +1,10 @@
 //! A [`Plan`] as an RFC 6902 JSONPatch against the pod it was made from.
-use super::decide::Plan;
+use super::decide::{AnnotationEdit, Plan};
 use crate::keys;
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{AddOperation, MoveOperation, Patch, PatchOperation, ReplaceOperation};
+use json_patch::{
+    AddOperation, MoveOperation, Patch, PatchOperation, RemoveOperation, ReplaceOperation,
+};
 use k8s_openapi::api::core::v1::EnvVar;
 use serde_json::Value;
 
@@ -94,12 +96,21 @@ impl Plan {
                 Value::Bool(true),
             ));
         }
+        let policy = match &self.set_policy {
+            Some(AnnotationEdit::Set(p)) => Some(p),
+            _ => None,
+        };
         let annotations: Vec<(&str, &String)> = [
-            (keys::ANNOTATION_INJECTED, &self.set_annotation),
-            (keys::ANNOTATION_IMAGE_DIGESTS, &self.set_image_digests),
+            (keys::ANNOTATION_INJECTED, self.set_annotation.as_ref()),
+            (
+                keys::ANNOTATION_IMAGE_DIGESTS,
+                self.set_image_digests.as_ref(),
+            ),
+            (keys::ANNOTATION_VERSION, self.set_version.as_ref()),
+            (keys::ANNOTATION_POLICY, policy),
         ]
         .into_iter()
-        .filter_map(|(key, value)| Some((key, value.as_ref()?)))
+        .filter_map(|(key, value)| Some((key, value?)))
         .collect();
         if self.had_annotations {
             for (key, value) in annotations {
@@ -107,6 +118,12 @@ impl Plan {
                     ptr(&["metadata", "annotations", key]),
                     Value::String(value.clone()),
                 ));
+            }
+            // Only planned when the pod carries it, so the path exists.
+            if self.set_policy == Some(AnnotationEdit::Remove) {
+                ops.push(PatchOperation::Remove(RemoveOperation {
+                    path: ptr(&["metadata", "annotations", keys::ANNOTATION_POLICY]),
+                }));
             }
         } else if !annotations.is_empty() {
             let map = annotations
@@ -139,7 +156,7 @@ fn to_value<T: serde::Serialize>(v: &T) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use super::super::decide::{Changes, List, Outcome, Plan, Slot, Wrap};
+    use super::super::decide::{AnnotationEdit, Changes, List, Outcome, Plan, Slot, Wrap};
     use crate::keys;
     use serde_json::{Value, json};
 
@@ -162,6 +179,7 @@ mod tests {
             mode: None,
             policy: None,
             audit: false,
+            fallback: None,
             warnings: vec![],
             changes: Changes {
                 wraps,
@@ -169,6 +187,8 @@ mod tests {
             },
             set_annotation: Some("inject:s,a".into()),
             set_image_digests: digests.map(String::from),
+            set_version: None,
+            set_policy: None,
             had_annotations,
         }
     }
@@ -225,6 +245,34 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["image"], "app:1@sha256:1");
         assert_eq!(pod["spec"]["containers"][1]["image"], "b");
         assert_eq!(pod["spec"]["initContainers"][1]["image"], "side:1@sha256:2");
+    }
+
+    #[test]
+    fn release_and_policy_are_written_with_the_outcome_and_a_stale_policy_removed() {
+        let mut p = plan(vec![], None, false);
+        p.set_version = Some("1.2.3".into());
+        p.set_policy = Some(AnnotationEdit::Set("gov".into()));
+        assert_eq!(
+            ops(&p),
+            [
+                json!({"op": "add", "path": "/metadata/annotations", "value": {
+                    keys::ANNOTATION_INJECTED: "inject:s,a",
+                    keys::ANNOTATION_VERSION: "1.2.3",
+                    keys::ANNOTATION_POLICY: "gov",
+                }})
+            ]
+        );
+        let mut p = plan(vec![], None, true);
+        p.set_annotation = None;
+        p.set_policy = Some(AnnotationEdit::Remove);
+        assert_eq!(
+            ops(&p),
+            [json!({"op": "remove", "path": "/metadata/annotations/reaper.dev~1policy"})]
+        );
+        let mut pod =
+            json!({"metadata": {"annotations": {keys::ANNOTATION_POLICY: "old", "x": "y"}}});
+        json_patch::patch(&mut pod, &p.patch()).unwrap();
+        assert_eq!(pod["metadata"]["annotations"], json!({"x": "y"}));
     }
 
     #[test]

@@ -72,7 +72,8 @@ fn none<T>() -> Option<T> {
     None
 }
 
-/// A Pod as the webhook reads it: the full `spec`, and of `metadata` only what the planner uses.
+/// A Pod as the webhook reads it: the full `spec`, and of `metadata` only what the planner and
+/// the Events use.
 /// Skipping `managedFields` (a free-form tree) and `status` halves the decoding time of a typical
 /// pod; the patch is still computed against, and applied to, the complete object.
 #[derive(Deserialize)]
@@ -96,6 +97,9 @@ struct WireMeta {
     labels: Option<std::collections::BTreeMap<String, String>>,
     #[serde(default)]
     annotations: Option<std::collections::BTreeMap<String, String>>,
+    /// Whom an Event about the pod is recorded on (`super::events::regarding`).
+    #[serde(default)]
+    owner_references: Option<Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>>,
 }
 
 impl WirePod {
@@ -109,6 +113,7 @@ impl WirePod {
                     namespace: m.namespace,
                     labels: m.labels,
                     annotations: m.annotations,
+                    owner_references: m.owner_references,
                     ..Default::default()
                 },
             },
@@ -400,6 +405,11 @@ mod lean_tests {
         assert_eq!(lean.metadata.namespace, full.metadata.namespace);
         assert_eq!(lean.metadata.labels, full.metadata.labels);
         assert_eq!(lean.metadata.annotations, full.metadata.annotations);
+        assert_eq!(
+            lean.metadata.owner_references,
+            full.metadata.owner_references
+        );
+        assert!(lean.metadata.owner_references.is_some());
         assert!(full.metadata.managed_fields.is_some());
         assert!(decode_pod(r#"{"spec": {"containers": 1}}"#).is_err());
         assert!(decode_pod("{}").unwrap().spec.is_none());

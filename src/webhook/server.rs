@@ -7,6 +7,7 @@
 //! the pure planner and encodes. A pod the webhook cannot handle is admitted unchanged with a
 //! warning: the webhook never blocks a pod on its own error.
 use super::decide::{self, Config, Plan, Scope};
+use super::events::{self, EventSink, Notice, Offered};
 use super::review::{self, BadReview, PodObject, Review};
 use super::sources::Sources;
 use crate::image::{ImageIndex, ImageResolver};
@@ -24,7 +25,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{Instrument, field};
 
@@ -38,10 +40,66 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_millis(2500);
 /// Added to `--lookup-timeout` for the handler's own bound on the resolver.
 pub const RESOLVE_GRACE: Duration = Duration::from_millis(500);
 
+/// Distinct `namespace` label values at most; later namespaces are counted as [`OTHER_NAMESPACE`].
+pub const MAX_NAMESPACE_LABELS: usize = 2000;
+/// `namespace` label of requests from namespaces past [`MAX_NAMESPACE_LABELS`] or with a name no
+/// namespace can have (never a namespace name: `_` is not allowed in one).
+pub const OTHER_NAMESPACE: &str = "_other";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     result: &'static str,
     mode: &'static str,
+    reason: &'static str,
+    namespace: String,
+}
+
+/// Values of the `namespace` label. The API server only sends pods of opted-in namespaces, so
+/// their number is bounded by the cluster's; this cap also bounds what a client that is not the
+/// API server could make up (without `--client-ca-file` anyone who reaches the Service can post
+/// a review).
+#[derive(Debug)]
+pub struct NamespaceLabel {
+    cap: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl NamespaceLabel {
+    pub fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The label value for a request from `namespace` (empty: not known, e.g. an unreadable body).
+    pub fn value(&self, namespace: &str) -> String {
+        if namespace.is_empty() {
+            return String::new();
+        }
+        if !is_dns_label(namespace) {
+            return OTHER_NAMESPACE.to_string();
+        }
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.contains(namespace) {
+            return namespace.to_string();
+        }
+        if seen.len() < self.cap {
+            seen.insert(namespace.to_string());
+            return namespace.to_string();
+        }
+        OTHER_NAMESPACE.to_string()
+    }
+}
+
+/// An RFC 1123 label, what every namespace name is.
+fn is_dns_label(s: &str) -> bool {
+    let b = s.as_bytes();
+    let ok = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    (1..=63).contains(&b.len())
+        && b.iter().all(|c| ok(c) || *c == b'-')
+        && b.first().is_some_and(ok)
+        && b.last().is_some_and(ok)
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -53,6 +111,8 @@ struct ResultLabel {
 #[derive(Clone)]
 pub struct WebhookMetrics {
     requests: Family<RequestLabels, Counter>,
+    namespaces: Arc<NamespaceLabel>,
+    events: Family<ResultLabel, Counter>,
     duration: Histogram,
     cert_reloads: Family<ResultLabel, Counter>,
     cert_expiry: Gauge,
@@ -64,6 +124,8 @@ impl WebhookMetrics {
     pub fn new(metrics: &Metrics) -> Self {
         let m = Self {
             requests: Family::default(),
+            namespaces: Arc::new(NamespaceLabel::new(MAX_NAMESPACE_LABELS)),
+            events: Family::default(),
             // 50 µs .. ~3.3 s
             duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
                 0.00005, 2.0, 17,
@@ -76,8 +138,13 @@ impl WebhookMetrics {
         metrics.register(|r| {
             r.register(
                 "reaper_webhook_requests",
-                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large, overloaded, timeout) and requested mode",
+                "Admission requests by result (inject, share, audit, skipped, ignored, allowed, error, not_synced, invalid, too_large, overloaded, timeout), requested mode, skip or fallback reason (none otherwise) and namespace",
                 m.requests.clone(),
+            );
+            r.register(
+                "reaper_webhook_events",
+                "Events about skipped and fallen-back pods by result (sent, error, suppressed: one went out for that owner and reason within the interval, dropped: queue full)",
+                m.events.clone(),
             );
             r.register(
                 "reaper_webhook_request_duration_seconds",
@@ -133,11 +200,41 @@ impl WebhookMetrics {
         self.policies.set(n as i64);
     }
 
-    fn observe(&self, result: &'static str, mode: &'static str, elapsed: Duration) {
-        self.requests
-            .get_or_create(&RequestLabels { result, mode })
-            .inc();
+    /// Count an Event's fate (`sent`, `error`, `suppressed`, `dropped`).
+    pub fn event(&self, result: &'static str) {
+        self.events.get_or_create(&ResultLabel { result }).inc();
+    }
+
+    fn observe(&self, a: Observed<'_>, elapsed: Duration) {
+        let labels = RequestLabels {
+            result: a.result,
+            mode: a.mode,
+            reason: a.reason,
+            namespace: self.namespaces.value(a.namespace),
+        };
+        self.requests.get_or_create(&labels).inc();
         self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The labels of one answered request.
+#[derive(Clone, Copy, Debug)]
+struct Observed<'a> {
+    result: &'static str,
+    mode: &'static str,
+    reason: &'static str,
+    namespace: &'a str,
+}
+
+impl Observed<'static> {
+    /// A request refused or failed before its body was read.
+    fn unread(result: &'static str) -> Self {
+        Self {
+            result,
+            mode: "none",
+            reason: "none",
+            namespace: "",
+        }
     }
 }
 
@@ -155,6 +252,7 @@ struct Inner {
     metrics: WebhookMetrics,
     in_flight: Arc<tokio::sync::Semaphore>,
     request_timeout: Duration,
+    events: Option<EventSink>,
 }
 
 impl AppState {
@@ -175,6 +273,7 @@ impl AppState {
                     super::exposure::Args::default().max_in_flight,
                 )),
                 request_timeout: super::exposure::Args::default().request_timeout,
+                events: None,
             }),
         }
     }
@@ -183,6 +282,14 @@ impl AppState {
     pub fn with_resolve_timeout(mut self, timeout: Duration) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.resolve_timeout = timeout;
+        }
+        self
+    }
+
+    /// Offer the Events of skipped and fallen-back pods to `sink` (none without).
+    pub fn with_events(mut self, sink: EventSink) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.events = Some(sink);
         }
         self
     }
@@ -214,7 +321,8 @@ async fn bounded(State(state): State<AppState>, req: Request, next: Next) -> Res
     let s = &state.inner;
     let started = Instant::now();
     let Ok(_permit) = s.in_flight.clone().try_acquire_owned() else {
-        s.metrics.observe("overloaded", "none", started.elapsed());
+        s.metrics
+            .observe(Observed::unread("overloaded"), started.elapsed());
         tracing::warn!("admission request refused: --max-in-flight requests in progress");
         let mut r = plain(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -227,7 +335,8 @@ async fn bounded(State(state): State<AppState>, req: Request, next: Next) -> Res
     match tokio::time::timeout(s.request_timeout, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
-            s.metrics.observe("timeout", "none", started.elapsed());
+            s.metrics
+                .observe(Observed::unread("timeout"), started.elapsed());
             tracing::warn!(timeout = ?s.request_timeout, "admission request not read and answered in time");
             plain(
                 StatusCode::REQUEST_TIMEOUT,
@@ -248,7 +357,11 @@ pub struct Answer {
     pub result: &'static str,
     /// `mode` label.
     pub mode: &'static str,
+    /// `reason` label: why the pod was skipped or how its protection fell back, else `none`.
+    pub reason: &'static str,
     pub plan: Option<Plan>,
+    /// The Event this admission deserves (see [`events::notice`]).
+    pub notice: Option<Notice>,
 }
 
 /// Decode + plan + encode with no I/O and no image resolution (fuzzing, the benchmark's floor).
@@ -267,7 +380,9 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
                 body: review::encode(&response),
                 result: "allowed",
                 mode: "none",
+                reason: "none",
                 plan: None,
+                notice: None,
             };
         }
         PodObject::Undecodable(why) => {
@@ -278,7 +393,9 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
                 body: review::encode(&response),
                 result: "error",
                 mode: "none",
+                reason: "none",
                 plan: None,
+                notice: None,
             };
         }
     };
@@ -291,7 +408,9 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
             body: review::encode(&response),
             result: "not_synced",
             mode: "none",
+            reason: "none",
             plan: None,
+            notice: None,
         };
     }
     let namespace = review
@@ -327,11 +446,14 @@ pub fn respond(review: Review, config: &Config, sources: &Sources, images: &Imag
     if !plan.warnings.is_empty() {
         response.warnings = Some(plan.warnings.clone());
     }
+    let notice = events::notice(&pod, namespace, &plan, review.request.dry_run);
     Answer {
         body: review::encode(&response),
         result: plan.result_label(),
         mode: plan.mode.map_or("none", |m| m.as_str()),
+        reason: plan.reason_label(),
         plan: Some(plan),
+        notice,
     }
 }
 
@@ -366,7 +488,7 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
                 };
                 tracing::Span::current().record("result", result);
                 tracing::warn!("{}", text.trim_end());
-                s.metrics.observe(result, "none", started.elapsed());
+                s.metrics.observe(Observed::unread(result), started.elapsed());
                 return plain(status, text);
             }
         };
@@ -375,11 +497,12 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
             Err(e) => {
                 tracing::Span::current().record("result", "invalid");
                 tracing::warn!(error = %e, "bad AdmissionReview");
-                s.metrics.observe("invalid", "none", started.elapsed());
+                s.metrics.observe(Observed::unread("invalid"), started.elapsed());
                 return plain(StatusCode::BAD_REQUEST, format!("{e}\n"));
             }
         };
         let span = tracing::Span::current();
+        let request_namespace = review.request.namespace.clone().unwrap_or_default();
         span.record("uid", review.request.uid.as_str());
         if let Some(ns) = &review.request.namespace {
             span.record("namespace", ns.as_str());
@@ -424,7 +547,27 @@ async fn mutate(State(state): State<AppState>, body: Result<Bytes, BytesRejectio
             ),
             _ => tracing::debug!("admitted unchanged"),
         }
-        s.metrics.observe(answer.result, answer.mode, started.elapsed());
+        if let (Some(sink), Some(notice)) = (&s.events, answer.notice) {
+            let reason = notice.reason;
+            match sink.offer(notice, Instant::now()) {
+                Offered::Queued => tracing::debug!(reason, "Event queued"),
+                other => {
+                    s.metrics.event(other.as_str());
+                    if other == Offered::Dropped {
+                        tracing::warn!(reason, "Event dropped: the queue of Events to send is full");
+                    }
+                }
+            }
+        }
+        s.metrics.observe(
+            Observed {
+                result: answer.result,
+                mode: answer.mode,
+                reason: answer.reason,
+                namespace: &request_namespace,
+            },
+            started.elapsed(),
+        );
         (
             StatusCode::OK,
             [(header::CONTENT_TYPE, "application/json")],
@@ -442,6 +585,50 @@ mod tests {
 
     const REVIEW: &[u8] =
         include_bytes!("../../tests/fixtures/pods/reviews/deployment-3-containers.json");
+
+    #[test]
+    fn namespace_label_values_are_bounded() {
+        let l = NamespaceLabel::new(2);
+        assert_eq!(l.value(""), "");
+        assert_eq!(l.value("apps"), "apps");
+        assert_eq!(l.value("team-a"), "team-a");
+        // Full: known ones keep their series, new ones share one.
+        assert_eq!(l.value("team-b"), OTHER_NAMESPACE);
+        assert_eq!(l.value("apps"), "apps");
+        // No namespace has such a name (and it takes no room).
+        let l = NamespaceLabel::new(1);
+        for bad in ["Apps", "a_b", "-a", "a-", &"a".repeat(64), "a\"}"] {
+            assert_eq!(l.value(bad), OTHER_NAMESPACE, "{bad}");
+        }
+        assert_eq!(l.value(&"a".repeat(63)), "a".repeat(63));
+    }
+
+    #[test]
+    fn answers_carry_the_reason_and_the_event() {
+        let config = Config::new("r:1");
+        let sources = Sources::fixed(Default::default());
+        let a = answer_sync(REVIEW, &config, &sources).unwrap();
+        assert_eq!((a.result, a.reason), ("inject", "none"));
+        assert_eq!(a.notice, None);
+        // Commands removed: the argvs are unknown, auto shares; the ReplicaSet hears of it.
+        let mut v: serde_json::Value = serde_json::from_slice(REVIEW).unwrap();
+        for c in v["request"]["object"]["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+        {
+            c.as_object_mut().unwrap().remove("command");
+        }
+        let body = serde_json::to_vec(&v).unwrap();
+        let a = answer_sync(&body, &config, &sources).unwrap();
+        assert_eq!((a.result, a.reason), ("share", "auto-share"));
+        let n = a.notice.expect("a notice");
+        assert_eq!(n.regarding.name.as_deref(), Some("web-7d9c8b6f5"));
+        v["request"]["dryRun"] = serde_json::json!(true);
+        let body = serde_json::to_vec(&v).unwrap();
+        let a = answer_sync(&body, &config, &sources).unwrap();
+        assert_eq!((a.result, a.reason), ("share", "auto-share"));
+        assert_eq!(a.notice, None, "dry run");
+    }
 
     #[test]
     fn nothing_is_mutated_before_policies_are_synced() {

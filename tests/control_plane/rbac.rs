@@ -227,6 +227,49 @@ async fn webhook_works_as_its_chart_service_account() {
             .any(|c| c.image.as_deref().is_some_and(|i| i.contains("/reaper"))),
         "no reaper init container"
     );
+    // Its Events are recorded with the chart's RBAC: a pod that runs its own init is skipped,
+    // and a bare pod's Event regards the pod by name.
+    let tini: Pod = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "own-init"},
+        "spec": {"containers": [{"name": "app", "image": "registry.example.com/app:1",
+                                 "command": ["tini", "--", "/app"]}]}
+    }))
+    .unwrap();
+    let created = Api::<Pod>::namespaced(admin.clone(), &app_ns)
+        .create(&PostParams::default(), &tini)
+        .await
+        .unwrap();
+    assert_eq!(
+        created
+            .annotations()
+            .get(reaper::keys::ANNOTATION_INJECTED)
+            .map(String::as_str),
+        Some("skipped:already-init")
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(admin.clone(), &app_ns);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .any(|e| {
+                e.reporting_controller.as_deref() == Some(reaper::keys::EVENT_REPORTER_WEBHOOK)
+                    && e.reason.as_deref() == Some(reaper::keys::REASON_PROTECTION_NOT_NEEDED)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("own-init")
+            });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Event from the webhook within {WAIT:?}; webhook log:\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The release namespace is excluded by the chart's selector, even when labelled.
     for (k, v) in labels {
         let patch = json!({"metadata": {"labels": {k: v}}});

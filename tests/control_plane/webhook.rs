@@ -993,3 +993,223 @@ async fn inject_offline_agrees_with_the_webhook_on_the_corpus() {
     );
     w.stop().await;
 }
+
+/// `/metrics` of the webhook as text.
+async fn metrics_text(w: &Webhook) -> String {
+    let url = format!("http://127.0.0.1:{}/metrics", w.admin);
+    reqwest::get(&url).await.unwrap().text().await.unwrap()
+}
+
+/// events.k8s.io/v1 Events in `ns` regarding the object with `uid`.
+async fn events_regarding(
+    client: &Client,
+    ns: &str,
+    uid: &str,
+) -> Vec<k8s_openapi::api::events::v1::Event> {
+    Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid))
+        .collect()
+}
+
+/// A ReplicaSet that never runs (`replicas: 0`; its controller-made pods are made here).
+async fn replica_set(client: &Client, ns: &str, name: &str) -> (String, String) {
+    use k8s_openapi::api::apps::v1::ReplicaSet;
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 0,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]}
+            }
+        }
+    }))
+    .unwrap();
+    let rs = Api::<ReplicaSet>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &rs)
+        .await
+        .expect("creating a ReplicaSet");
+    (name.to_string(), rs.metadata.uid.unwrap())
+}
+
+/// A pod as the ReplicaSet controller makes it: `generateName`, no name, a controller owner.
+fn owned_pod(rs: &(String, String), annotations: Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "generateName": format!("{}-", rs.0),
+            "labels": {"app": rs.0},
+            "annotations": annotations,
+            "ownerReferences": [{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs.0, "uid": rs.1,
+                "controller": true, "blockOwnerDeletion": true
+            }]
+        },
+        "spec": {"containers": [{"name": "nginx", "image": "nginx:1.27"}]}
+    }))
+    .unwrap()
+}
+
+fn annotation_of<'a>(p: &'a Pod, key: &str) -> Option<&'a str> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+}
+
+/// Skips and fallbacks reach people: a Deployment-shaped pod (owned by a ReplicaSet) that falls
+/// back to `share` gives one `Normal` `ProtectionFallback` Event on its ReplicaSet however many
+/// such pods are created; one that is left unprotected a `Warning` `PodNotProtected`; dry-run
+/// creates give none. `reaper_webhook_requests_total` names the reason and the namespace, and
+/// mutated pods carry the release that wrapped them and their policy.
+#[tokio::test]
+async fn skips_and_fallbacks_become_one_event_per_owner_and_reason() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let w = Webhook::start(cp, &client).await;
+    let ns = w.namespace(cp, "events", &[]).await;
+    let web = replica_set(&client, &ns, "web").await;
+    let dry = replica_set(&client, &ns, "dry").await;
+
+    // Dry runs first: had they produced an Event, it would be there before the real ones.
+    for _ in 0..2 {
+        let got = create(&client, &ns, &owned_pod(&dry, json!({})), true).await;
+        assert_eq!(annotation(&got), Some("share"), "{}", w.logs());
+    }
+    // nginx's argv is unknown (no registry here): auto falls back to share, three times.
+    for _ in 0..3 {
+        let got = create(&client, &ns, &owned_pod(&web, json!({})), false).await;
+        assert_eq!(annotation(&got), Some("share"), "{}", w.logs());
+        assert_eq!(
+            annotation_of(&got, "reaper.dev/version"),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+        assert_eq!(annotation_of(&got, "reaper.dev/policy"), None, "no policy");
+    }
+    // inject asked for, argv unknown: left unprotected, twice.
+    for _ in 0..2 {
+        let got = create(
+            &client,
+            &ns,
+            &owned_pod(&web, json!({"reaper.dev/mode": "inject"})),
+            false,
+        )
+        .await;
+        assert_eq!(annotation(&got), Some("skipped:not-wrappable"));
+        assert_eq!(annotation_of(&got, "reaper.dev/version"), None);
+    }
+    // Sent in the background: wait for both, then make sure no third one follows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let events = loop {
+        let events = events_regarding(&client, &ns, &web.1).await;
+        if events.len() >= 2 {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            break events_regarding(&client, &ns, &web.1).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Events regarding ReplicaSet {}: {events:#?}\nwebhook log:\n{}",
+            web.0,
+            w.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut seen: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e.reason.clone().unwrap(), e.type_.clone().unwrap()))
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("PodNotProtected".to_string(), "Warning".to_string()),
+            ("ProtectionFallback".to_string(), "Normal".to_string()),
+        ],
+        "{events:#?}"
+    );
+    for e in &events {
+        let r = e.regarding.as_ref().unwrap();
+        assert_eq!(
+            (r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()),
+            (Some("ReplicaSet"), Some("web"), Some(ns.as_str()))
+        );
+        assert_eq!(
+            e.reporting_controller.as_deref(),
+            Some("reaper.dev/webhook")
+        );
+        let note = e.note.as_deref().unwrap_or_default();
+        assert!(note.contains("web-"), "the note names the pod: {note}");
+    }
+    let fallback = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("ProtectionFallback"))
+        .unwrap();
+    assert!(
+        fallback
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("shareProcessNamespace"),
+        "{fallback:?}"
+    );
+    assert_eq!(
+        events_regarding(&client, &ns, &dry.1).await.len(),
+        0,
+        "a dry run produced an Event"
+    );
+
+    // The metric names the reason and the namespace.
+    let text = metrics_text(&w).await;
+    for line in [
+        format!(
+            r#"reaper_webhook_requests_total{{result="share",mode="auto",reason="auto-share",namespace="{ns}"}} 5"#
+        ),
+        format!(
+            r#"reaper_webhook_requests_total{{result="skipped",mode="inject",reason="not-wrappable",namespace="{ns}"}} 2"#
+        ),
+    ] {
+        assert!(text.contains(&line), "no {line} in\n{text}");
+    }
+
+    // Under a policy, a wrapped pod names it (and the release).
+    let pns = w.namespace(cp, "events-policy", &[]).await;
+    let policy = unique_name("governing");
+    apply_policy(
+        &client,
+        &policy,
+        ReaperPolicySpec {
+            namespace_selector: only_namespace(&pns),
+            mode: Mode::Inject,
+            ..Default::default()
+        },
+    )
+    .await;
+    let app = pod(
+        "app",
+        json!({"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}),
+    );
+    eventually_annotated(&client, &pns, &app, "inject:app").await;
+    let got = create(&client, &pns, &app, false).await;
+    assert_eq!(
+        annotation_of(&got, "reaper.dev/version"),
+        Some(env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        annotation_of(&got, "reaper.dev/policy"),
+        Some(policy.as_str())
+    );
+    let _ = Api::<ReaperPolicy>::all(client.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    w.stop().await;
+}

@@ -402,12 +402,33 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
         "{webhook:?}"
     );
     assert!(!allows(&webhook, "", "serviceaccounts", "get", Some("any")));
+    // It writes nothing but Events (webhook.events, on by default).
+    assert!(allows(&webhook, "events.k8s.io", "events", "create", None));
+    assert!(allows(&webhook, "events.k8s.io", "events", "patch", None));
+    assert!(!allows(&webhook, "", "events", "create", None));
     for r in &webhook {
         assert!(
-            r.verbs.iter().all(|v| v == "list" || v == "watch"),
-            "the webhook never writes: {r:?}"
+            r.verbs.iter().all(|v| v == "list" || v == "watch")
+                || r.groups == ["events.k8s.io"] && r.resources == ["events"],
+            "the webhook writes only Events: {r:?}"
         );
     }
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "events"),
+        Some("true")
+    );
+    let objs = render("reaper", NS, &[V::Set("webhook.events", "false")]);
+    let webhook = objs.rules("ClusterRole", "reaper-webhook");
+    assert!(
+        webhook
+            .iter()
+            .all(|r| r.verbs.iter().all(|v| v == "list" || v == "watch")),
+        "webhook.events=false: read-only: {webhook:?}"
+    );
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "events"),
+        Some("false")
+    );
     let agent = objs.rules("ClusterRole", "reaper-agent");
     assert!(allows(&agent, "", "nodes", "get", None));
     assert!(allows(&agent, "", "pods", "watch", None));
@@ -629,6 +650,7 @@ fn rendered_flags_are_accepted_by_reaper_controller() {
             ),
             V::Set("webhook.requestTimeout", "2500ms"),
             V::Set("webhook.pinDigests", "true"),
+            V::Set("webhook.events", "false"),
         ],
     ];
     for values in variants {

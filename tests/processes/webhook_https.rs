@@ -121,6 +121,7 @@ impl Webhook {
             install_memory_limit: "64Mi".into(),
             volume_size_limit: "8Mi".into(),
             pin_digests: false,
+            events: true,
             registry: Default::default(),
             exposure,
         };
@@ -246,7 +247,9 @@ async fn admission_review_round_trip_over_https() {
 
     let metrics = w.metrics().await;
     assert!(
-        metrics.contains(r#"reaper_webhook_requests_total{result="inject",mode="auto"} 1"#),
+        metrics.contains(
+            r#"reaper_webhook_requests_total{result="inject",mode="auto",reason="none",namespace="apps"} 1"#
+        ),
         "{metrics}"
     );
     assert!(
@@ -613,7 +616,9 @@ async fn saturated_webhook_refuses_at_once_and_recovers() {
     check_review_answer(&body);
     let metrics = w.metrics().await;
     assert!(
-        metrics.contains(r#"reaper_webhook_requests_total{result="overloaded",mode="none"} 1"#),
+        metrics.contains(
+            r#"reaper_webhook_requests_total{result="overloaded",mode="none",reason="none",namespace=""} 1"#
+        ),
         "{metrics}"
     );
     w.stop().await;
@@ -716,7 +721,9 @@ async fn slow_clients_are_cut_off_by_the_request_timeout() {
     );
     let metrics = w.metrics().await;
     assert!(
-        metrics.contains(r#"reaper_webhook_requests_total{result="timeout",mode="none"} 1"#),
+        metrics.contains(
+            r#"reaper_webhook_requests_total{result="timeout",mode="none",reason="none",namespace=""} 1"#
+        ),
         "{metrics}"
     );
     // Prompt clients are unaffected.

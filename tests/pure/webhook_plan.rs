@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 const REAPER_IMAGE: &str = "registry.example.com/reaper/reaper:0.1.0";
+/// `reaper.dev/version` in the snapshots: fixed, so they do not change with every release
+/// (that the webhook writes its own version is a unit test of `webhook::Args::config`).
+const RELEASE: &str = "0.0.0-fixture";
 
 fn fixtures_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/pods")
@@ -42,6 +45,7 @@ fn load(path: &Path) -> Case {
         config.default_mode = m.parse::<Mode>().unwrap();
     }
     config.pin_digests = f["config"]["pinDigests"] == true;
+    config.release = RELEASE.to_string();
     let policies: Vec<ReaperPolicy> = f
         .get("policies")
         .map(|p| serde_json::from_value(p.clone()).unwrap())
@@ -164,6 +168,27 @@ fn check(c: &Case) {
         e["imageDigests"].as_str(),
         "{ctx}: image digests annotation"
     );
+    // Pods the webhook protects name the release and the governing policy; others get neither.
+    let protects = !p.audit && ["inject", "share"].contains(&p.result_label());
+    let given = |key: &str| c.pod_json["metadata"]["annotations"][key].as_str();
+    assert_eq!(
+        patched["metadata"]["annotations"]["reaper.dev/version"].as_str(),
+        if protects {
+            given("reaper.dev/version").or(Some(RELEASE))
+        } else {
+            given("reaper.dev/version")
+        },
+        "{ctx}: version annotation"
+    );
+    assert_eq!(
+        patched["metadata"]["annotations"]["reaper.dev/policy"].as_str(),
+        if protects {
+            p.policy.as_deref()
+        } else {
+            given("reaper.dev/policy")
+        },
+        "{ctx}: policy annotation"
+    );
     for (name, image) in e["images"].as_object().into_iter().flatten() {
         assert_eq!(
             &find(&patched, name)["image"],
@@ -264,7 +289,7 @@ fn check(c: &Case) {
         assert_eq!(volume["emptyDir"], json!({"sizeLimit": "8Mi"}), "{ctx}");
         assert_eq!(install["volumeMounts"][0]["name"], volume_name);
     } else {
-        // Nothing but the annotation (and shareProcessNamespace) may change.
+        // Nothing but the annotations (and shareProcessNamespace) may change.
         let mut a = patched.clone();
         let mut b = c.pod_json.clone();
         for v in [&mut a, &mut b] {
@@ -272,7 +297,13 @@ fn check(c: &Case) {
                 .pointer_mut("/metadata/annotations")
                 .and_then(Value::as_object_mut)
             {
-                m.remove("reaper.dev/injected");
+                for key in [
+                    "reaper.dev/injected",
+                    "reaper.dev/version",
+                    "reaper.dev/policy",
+                ] {
+                    m.remove(key);
+                }
                 if m.is_empty() {
                     v["metadata"].as_object_mut().unwrap().remove("annotations");
                 }
@@ -284,7 +315,7 @@ fn check(c: &Case) {
         }
         assert_eq!(
             a, b,
-            "{ctx}: only the annotation and shareProcessNamespace may change"
+            "{ctx}: only the annotations and shareProcessNamespace may change"
         );
     }
     if let Some(order) = e.get("initOrder") {
@@ -402,4 +433,36 @@ fn install_container_moves_before_a_wrapped_sidecar_inserted_ahead_of_it() {
     );
     let again: Pod = serde_json::from_value(patched).unwrap();
     assert!(plan_case(&case, &again).patch().0.is_empty());
+}
+
+/// The `reason` label (and Event) of each fixture: why it was skipped, or how its protection
+/// fell back; `none` for everything else.
+#[test]
+fn reasons_of_skips_and_fallbacks() {
+    let mut want = BTreeMap::from([
+        ("already-tini", "already-init"),
+        ("args-only-unknown-image", "auto-share"),
+        ("auto-fallback-none", "not-wrappable"),
+        ("failed-lookup", "auto-share"),
+        ("hostpid-auto-partial", "partial-inject"),
+        ("hostpid-share-requested", "hostpid-inject"),
+        // inject: the container mounting something at /.reaper is left as is.
+        ("name-and-path-collisions", "partial-inject"),
+        ("neither-unknown-image", "auto-share"),
+        ("neither-unknown-image-inject-mode", "not-wrappable"),
+        ("windows", "windows"),
+    ]);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    for path in &paths {
+        let case = load(path);
+        let got = plan_case(&case, &case.pod).reason_label();
+        let expected = want.remove(case.name.as_str()).unwrap_or("none");
+        assert_eq!(got, expected, "{}", case.name);
+    }
+    assert!(want.is_empty(), "fixtures went missing: {want:?}");
 }

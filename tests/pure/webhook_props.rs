@@ -6,7 +6,11 @@
 //! - names stay unique and every reaper mount points at an emptyDir;
 //! - exactly the containers wrapped with an argv read from the registry (no `command`, no policy
 //!   entrypoint, no `@digest` in the reference) get their digest in `reaper.dev/image-digests` and,
-//!   with `--pin-digests`, the image `<as written>@<digest>`; every other image is kept.
+//!   with `--pin-digests`, the image `<as written>@<digest>`; every other image is kept;
+//! - protected pods (`share`, `inject:`, not audited) carry `reaper.dev/version` (the one they
+//!   came with — a pod an older release wrapped keeps naming it — else this release) and
+//!   `reaper.dev/policy` (the governing policy, a stale one replaced or removed); other pods keep
+//!   whatever they came with.
 use k8s_openapi::api::core::v1::{
     ConfigMapVolumeSource, Container, EmptyDirVolumeSource, Pod, PodSpec, Volume, VolumeMount,
 };
@@ -134,7 +138,11 @@ fn input() -> impl Strategy<Value = Input> {
             0u8..3,
         )),
         prop::collection::vec(any::<bool>(), IMAGES.len()),
-        any::<bool>(),
+        (
+            any::<bool>(),
+            prop::option::of(Just("0.0.1")),
+            prop::option::of(prop::sample::select(vec!["p", "stale"])),
+        ),
     )
         .prop_map(
             |(
@@ -146,7 +154,7 @@ fn input() -> impl Strategy<Value = Input> {
                 only,
                 pol,
                 known,
-                pin_digests,
+                (pin_digests, old_version, old_policy),
             )| {
                 // Unique container names.
                 let init_len = init.len();
@@ -178,6 +186,13 @@ fn input() -> impl Strategy<Value = Input> {
                 }
                 if let Some(o) = only {
                     annotations.insert("reaper.dev/containers".to_string(), o.to_string());
+                }
+                // As a manifest copied from a pod an earlier release admitted would carry them.
+                if let Some(v) = old_version {
+                    annotations.insert("reaper.dev/version".to_string(), v.to_string());
+                }
+                if let Some(p) = old_policy {
+                    annotations.insert("reaper.dev/policy".to_string(), p.to_string());
                 }
                 let pod = Pod {
                     metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
@@ -291,6 +306,7 @@ proptest! {
     fn patch_applies_is_idempotent_and_preserves_argv(inp in input()) {
         let mut cfg = Config::new("reaper:1");
         cfg.pin_digests = inp.pin_digests;
+        cfg.release = "9.9.9".into();
         let set = PolicySet::new(inp.policy.clone().map(Arc::new));
         let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "ns".to_string())]);
         let scope = Scope { namespace: "ns", namespace_labels: &labels };
@@ -382,6 +398,17 @@ proptest! {
         } else {
             let want: Vec<String> = recorded.iter().map(|(c, d)| format!("{c}={d}")).collect();
             prop_assert_eq!(digests, Some(want.join(",")));
+        }
+        // The release that set the protection up, and the policy that governs it.
+        let given = |key: &str| annotation(&inp.pod, key);
+        let protects = !p.audit && matches!(p.outcome, Outcome::Share | Outcome::Inject(_));
+        if protects {
+            let want = given("reaper.dev/version").unwrap_or_else(|| "9.9.9".into());
+            prop_assert_eq!(annotation(&patched, "reaper.dev/version"), Some(want));
+            prop_assert_eq!(annotation(&patched, "reaper.dev/policy"), p.policy.clone());
+        } else {
+            prop_assert_eq!(annotation(&patched, "reaper.dev/version"), given("reaper.dev/version"));
+            prop_assert_eq!(annotation(&patched, "reaper.dev/policy"), given("reaper.dev/policy"));
         }
         // Unique names; shareProcessNamespace never together with hostPID.
         prop_assert!(unique(now.iter().map(|c| c.name.clone())));

@@ -292,11 +292,15 @@ async fn requests_are_counted() {
     send(app.clone(), "POST", "/mutate", b"{".to_vec()).await;
     let text = metrics.encode();
     assert!(
-        text.contains(r#"reaper_webhook_requests_total{result="inject",mode="auto"} 1"#),
+        text.contains(
+            r#"reaper_webhook_requests_total{result="inject",mode="auto",reason="none",namespace="apps"} 1"#
+        ),
         "{text}"
     );
     assert!(
-        text.contains(r#"reaper_webhook_requests_total{result="invalid",mode="none"} 1"#),
+        text.contains(
+            r#"reaper_webhook_requests_total{result="invalid",mode="none",reason="none",namespace=""} 1"#
+        ),
         "{text}"
     );
     assert!(
@@ -335,5 +339,62 @@ async fn incomplete_pods_are_left_alone() {
         let r = response(&body);
         assert_eq!(r["allowed"], true);
         assert!(r.get("patch").is_none(), "{r}");
+    }
+}
+
+/// A skipped or fallen-back pod is offered as an Event on its owner, once per owner and reason
+/// within the interval, never for a dry run, and the request is counted with its reason.
+#[tokio::test]
+async fn skips_and_fallbacks_become_one_event_and_dry_runs_none() {
+    use reaper::webhook::events::{EventSink, Limiter};
+    let metrics = Metrics::new();
+    let (sink, mut rx) = EventSink::new(Limiter::new(Duration::from_secs(600), 100), 16);
+    let state = AppState::new(
+        Config::new("registry.example.com/reaper:0.1.0"),
+        Sources::fixed(PolicySet::default()),
+        Arc::new(NoImageResolver),
+        WebhookMetrics::new(&metrics),
+    )
+    .with_events(sink);
+    let app = router(state);
+    let dry_run = review_with(|v| {
+        let c = &mut v["request"]["object"]["spec"]["containers"];
+        c.as_array_mut().unwrap().truncate(1);
+        c[0]["image"] = json!("nginx:1.27");
+        c[0].as_object_mut().unwrap().remove("command");
+        v["request"]["dryRun"] = json!(true);
+    });
+    let (status, body) = send(app.clone(), "POST", "/mutate", dry_run).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(patched(&body)["spec"]["shareProcessNamespace"], true);
+    assert!(rx.try_recv().is_err(), "a dry run was offered as an Event");
+    for _ in 0..3 {
+        send(app.clone(), "POST", "/mutate", nginx_without_command()).await;
+    }
+    let notice = rx.try_recv().expect("one Event");
+    assert!(rx.try_recv().is_err(), "more than one Event");
+    assert_eq!(notice.reason, reaper::keys::REASON_PROTECTION_FALLBACK);
+    let r = &notice.regarding;
+    assert_eq!(
+        (r.kind.as_deref(), r.name.as_deref(), r.namespace.as_deref()),
+        (Some("ReplicaSet"), Some("web-7d9c8b6f5"), Some("apps"))
+    );
+    assert_eq!(
+        r.uid.as_deref(),
+        Some("3f1d7c52-8a4e-4d36-9b1f-2f0c6f8e1a11")
+    );
+    assert!(
+        notice
+            .note
+            .starts_with("Pod web-7d9c8b6f5-* protected by a fallback"),
+        "{}",
+        notice.note
+    );
+    let text = metrics.encode();
+    for line in [
+        r#"reaper_webhook_requests_total{result="share",mode="auto",reason="auto-share",namespace="apps"} 4"#,
+        r#"reaper_webhook_events_total{result="suppressed"} 2"#,
+    ] {
+        assert!(text.contains(line), "no {line} in\n{text}");
     }
 }

@@ -22,6 +22,13 @@ pub const ANNOTATION_INJECTED: &str = "reaper.dev/injected";
 /// (`app=sha256:...,sidecar=sha256:...`), the digest of the manifest or index that argv was read
 /// from. Entries are only added; with `--pin-digests` those images also become `image@digest`.
 pub const ANNOTATION_IMAGE_DIGESTS: &str = "reaper.dev/image-digests";
+/// Pod annotation the webhook writes on pods it protects (`share`, `inject:`): the Reaper release
+/// (`reaper-controller` version) that set the protection up. Kept when the pod already carries
+/// one, so a pod re-created from a manifest wrapped by an older release still names that release.
+pub const ANNOTATION_VERSION: &str = "reaper.dev/version";
+/// Pod annotation the webhook writes on pods it protects: the name of the governing ReaperPolicy
+/// (absent when none matched and `--default-mode` applied).
+pub const ANNOTATION_POLICY: &str = "reaper.dev/policy";
 
 /// Annotation set on a mirror (static) pod by the kubelet.
 pub const ANNOTATION_MIRROR: &str = "kubernetes.io/config.mirror";
@@ -54,6 +61,18 @@ pub const REASON_ZOMBIES_DETECTED: &str = "ZombiesDetected";
 pub const REASON_ZOMBIE_RESTART: &str = "ZombieRestart";
 /// `reportingController` of the operator's Events.
 pub const EVENT_REPORTER_OPERATOR: &str = "reaper.dev/operator";
+/// Event reason the webhook records on a pod's owner when it left the pod without a reaping
+/// PID 1 (`skipped:not-wrappable`, `skipped:no-targets`; type Warning).
+pub const REASON_POD_NOT_PROTECTED: &str = "PodNotProtected";
+/// Event reason the webhook records on a pod's owner when the pod needs no reaper
+/// (`skipped:already-init`, `skipped:windows`; type Normal).
+pub const REASON_PROTECTION_NOT_NEEDED: &str = "ProtectionNotNeeded";
+/// Event reason the webhook records on a pod's owner when it protected the pod otherwise than
+/// asked (auto fell back to share, share impossible with hostPID: Normal) or only partly (some
+/// containers could not be wrapped: Warning).
+pub const REASON_PROTECTION_FALLBACK: &str = "ProtectionFallback";
+/// `reportingController` of the webhook's Events.
+pub const EVENT_REPORTER_WEBHOOK: &str = "reaper.dev/webhook";
 
 /// Secret key holding the CA bundle next to `tls.crt`/`tls.key` (self-managed webhook certificates).
 pub const SECRET_KEY_CA: &str = "ca.crt";
