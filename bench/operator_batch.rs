@@ -159,10 +159,14 @@ fn cluster() -> Cluster {
 
 /// One pass as the operator makes it: pod index, zombie index, every policy's status.
 fn pass(c: &Cluster, settings: &Settings, now: Timestamp) -> usize {
-    let rs_owners = |ns: &str, name: &str| {
-        c.replica_sets
-            .get(&(ns.to_string(), name.to_string()))
-            .cloned()
+    let rs_owners = |kind: &str, ns: &str, name: &str| {
+        (kind == "ReplicaSet")
+            .then(|| {
+                c.replica_sets
+                    .get(&(ns.to_string(), name.to_string()))
+                    .cloned()
+            })
+            .flatten()
     };
     let pods: Vec<PodInfo> = c
         .pods

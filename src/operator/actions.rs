@@ -217,6 +217,7 @@ mod tests {
             mirror: false,
             restarted_at: None,
             owner: Owner::Bare,
+            scope: Default::default(),
         };
         let note = event_note(&pod, None, 9, 3, "p");
         assert!(note.len() <= NOTE_MAX, "{}", note.len());

@@ -581,7 +581,7 @@ mod shell {
                     name: Some(name.to_string()),
                     namespace: Some(self.settings.namespace.clone()),
                     labels: Some(BTreeMap::from([(
-                        "app.kubernetes.io/managed-by".to_string(),
+                        keys::LABEL_MANAGED_BY.to_string(),
                         keys::MANAGER_OPERATOR.to_string(),
                     )])),
                     ..Default::default()

@@ -4,15 +4,21 @@
 //! [`status::compute`] once for every policy (precedence and conflicts are cluster-wide), writes
 //! the statuses that changed, and carries out the actions (Events, restarts). Actions that become
 //! due later (the next Event interval, a restart cooldown) wake the loop without a change.
+//! With `--policy-reports`, the same batch also builds every governed namespace's policy report
+//! ([`reports::build`]) and writes those that changed ([`ReportWriter`]); Jobs are then indexed
+//! too (metadata only), so results about a CronJob's pods name the CronJob.
 use super::actions::{self, Action, ActionLog};
 use super::index::{self, PodInfo, Snapshot};
 use super::metrics::OperatorMetrics;
+use super::report_writer::{self, ReportWriter};
+use super::reports::{self, PolicyReports};
 use super::status::{self, Settings};
 use crate::crd::{PolicySet, ReaperPolicy, ReaperPolicyStatus, ZombieReport};
 use crate::keys;
 use futures::{Stream, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta, Patch, PatchParams};
@@ -59,6 +65,8 @@ pub enum Error {
         workload: String,
         source: kube::Error,
     },
+    #[error(transparent)]
+    Report(#[from] report_writer::Error),
 }
 
 impl Error {
@@ -69,6 +77,7 @@ impl Error {
             Error::Status { .. } => "status_error",
             Error::Event { .. } => "event_error",
             Error::Restart { .. } => "restart_error",
+            Error::Report(_) => "report_error",
         }
     }
 }
@@ -83,6 +92,8 @@ pub struct Stores {
     pub pods: Store<PartialObjectMeta<Pod>>,
     pub replica_sets: Store<PartialObjectMeta<ReplicaSet>>,
     pub reports: Store<ZombieReport>,
+    /// Jobs (metadata only), to see through a Job to its CronJob; with `--policy-reports` only.
+    pub jobs: Option<Store<PartialObjectMeta<Job>>>,
 }
 
 impl Stores {
@@ -102,19 +113,40 @@ impl Stores {
         ready!(self.pods, "pod");
         ready!(self.replica_sets, "replicaset");
         ready!(self.reports, "zombiereport");
+        if let Some(jobs) = &self.jobs {
+            ready!(jobs, "job");
+        }
         Ok(())
     }
 
     fn pods(&self) -> Vec<PodInfo> {
-        let rs_owners = |ns: &str, name: &str| {
-            self.replica_sets
+        // Only ownerReferences are cloned, for the ReplicaSets and Jobs that own pods.
+        let owners_of = |kind: &str, ns: &str, name: &str| match kind {
+            "ReplicaSet" => self
+                .replica_sets
                 .get(&ObjectRef::new(name).within(ns))
-                .map(|rs| rs.metadata.owner_references.clone().unwrap_or_default())
+                .map(|o| o.metadata.owner_references.clone().unwrap_or_default()),
+            "Job" => self
+                .jobs
+                .as_ref()?
+                .get(&ObjectRef::new(name).within(ns))
+                .map(|o| o.metadata.owner_references.clone().unwrap_or_default()),
+            _ => None,
         };
         self.pods
             .state()
             .iter()
-            .filter_map(|p| PodInfo::from_meta(&p.metadata, &rs_owners))
+            .filter_map(|p| PodInfo::from_meta(&p.metadata, &owners_of))
+            .collect()
+    }
+
+    /// Namespaces being deleted (no report is written into them).
+    fn terminating_namespaces(&self) -> BTreeSet<String> {
+        self.namespaces
+            .state()
+            .iter()
+            .filter(|n| n.metadata.deletion_timestamp.is_some())
+            .map(|n| n.name_any())
             .collect()
     }
 
@@ -135,6 +167,9 @@ pub struct Context {
     pub log: Mutex<ActionLog>,
     pub recorder: Recorder,
     pub metrics: OperatorMetrics,
+    /// Policy reports as stored, and the API they go to (`--policy-reports`). Held across the
+    /// writes of a batch (one batch at a time anyway).
+    pub reports: tokio::sync::Mutex<ReportWriter>,
     /// Set once every store has completed its first list.
     ready: tokio::sync::OnceCell<()>,
     /// Injectable for tests.
@@ -156,9 +191,11 @@ impl Context {
                 instance: Some(reporting_instance),
             },
         );
+        let reports = ReportWriter::new(settings.policy_reports, settings.report_resync);
         Self {
             client,
             stores,
+            reports: tokio::sync::Mutex::new(reports),
             settings,
             log: Mutex::default(),
             recorder,
@@ -203,21 +240,17 @@ async fn reconcile_inner(ctx: &Context) -> Result<Option<Duration>> {
     let pods = ctx.stores.pods();
     let reports = ctx.stores.reports.state();
     let zombies = index::index_zombies(reports.iter().map(|r| &r.spec));
+    let snapshot = Snapshot {
+        policies: &policies,
+        namespaces: &namespaces,
+        pods: &pods,
+        zombies: &zombies,
+    };
     let outcome = {
         let mut log = ctx.log();
         let live: BTreeSet<&str> = pods.iter().map(|p| p.uid.as_str()).collect();
         log.prune(&live, now, RESTART_MEMORY);
-        status::compute(
-            Snapshot {
-                policies: &policies,
-                namespaces: &namespaces,
-                pods: &pods,
-                zombies: &zombies,
-            },
-            &ctx.settings,
-            &log,
-            now,
-        )
+        status::compute(snapshot, &ctx.settings, &log, now)
     };
     ctx.metrics.set_policies(&outcome.statuses);
 
@@ -270,6 +303,16 @@ async fn reconcile_inner(ctx: &Context) -> Result<Option<Duration>> {
             }
         }
     }
+    if ctx.settings.policy_reports != PolicyReports::Off {
+        if let Err(e) = write_reports(ctx, snapshot, now).await {
+            tracing::warn!(error = %e, "policy report write failed; retrying later");
+            first_error.get_or_insert(e);
+        }
+        let resync = ctx.reports.lock().await.next_resync();
+        if let Some(at) = resync {
+            next_due = Some(next_due.map_or(at, |d| d.min(at)));
+        }
+    }
     if let Some(e) = first_error {
         return Err(e);
     }
@@ -277,6 +320,22 @@ async fn reconcile_inner(ctx: &Context) -> Result<Option<Duration>> {
         let wait: Duration = at.duration_since(now).try_into().unwrap_or_default();
         wait.max(Duration::from_secs(1))
     }))
+}
+
+/// The policy reports of this batch: discovery and re-list when due, then the reports that changed.
+async fn write_reports(ctx: &Context, snapshot: Snapshot<'_>, now: Timestamp) -> Result<()> {
+    let mut writer = ctx.reports.lock().await;
+    writer
+        .refresh_if_due(&ctx.client, &ctx.metrics, now)
+        .await?;
+    if writer.api().is_none() {
+        return Ok(());
+    }
+    let mut desired = reports::build(snapshot, &ctx.settings, |ns| writer.stored(ns), now);
+    let terminating = ctx.stores.terminating_namespaces();
+    desired.retain(|ns, _| !terminating.contains(ns));
+    writer.write(&ctx.client, &ctx.metrics, desired).await?;
+    Ok(())
 }
 
 /// Server-side applies the status subresource (field manager `reaper-operator`): fields left out
@@ -570,10 +629,27 @@ pub async fn run(
             r.metadata.managed_fields = None;
         },
     );
-    let (policies, policy_stream) =
-        reflect(Api::all(client.clone()), wc, |p: &mut ReaperPolicy| {
+    let (policies, policy_stream) = reflect(
+        Api::all(client.clone()),
+        wc.clone(),
+        |p: &mut ReaperPolicy| {
             p.metadata.managed_fields = None;
-        });
+        },
+    );
+    let (jobs, job_stream) = if settings.policy_reports != PolicyReports::Off {
+        let (store, stream) = reflect(
+            Api::all(client.clone()),
+            wc,
+            |j: &mut PartialObjectMeta<Job>| {
+                j.metadata.managed_fields = None;
+                j.metadata.annotations = None;
+                j.metadata.labels = None;
+            },
+        );
+        (Some(store), Some(stream))
+    } else {
+        (None, None)
+    };
     let ctx = Arc::new(Context::new(
         client,
         Stores {
@@ -582,6 +658,7 @@ pub async fn run(
             pods,
             replica_sets,
             reports,
+            jobs,
         },
         settings,
         metrics,
@@ -599,13 +676,18 @@ pub async fn run(
         })
         .boxed()
     }
-    let all = futures::stream::select_all([
-        changes(policy_stream),
-        changes(ns_stream),
-        changes(pod_stream),
-        changes(rs_stream),
-        changes(report_stream),
-    ]);
+    let all = futures::stream::select_all(
+        [
+            Some(changes(policy_stream)),
+            Some(changes(ns_stream)),
+            Some(changes(pod_stream)),
+            Some(changes(rs_stream)),
+            Some(changes(report_stream)),
+            job_stream.map(changes),
+        ]
+        .into_iter()
+        .flatten(),
+    );
     tracing::info!("policy controller starting");
     batch_loop(ctx, all, batch_window, stop).await;
     tracing::info!("policy controller stopped");
@@ -720,6 +802,26 @@ mod tests {
 
     /// The context for a scene, and the writers that must outlive it.
     fn context(scene: &Scene, client: Client) -> (Arc<Context>, impl Sized + use<>) {
+        context_with(scene, client, Settings::default())
+    }
+
+    /// [`context`] with these settings; the writers are (policies, namespaces, pods, replica
+    /// sets, reports).
+    #[allow(clippy::type_complexity)]
+    fn context_with(
+        scene: &Scene,
+        client: Client,
+        settings: Settings,
+    ) -> (
+        Arc<Context>,
+        (
+            Writer<ReaperPolicy>,
+            Writer<PartialObjectMeta<Namespace>>,
+            Writer<PartialObjectMeta<Pod>>,
+            Writer<PartialObjectMeta<ReplicaSet>>,
+            Writer<ZombieReport>,
+        ),
+    ) {
         let ns = ObjectMeta {
             name: Some("shop".into()),
             labels: Some(BTreeMap::from([(
@@ -751,21 +853,7 @@ mod tests {
             ..Default::default()
         }
         .into_response_partial::<ReplicaSet>();
-        let report = ZombieReport::new(
-            "node-1",
-            ZombieReportSpec {
-                node_name: "node-1".into(),
-                zombies: scene.zombies.into(),
-                containers: vec![ContainerZombies {
-                    pod_uid: "pod-uid-1".into(),
-                    container_id: "a".repeat(64),
-                    container: Some("app".into()),
-                    count: scene.zombies,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            },
-        );
+        let report = zombie_report(scene.zombies);
         let (policies, w1) = fill(vec![scene.policy.clone()]);
         let (namespaces, w2) = fill(vec![ns]);
         let (pods, w3) = fill(vec![pod]);
@@ -779,13 +867,39 @@ mod tests {
                 pods,
                 replica_sets,
                 reports,
+                jobs: None,
             },
-            Settings::default(),
+            settings,
             OperatorMetrics::register(&crate::metrics::Metrics::new()),
             "test-operator".into(),
         );
         ctx.clock = Box::new(|| NOW.parse().unwrap());
         (Arc::new(ctx), (w1, w2, w3, w4, w5))
+    }
+
+    /// node-1's report: `zombies` in container `app` of web-1, held by `php-fpm`.
+    fn zombie_report(zombies: u32) -> ZombieReport {
+        ZombieReport::new(
+            "node-1",
+            ZombieReportSpec {
+                node_name: "node-1".into(),
+                zombies: zombies.into(),
+                containers: vec![ContainerZombies {
+                    pod_uid: "pod-uid-1".into(),
+                    container_id: "a".repeat(64),
+                    container: Some("app".into()),
+                    count: zombies,
+                    parents: vec![crate::crd::ZombieParent {
+                        pid: 7,
+                        comm: "php-fpm".into(),
+                        count: zombies,
+                        oldest_age_seconds: 60,
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            },
+        )
     }
 
     fn rs_owner() -> Option<OwnerReference> {
@@ -1193,6 +1307,166 @@ mod tests {
         assert_eq!(batches(&ctx, "ok"), 2);
         stop.cancel();
         run.await.unwrap();
+        no_more_requests(&mut handle).await;
+    }
+
+    /// Answers the next request, which must be `method` on `path`, with an API error `code`.
+    async fn refuse(
+        handle: &mut std::pin::Pin<&mut Handle>,
+        method: Method,
+        path: &str,
+        code: u16,
+    ) {
+        let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("no request; expected {method} {path}"))
+            .expect("client dropped");
+        assert_eq!(req.method(), method, "{}", req.uri());
+        assert_eq!(req.uri().to_string(), path);
+        let status = json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": "refused by the test", "reason": if code == 404 { "NotFound" } else { "InternalError" },
+            "code": code
+        });
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&status).unwrap()))
+                .unwrap(),
+        );
+    }
+
+    const OPENREPORTS_DISCOVERY: &str = "/apis/openreports.io/v1alpha1";
+    const WGPOLICY_DISCOVERY: &str = "/apis/wgpolicyk8s.io/v1alpha2";
+    const WGPOLICY_LIST: &str = "/apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dreaper-operator";
+    const WGPOLICY_APPLY: &str = "/apis/wgpolicyk8s.io/v1alpha2/namespaces/shop/policyreports/reaper?&force=true&fieldManager=reaper-operator";
+
+    /// Discovery as an API server with only the wgpolicyk8s.io CRD answers it, then the list of
+    /// the operator's PolicyReports (`stored`).
+    async fn discover_wgpolicyk8s(handle: &mut std::pin::Pin<&mut Handle>, stored: Vec<Value>) {
+        // An unserved group version: the API server answers in plain text, not with a Status.
+        let (req, send) = handle.next_request().await.expect("a discovery request");
+        assert_eq!(req.uri().to_string(), OPENREPORTS_DISCOVERY);
+        send.send_response(
+            Response::builder()
+                .status(404)
+                .header("content-type", "text/plain; charset=utf-8")
+                .body(Body::from(b"404 page not found\n".to_vec()))
+                .unwrap(),
+        );
+        expect(handle, Method::GET, WGPOLICY_DISCOVERY, |_| {
+            json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "wgpolicyk8s.io/v1alpha2",
+                   "resources": [{"name": "policyreports", "singularName": "policyreport", "namespaced": true,
+                                  "kind": "PolicyReport", "verbs": ["create", "delete", "get", "list", "patch"]}]})
+        })
+        .await;
+        expect(handle, Method::GET, WGPOLICY_LIST, |_| {
+            json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReportList",
+                   "metadata": {"resourceVersion": "5"}, "items": stored})
+        })
+        .await;
+    }
+
+    /// `--policy-reports=auto` with only wgpolicyk8s.io served: the PolicyReport is applied once,
+    /// an unchanged batch sends nothing, a changed one applies again; a failed write fails the
+    /// batch and the next one discovers again; a report already stored as desired is not rewritten.
+    #[tokio::test]
+    async fn policy_reports_are_discovered_and_applied_only_when_they_change() {
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let scene = Scene {
+            policy: policy(ZombieAction::Event, None),
+            pod_owner: rs_owner(),
+            zombies: 2,
+        };
+        let settings = Settings {
+            policy_reports: PolicyReports::Auto,
+            ..Settings::default()
+        };
+        let (ctx, mut w) = context_with(&scene, Client::new(service, "default"), settings.clone());
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        discover_wgpolicyk8s(&mut handle, vec![]).await;
+        let report = expect(&mut handle, Method::PATCH, WGPOLICY_APPLY, echo).await;
+        assert_eq!(
+            (&report["apiVersion"], &report["kind"]),
+            (&json!("wgpolicyk8s.io/v1alpha2"), &json!("PolicyReport"))
+        );
+        assert_eq!(
+            report["metadata"]["labels"][keys::LABEL_MANAGED_BY],
+            keys::MANAGER_OPERATOR
+        );
+        assert!(report.get("source").is_none(), "not in the v1alpha2 schema");
+        assert_eq!(
+            report["summary"],
+            json!({"pass": 0, "fail": 2, "warn": 0, "error": 0, "skip": 0})
+        );
+        let zombies = &report["results"][1];
+        assert_eq!(
+            (&zombies["rule"], &zombies["result"], &zombies["policy"]),
+            (&json!(keys::RULE_ZOMBIES), &json!("fail"), &json!("web"))
+        );
+        assert_eq!(
+            zombies["resources"],
+            json!([{"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "shop", "name": "web", "uid": "deploy-uid"}])
+        );
+        assert_eq!(zombies["properties"]["parents"], "php-fpm");
+        assert_eq!(
+            zombies["timestamp"],
+            json!({"seconds": NOW.parse::<Timestamp>().unwrap().as_second(), "nanos": 0})
+        );
+        // Requeued for the next discovery.
+        assert_eq!(run.await.unwrap().unwrap(), Some(Duration::from_secs(300)));
+        let writes = |ctx: &Context| {
+            ctx.metrics
+                .report_writes
+                .get_or_create(&crate::operator::metrics::ReportWriteLabels {
+                    operation: "apply".into(),
+                    kind: "PolicyReport".into(),
+                })
+                .get()
+        };
+        assert_eq!(writes(&ctx), 1);
+
+        // Nothing changed: the (stale) status again, no report request.
+        status_only_pass(&ctx, &mut handle).await;
+
+        // The zombies go, and the write fails: the batch fails; the next discovers again.
+        w.4.apply_watcher_event(&watcher::Event::Apply(zombie_report(0)));
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        refuse(&mut handle, Method::PATCH, WGPOLICY_APPLY, 500).await;
+        let err = run.await.unwrap().unwrap_err();
+        assert_eq!(err.metric_label(), "report_error");
+        assert!(
+            err.to_string()
+                .contains("patch and create on policyreports.wgpolicyk8s.io"),
+            "{err}"
+        );
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        discover_wgpolicyk8s(&mut handle, vec![report.clone()]).await;
+        let fixed = expect(&mut handle, Method::PATCH, WGPOLICY_APPLY, echo).await;
+        assert_eq!(fixed["results"][1]["result"], "pass");
+        assert_eq!(fixed["summary"]["fail"], 1);
+        run.await.unwrap().unwrap();
+        assert_eq!(writes(&ctx), 2);
+
+        // A new leader finds the report stored as it would write it: no write.
+        let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+        let mut handle = pin!(handle);
+        let (ctx, _w) = context_with(
+            &Scene {
+                zombies: 0,
+                ..scene
+            },
+            Client::new(service, "default"),
+            settings,
+        );
+        let run = tokio::spawn(reconcile(ctx.clone()));
+        expect(&mut handle, Method::PATCH, STATUS_PATH, echo_policy).await;
+        discover_wgpolicyk8s(&mut handle, vec![fixed]).await;
+        run.await.unwrap().unwrap();
         no_more_requests(&mut handle).await;
     }
 }

@@ -107,6 +107,58 @@ fn controller_of(refs: &[OwnerReference]) -> Option<&OwnerReference> {
     refs.iter().find(|o| o.controller == Some(true))
 }
 
+/// An object a policy report result is about (`resources[]` of a result; the namespace is the
+/// pod's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    pub uid: String,
+}
+
+/// The workload a pod's findings are reported against: its controller, seen through a
+/// ReplicaSet to its Deployment and through a Job to its CronJob (the objects users manage, and
+/// the scope Kyverno's reports use); the pod itself when it has no controller. A ReplicaSet or Job
+/// the index does not know (yet), or that has no such owner, is the scope itself.
+/// `owners_of(kind, namespace, name)` gives the ownerReferences of an indexed ReplicaSet or Job.
+pub fn report_scope(
+    namespace: &str,
+    pod_name: &str,
+    pod_uid: &str,
+    owner_references: &[OwnerReference],
+    owners_of: impl Fn(&str, &str, &str) -> Option<Vec<OwnerReference>>,
+) -> ResourceRef {
+    let of = |o: &OwnerReference| ResourceRef {
+        api_version: o.api_version.clone(),
+        kind: o.kind.clone(),
+        name: o.name.clone(),
+        uid: o.uid.clone(),
+    };
+    let Some(controller) = controller_of(owner_references) else {
+        return ResourceRef {
+            api_version: "v1".into(),
+            kind: "Pod".into(),
+            name: pod_name.to_string(),
+            uid: pod_uid.to_string(),
+        };
+    };
+    let parent = match (controller.api_version.as_str(), controller.kind.as_str()) {
+        ("apps/v1", "ReplicaSet") => Some(("apps/v1", "Deployment")),
+        ("batch/v1", "Job") => Some(("batch/v1", "CronJob")),
+        _ => None,
+    };
+    if let Some((api_version, kind)) = parent
+        && let Some(refs) = owners_of(&controller.kind, namespace, &controller.name)
+        && let Some(p) = controller_of(&refs)
+        && p.api_version == api_version
+        && p.kind == kind
+    {
+        return of(p);
+    }
+    of(controller)
+}
+
 /// What the operator knows about one pod (from a metadata-only reflector).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodInfo {
@@ -123,6 +175,8 @@ pub struct PodInfo {
     /// `kubectl.kubernetes.io/restartedAt` inherited from the pod template.
     pub restarted_at: Option<Timestamp>,
     pub owner: Owner,
+    /// What policy report results about this pod name ([`report_scope`]).
+    pub scope: ResourceRef,
 }
 
 impl PodInfo {
@@ -152,22 +206,25 @@ impl PodInfo {
     }
 
     /// What the index keeps of a pod's metadata (`None` without namespace or name).
-    /// `rs_owners` gives a ReplicaSet's own owners, to see through it to its Deployment.
+    /// `owners_of(kind, namespace, name)` gives an indexed ReplicaSet's or Job's own owners, to
+    /// see through them to their Deployment or CronJob.
     pub fn from_meta(
         meta: &kube::api::ObjectMeta,
-        rs_owners: &impl Fn(&str, &str) -> Option<Vec<OwnerReference>>,
+        owners_of: &impl Fn(&str, &str, &str) -> Option<Vec<OwnerReference>>,
     ) -> Option<PodInfo> {
         let namespace = meta.namespace.clone()?;
+        let name = meta.name.clone()?;
+        let uid = meta.uid.clone().unwrap_or_default();
         let annotation = |k: &str| meta.annotations.as_ref().and_then(|a| a.get(k)).cloned();
+        let owner_references = meta.owner_references.as_deref().unwrap_or_default();
         Some(PodInfo {
-            owner: resolve_owner(
-                &namespace,
-                meta.owner_references.as_deref().unwrap_or_default(),
-                rs_owners,
-            ),
+            owner: resolve_owner(&namespace, owner_references, |ns, n| {
+                owners_of("ReplicaSet", ns, n)
+            }),
+            scope: report_scope(&namespace, &name, &uid, owner_references, owners_of),
             namespace,
-            name: meta.name.clone()?,
-            uid: meta.uid.clone().unwrap_or_default(),
+            name,
+            uid,
             labels: meta.labels.clone().unwrap_or_default(),
             injected: annotation(keys::ANNOTATION_INJECTED),
             mode: annotation(keys::ANNOTATION_MODE),
@@ -198,6 +255,8 @@ pub struct ContainerZombieCount {
     pub count: u32,
     /// `comm` of the worst parent.
     pub parent_comm: String,
+    /// `comm` and zombie count of every parent the report names, worst first.
+    pub parents: Vec<(String, u32)>,
     pub age_seconds: u64,
 }
 
@@ -229,6 +288,11 @@ pub fn index_zombies<'a>(
                     .first()
                     .map(|p| p.comm.clone())
                     .unwrap_or_default(),
+                parents: c
+                    .parents
+                    .iter()
+                    .map(|p| (p.comm.clone(), p.count))
+                    .collect(),
                 age_seconds: c.oldest_age_seconds,
             });
         }

@@ -30,6 +30,14 @@ pub struct StepLabels {
     pub step: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReportWriteLabels {
+    /// `apply` or `delete`.
+    pub operation: String,
+    /// The report kind (`Report`, `PolicyReport`).
+    pub kind: String,
+}
+
 /// Handles to every operator metric.
 #[derive(Clone)]
 pub struct OperatorMetrics {
@@ -41,6 +49,7 @@ pub struct OperatorMetrics {
     pub restarts: Counter,
     pub cert_steps: Family<StepLabels, Counter>,
     pub cert_expiry: Gauge,
+    pub report_writes: Family<ReportWriteLabels, Counter>,
     policies: Arc<Mutex<BTreeSet<String>>>,
 }
 
@@ -57,6 +66,7 @@ impl OperatorMetrics {
             restarts: Counter::default(),
             cert_steps: Family::default(),
             cert_expiry: Gauge::default(),
+            report_writes: Family::default(),
             policies: Arc::default(),
         };
         metrics.register(|r| {
@@ -99,6 +109,11 @@ impl OperatorMetrics {
                 "reaper_operator_webhook_cert_expiry_timestamp_seconds",
                 "Expiry of the webhook serving certificate (self-managed mode)",
                 m.cert_expiry.clone(),
+            );
+            r.register(
+                "reaper_operator_policy_report_writes",
+                "Policy report writes by operation (apply, delete) and kind (Report, PolicyReport)",
+                m.report_writes.clone(),
             );
         });
         m

@@ -4,6 +4,8 @@
 //! - [`index`]: the cluster as plain data (pods, owners, zombies per pod)
 //! - [`status`]: the pure decision, once per batch (indexes → desired status of every policy)
 //! - [`actions`]: Events and restarts a batch decides, and the log that rate-limits them
+//! - [`reports`]: the policy report of every governed namespace (pure); [`report_writer`] discovers
+//!   the served report API and writes the reports that changed
 //! - [`controller`]: reflectors, the batch loop, status writes, Events, restarts
 //! - [`leader`]: Lease-based leader election; only the leader reconciles and manages certificates
 //! - [`certs`]: CA + serving certificate rotation (pure) and its Secret/MWC shell
@@ -13,6 +15,8 @@ pub mod controller;
 pub mod index;
 pub mod leader;
 pub mod metrics;
+pub mod report_writer;
+pub mod reports;
 pub mod status;
 
 use crate::component::Component;
@@ -98,6 +102,13 @@ pub struct Args {
           num_args = 0..=1, require_equals = true, default_missing_value = "true",
           value_parser = clap::builder::BoolishValueParser::new())]
     pub restart_workloads: bool,
+    /// Write a policy report per governed namespace (rules `pid1-is-init` and `zombies`, for
+    /// Policy Reporter and Kyverno's tooling): `auto` writes `openreports.io/v1alpha1` Reports if
+    /// that CRD is served, else `wgpolicyk8s.io/v1alpha2` PolicyReports, else none (checked at
+    /// start, every 5 minutes and after a failed write); `openreports` or `wgpolicyk8s` write only
+    /// that kind. Needs create/patch/get/list/delete on the report kind and list/watch on Jobs.
+    #[arg(long, env = "REAPER_POLICY_REPORTS", value_enum, default_value_t = reports::PolicyReports::Off)]
+    pub policy_reports: reports::PolicyReports,
     /// Pod, namespace and report changes within this window are reconciled together.
     #[arg(long, env = "REAPER_BATCH_WINDOW", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch_window: Duration,
@@ -191,6 +202,8 @@ impl Args {
                 top_offenders: self.top_offenders,
                 event_interval: self.event_interval,
                 restart_workloads: self.restart_workloads,
+                policy_reports: self.policy_reports,
+                ..status::Settings::default()
             },
             leader,
             certs,
@@ -450,9 +463,21 @@ mod tests {
         let l = c.leader.unwrap();
         assert_eq!(l.lease_name, "reaper-operator");
 
+        assert_eq!(c.settings.policy_reports, reports::PolicyReports::Off);
+
         let a = parse(&["--leader-election=false"]);
         let c = a.config(None).unwrap();
         assert!(c.leader.is_none());
+        for (value, want) in [
+            ("auto", reports::PolicyReports::Auto),
+            ("openreports", reports::PolicyReports::OpenReports),
+            ("wgpolicyk8s", reports::PolicyReports::WgPolicyK8s),
+            ("off", reports::PolicyReports::Off),
+        ] {
+            let a = parse(&[&format!("--policy-reports={value}")]);
+            assert_eq!(a.config(Some("ns")).unwrap().settings.policy_reports, want);
+        }
+        assert!(crate::component::parse_flags::<Args>(&["--policy-reports=kyverno"]).is_err());
 
         let a = parse(&["--cert-secret", "reaper-webhook-tls"]);
         assert!(matches!(a.config(Some("ns")), Err(Error::HalfCertFlags)));

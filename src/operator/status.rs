@@ -39,6 +39,10 @@ pub struct Settings {
     /// The Restart action is enabled at install (`--restart-workloads`); otherwise policies
     /// asking for it only get Events, and their status says why.
     pub restart_workloads: bool,
+    /// Which policy report API to write (`--policy-reports`).
+    pub policy_reports: super::reports::PolicyReports,
+    /// How often the served report APIs are discovered again and the written reports re-listed.
+    pub report_resync: Duration,
 }
 
 impl Default for Settings {
@@ -51,6 +55,8 @@ impl Default for Settings {
             top_offenders: 5,
             event_interval: Duration::from_secs(15 * 60),
             restart_workloads: true,
+            policy_reports: super::reports::PolicyReports::Off,
+            report_resync: Duration::from_secs(5 * 60),
         }
     }
 }
@@ -424,6 +430,20 @@ mod tests {
             mode: None,
             mirror: false,
             restarted_at: None,
+            scope: ResourceRef {
+                api_version: "apps/v1".into(),
+                kind: match &owner {
+                    Owner::Workload(w) => w.kind.as_str().to_string(),
+                    Owner::Other { kind, .. } => kind.clone(),
+                    Owner::Bare => "Pod".into(),
+                },
+                name: match &owner {
+                    Owner::Workload(w) => w.name.clone(),
+                    Owner::Other { name, .. } => name.clone(),
+                    Owner::Bare => name.into(),
+                },
+                uid: String::new(),
+            },
             owner,
         }
     }
@@ -921,6 +941,47 @@ mod tests {
         // Non-controller owners do not count.
         assert_eq!(r(vec![oref("StatefulSet", "db", false)]), Owner::Bare);
         assert_eq!(r(vec![]), Owner::Bare);
+
+        // Policy reports name what users manage: the Deployment, the CronJob, or the pod.
+        let cron = OwnerReference {
+            api_version: "batch/v1".into(),
+            kind: "CronJob".into(),
+            ..oref("Job", "nightly", true)
+        };
+        let owners = |kind: &str, ns: &str, name: &str| match (kind, name) {
+            ("Job", "nightly-28000000") => Some(vec![cron.clone()]),
+            ("Job", _) => Some(vec![]),
+            _ => rs_index(ns, name),
+        };
+        let scope = |refs: Vec<OwnerReference>| {
+            let s = report_scope("shop", "p-1", "p-uid", &refs, owners);
+            (s.api_version, s.kind, s.name, s.uid)
+        };
+        let s = |v: &str, k: &str, n: &str, u: &str| (v.into(), k.into(), n.into(), u.into());
+        assert_eq!(
+            scope(vec![oref("ReplicaSet", "web-7d9f", true)]),
+            s("apps/v1", "Deployment", "web", "web-uid")
+        );
+        assert_eq!(
+            scope(vec![oref("ReplicaSet", "orphan-rs", true)]),
+            s("apps/v1", "ReplicaSet", "orphan-rs", "orphan-rs-uid")
+        );
+        assert_eq!(
+            scope(vec![oref("Job", "nightly-28000000", true)]),
+            s("batch/v1", "CronJob", "nightly", "nightly-uid")
+        );
+        assert_eq!(
+            scope(vec![oref("Job", "migrate", true)]),
+            s("batch/v1", "Job", "migrate", "migrate-uid")
+        );
+        assert_eq!(
+            scope(vec![oref("StatefulSet", "db", true)]),
+            s("apps/v1", "StatefulSet", "db", "db-uid")
+        );
+        assert_eq!(
+            scope(vec![oref("StatefulSet", "db", false)]),
+            s("v1", "Pod", "p-1", "p-uid")
+        );
     }
 
     #[test]

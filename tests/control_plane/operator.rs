@@ -9,7 +9,10 @@
 //!   protected pods;
 //! - self-managed certificates land in the Secret and the MWC `caBundle`, and a full CA rotation
 //!   (short validity through the flags) keeps a running `reaper-controller webhook` serving with
-//!   no failed handshake.
+//!   no failed handshake;
+//! - `--policy-reports=auto` on the real report CRDs (tests/fixtures/crds): a wgpolicyk8s.io
+//!   PolicyReport while only that CRD is served, an openreports.io Report once it is, with the
+//!   expected results, rewritten only when the cluster changes, deleted when the namespace opts out.
 //!
 //! Operators reconcile every ReaperPolicy in the cluster, so these tests take turns (`SERIAL`)
 //! and every policy selects only its own test's namespace (a unique label).
@@ -23,7 +26,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use reaper::crd::{ReaperPolicy, ZombieReport};
 use reaper::keys;
@@ -154,6 +158,9 @@ async fn operator_identity(
         json!({"apiGroups": ["apps"], "resources": ["deployments", "statefulsets", "daemonsets"], "verbs": ["get", "patch"]}),
         json!({"apiGroups": [""], "resources": ["events"], "verbs": ["list"]}),
         json!({"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create", "patch"]}),
+        json!({"apiGroups": ["openreports.io"], "resources": ["reports"], "verbs": ["create", "patch", "get", "list", "delete"]}),
+        json!({"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports"], "verbs": ["create", "patch", "get", "list", "delete"]}),
+        json!({"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["list", "watch"]}),
     ];
     let mut ns_rules = vec![json!({
         "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
@@ -1614,5 +1621,307 @@ async fn self_managed_certificates_rotate_without_failed_handshakes() {
             "{step}: {m}"
         );
     }
+    op.assert_clean_log();
+}
+
+/// The report CRDs copied from their Go modules into tests/fixtures/crds/`dir`
+/// (tests/fixtures/crds/README.md says from where).
+fn report_crds(dir: &str) -> Vec<CustomResourceDefinition> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/crds")
+        .join(dir);
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    paths.sort();
+    assert!(!paths.is_empty(), "no CRD in {}", dir.display());
+    paths
+        .iter()
+        .map(|p| {
+            yaml_serde::from_str(&std::fs::read_to_string(p).unwrap())
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+        })
+        .collect()
+}
+
+fn report_api(api_version: &str, kind: &str, plural: &str) -> ApiResource {
+    let (group, version) = api_version.split_once('/').unwrap();
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
+}
+
+/// The result of `rule` about `kind`/`name` in a stored report.
+fn report_result<'a>(report: &'a DynamicObject, kind: &str, name: &str, rule: &str) -> &'a Value {
+    report.data["results"]
+        .as_array()
+        .and_then(|rs| {
+            rs.iter().find(|r| {
+                r["rule"] == rule
+                    && r["resources"][0]["kind"] == kind
+                    && r["resources"][0]["name"] == name
+            })
+        })
+        .unwrap_or_else(|| panic!("no {rule} result for {kind} {name}: {:#}", report.data))
+}
+
+/// What the scene's report says: the protected bare pod passes, the Deployment's unprotected pod
+/// fails `pid1-is-init`, and its zombies fail with their parent's name.
+fn assert_scene_report(report: &DynamicObject, policy: &str, ns: &str, deployment_uid: &str) {
+    let data = &report.data;
+    assert_eq!(
+        report
+            .labels()
+            .get(keys::LABEL_MANAGED_BY)
+            .map(String::as_str),
+        Some(keys::MANAGER_OPERATOR)
+    );
+    assert_eq!(
+        data["summary"],
+        json!({"pass": 2, "fail": 2, "warn": 0, "error": 0, "skip": 0}),
+        "{data:#}"
+    );
+    let web = report_result(report, "Deployment", "web", keys::RULE_PID1_IS_INIT);
+    assert_eq!(web["result"], "fail", "{web:#}");
+    assert_eq!(web["policy"], policy);
+    assert_eq!(web["source"], keys::POLICY_REPORT_SOURCE);
+    assert_eq!(
+        web["resources"],
+        json!([{"apiVersion": "apps/v1", "kind": "Deployment", "namespace": ns, "name": "web", "uid": deployment_uid}])
+    );
+    assert!(
+        web["message"]
+            .as_str()
+            .unwrap()
+            .contains("no reaper.dev/injected annotation"),
+        "{web:#}"
+    );
+    assert_eq!(web["properties"]["unprotectedPods"], "web-5d8f-x1");
+    let zombies = report_result(report, "Deployment", "web", keys::RULE_ZOMBIES);
+    assert_eq!(zombies["result"], "fail", "{zombies:#}");
+    assert_eq!(zombies["properties"]["zombies"], "3");
+    assert_eq!(zombies["properties"]["parents"], "php-fpm");
+    assert!(
+        zombies["message"].as_str().unwrap().contains("php-fpm (3)"),
+        "{zombies:#}"
+    );
+    let solo = report_result(report, "Pod", "solo", keys::RULE_PID1_IS_INIT);
+    assert_eq!(solo["result"], "pass", "{solo:#}");
+    assert_eq!(
+        report_result(report, "Pod", "solo", keys::RULE_ZOMBIES)["result"],
+        "pass"
+    );
+}
+
+/// `--policy-reports=auto` against the real report CRDs, each phase with its own operator
+/// (discovery at start): only wgpolicyk8s.io served → a PolicyReport; openreports.io installed →
+/// a Report, and the PolicyReport deleted; no rewrite while nothing that matters changes; the
+/// zombies going away change it; the namespace opting out deletes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_reports_follow_the_served_api_and_change_only_with_the_cluster() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let _turn = SERIAL.lock().await;
+    let admin = cp.client().await;
+    cp.install_crds(&admin).await;
+    assert!(
+        Api::<CustomResourceDefinition>::all(admin.clone())
+            .get_opt("reports.openreports.io")
+            .await
+            .unwrap()
+            .is_none(),
+        "this suite's control plane must start without the openreports.io CRD (this test installs it)"
+    );
+    control_plane::install_crds(&admin, report_crds("wgpolicyk8s")).await;
+    let (ns, tag) = app_namespace(cp, &admin, "op-reports").await;
+    let home = cp.ns(&admin, "op-reports-home").await;
+    let name = format!("{tag}-reports");
+    policy(
+        &admin,
+        &name,
+        &tag,
+        0,
+        json!({}),
+        json!({"threshold": 5, "action": "Event", "cooldown": "1h"}),
+    )
+    .await;
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), &ns);
+    create(
+        &pods,
+        pod_json(
+            &ns,
+            "solo",
+            json!({"app": "solo"}),
+            json!({keys::ANNOTATION_INJECTED: "share"}),
+            None,
+        ),
+    )
+    .await;
+    let web = workload(&admin, &ns, "web", None, None).await;
+    let deployment_uid = Api::<Deployment>::namespaced(admin.clone(), &ns)
+        .get("web")
+        .await
+        .unwrap()
+        .uid()
+        .unwrap();
+
+    // The node's report, as the agent writes it once it knows the pod.
+    let node = unique_name("op-reports-node");
+    let zombie_report = |count: u32| {
+        let containers = if count == 0 {
+            json!([])
+        } else {
+            json!([{
+                "podUid": web, "containerId": format!("{:064x}", 7), "namespace": ns,
+                "pod": "web-5d8f-x1", "container": "app", "count": count, "oldestAgeSeconds": 60,
+                "parents": [{"pid": 4242, "comm": "php-fpm", "count": count, "oldestAgeSeconds": 60}]
+            }])
+        };
+        json!({
+            "apiVersion": "reaper.dev/v1alpha1", "kind": "ZombieReport",
+            "metadata": {"name": node},
+            "spec": {"nodeName": node, "zombies": count, "containers": containers,
+                     "pods": [{"podUid": web, "namespace": ns, "pod": "web-5d8f-x1", "current": 4 + count, "zombies": count}]}
+        })
+    };
+    let zombie_reports: Api<ZombieReport> = Api::all(admin.clone());
+    create(&zombie_reports, zombie_report(3)).await;
+
+    let identity = operator_identity(cp, &admin, &home, None).await;
+    let args = ["--leader-election=false", "--policy-reports=auto"];
+
+    // Only wgpolicyk8s.io is served: a PolicyReport.
+    let polr: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &report_api("wgpolicyk8s.io/v1alpha2", "PolicyReport", "policyreports"),
+    );
+    let mut op = Operator::spawn(cp, &identity, "op-reports-wg", &home, &args);
+    let report = eventually(
+        "a PolicyReport with the scene's results",
+        || op.logs(),
+        async || {
+            let r = polr.get_opt(keys::POLICY_REPORT_NAME).await.ok()??;
+            (r.data["summary"]["fail"] == 2).then_some(r)
+        },
+    )
+    .await;
+    assert_scene_report(&report, &name, &ns, &deployment_uid);
+    assert!(
+        report.data.get("source").is_none(),
+        "v1alpha2 has no report-level source"
+    );
+    assert!(op.terminate().await.success(), "{}", op.logs());
+    op.assert_clean_log();
+
+    // openreports.io installed: a Report instead, and the PolicyReport goes.
+    control_plane::install_crds(&admin, report_crds("openreports")).await;
+    let reports: Api<DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &ns,
+        &report_api("openreports.io/v1alpha1", "Report", "reports"),
+    );
+    let op = Operator::spawn(cp, &identity, "op-reports-or", &home, &args);
+    let logs = || op.logs();
+    let report = eventually("a Report with the scene's results", logs, async || {
+        let r = reports.get_opt(keys::POLICY_REPORT_NAME).await.ok()??;
+        (r.data["summary"]["fail"] == 2).then_some(r)
+    })
+    .await;
+    assert_scene_report(&report, &name, &ns, &deployment_uid);
+    assert_eq!(report.data["source"], keys::POLICY_REPORT_SOURCE);
+    eventually("the PolicyReport deleted", logs, async || {
+        polr.get_opt(keys::POLICY_REPORT_NAME)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Batches that change nothing the report says (a label on a pod, the agent's heartbeat with
+    // the same zombies): no write.
+    let written = report.resource_version();
+    pods.patch(
+        "solo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let mut again = zombie_report(3);
+    again["metadata"]["resourceVersion"] =
+        json!(zombie_reports.get(&node).await.unwrap().resource_version());
+    again["spec"]["observedAt"] = json!(jiff::Timestamp::now().to_string());
+    zombie_reports
+        .replace(
+            &node,
+            &PostParams::default(),
+            &serde_json::from_value(again).unwrap(),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        reports
+            .get(keys::POLICY_REPORT_NAME)
+            .await
+            .unwrap()
+            .resource_version(),
+        written,
+        "rewritten without a change\n{}",
+        op.logs()
+    );
+
+    // The zombies go: the zombies result passes; the pid1-is-init result keeps its timestamp.
+    let mut reaped = zombie_report(0);
+    reaped["metadata"]["resourceVersion"] =
+        json!(zombie_reports.get(&node).await.unwrap().resource_version());
+    zombie_reports
+        .replace(
+            &node,
+            &PostParams::default(),
+            &serde_json::from_value(reaped).unwrap(),
+        )
+        .await
+        .unwrap();
+    let changed = eventually("the zombies result passing", logs, async || {
+        let r = reports.get(keys::POLICY_REPORT_NAME).await.ok()?;
+        (report_result(&r, "Deployment", "web", keys::RULE_ZOMBIES)["result"] == "pass")
+            .then_some(r)
+    })
+    .await;
+    assert_eq!(changed.data["summary"]["fail"], 1, "{:#}", changed.data);
+    assert_eq!(
+        report_result(&changed, "Deployment", "web", keys::RULE_PID1_IS_INIT)["timestamp"],
+        report_result(&report, "Deployment", "web", keys::RULE_PID1_IS_INIT)["timestamp"]
+    );
+
+    // The namespace opts out: its report is deleted.
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .patch(
+            &ns,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {keys::LABEL_INJECT: null}}})),
+        )
+        .await
+        .unwrap();
+    eventually("the Report deleted", logs, async || {
+        reports
+            .get_opt(keys::POLICY_REPORT_NAME)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
     op.assert_clean_log();
 }

@@ -899,3 +899,100 @@ async fn built_in_view_and_edit_roles_cover_reaper_resources() {
         .expect_err("a viewer created a ReaperPolicy");
     assert!(refused.to_string().contains("forbidden"), "{refused}");
 }
+
+/// `operator.policyReports=auto` grants what the operator needs to write policy reports: with
+/// both report CRDs served (real ones, tests/fixtures/crds), it lists its PolicyReports, watches
+/// Jobs and applies a Report into an opted-in namespace, as its chart ServiceAccount with no 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_writes_policy_reports_with_its_chart_rbac() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    for dir in ["openreports", "wgpolicyk8s"] {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/crds")
+            .join(dir);
+        let crds = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| yaml_serde::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap())
+            .collect();
+        control_plane::install_crds(&admin, crds).await;
+    }
+    let (objs, ns, release) = install_rbac(
+        cp,
+        &admin,
+        &[
+            V::Set("operator.policyReports", "auto"),
+            V::Set("operator.leaderElection", "false"),
+            V::Set("certs.mode", "cert-manager"),
+        ],
+    )
+    .await;
+    let (_sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
+    let app = cp
+        .ns_with_labels(
+            &admin,
+            "rbac-reports",
+            &[(reaper::keys::LABEL_INJECT, reaper::keys::INJECT_ENABLED)],
+        )
+        .await;
+    Api::<Pod>::namespaced(admin.clone(), &app)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "app", "annotations": {reaper::keys::ANNOTATION_INJECTED: "share"}},
+                "spec": {"containers": [{"name": "app", "image": "registry.example/app:1"}]}
+            }))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    let admin_port = free_port();
+    let mut args: Vec<String> = objs
+        .args("Deployment", &format!("{release}-reaper-operator"))
+        .into_iter()
+        .filter(|a| !a.starts_with("--admin-listen="))
+        .collect();
+    assert_eq!(
+        chart_common::flag(&args, "policy-reports"),
+        Some("auto"),
+        "{args:?}"
+    );
+    args.push(format!("--admin-listen=127.0.0.1:{admin_port}"));
+    let log = cp.dir().join(format!("{release}-operator-reports.log"));
+    let _child = spawn(&kubeconfig, &log, &args);
+    wait_ready("operator", admin_port, &log).await;
+    let reports: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        admin.clone(),
+        &app,
+        &kube::api::ApiResource {
+            group: "openreports.io".into(),
+            version: "v1alpha1".into(),
+            api_version: "openreports.io/v1alpha1".into(),
+            kind: "Report".into(),
+            plural: "reports".into(),
+        },
+    );
+    let deadline = Instant::now() + WAIT;
+    let report = loop {
+        if let Some(r) = reports
+            .get_opt(reaper::keys::POLICY_REPORT_NAME)
+            .await
+            .unwrap()
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Report in {app} within {WAIT:?}; log:\n{}",
+            read(&log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(report.data["summary"]["pass"], 2, "{:#}", report.data);
+    assert_no_403("operator", &log);
+}

@@ -1147,3 +1147,75 @@ fn security_contexts_are_overridable() {
         }
     }
 }
+
+/// `operator.policyReports`: off by default (no flag, no report or Job rights); otherwise the flag
+/// the binary accepts and create/patch/get/list/delete on exactly the report kinds it may write
+/// (both for `auto`), list/watch on Jobs, and never more.
+#[test]
+fn policy_reports_are_opt_in_with_rights_on_the_chosen_kinds_only() {
+    let reports = [
+        ("openreports.io", "reports"),
+        ("wgpolicyk8s.io", "policyreports"),
+    ];
+    let objs = default_render();
+    let op = objs.rules("ClusterRole", "reaper-operator");
+    assert_eq!(
+        flag(
+            &objs.args("Deployment", "reaper-operator"),
+            "policy-reports"
+        ),
+        None
+    );
+    for (group, resource) in reports {
+        assert!(
+            !op.iter().any(|r| r.groups.iter().any(|g| g == group)),
+            "{op:?}"
+        );
+        assert!(!allows(&op, group, resource, "list", None));
+    }
+    assert!(!allows(&op, "batch", "jobs", "watch", None));
+    for (value, kinds) in [
+        ("auto", &reports[..]),
+        ("openreports", &reports[..1]),
+        ("wgpolicyk8s", &reports[1..]),
+    ] {
+        let objs = render("reaper", NS, &[V::Set("operator.policyReports", value)]);
+        let args = objs.args("Deployment", "reaper-operator");
+        assert_eq!(flag(&args, "policy-reports"), Some(value));
+        Cli::try_parse_from(std::iter::once("reaper-controller".to_string()).chain(args.clone()))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let op = objs.rules("ClusterRole", "reaper-operator");
+        for (group, resource) in reports {
+            let granted = kinds.contains(&(group, resource));
+            for verb in ["create", "patch", "get", "list", "delete"] {
+                assert_eq!(
+                    allows(&op, group, resource, verb, None),
+                    granted,
+                    "{value}: {verb} {resource}.{group}"
+                );
+            }
+            assert!(!allows(&op, group, resource, "watch", None));
+            assert!(!allows(&op, group, resource, "deletecollection", None));
+        }
+        assert!(allows(&op, "batch", "jobs", "list", None));
+        assert!(allows(&op, "batch", "jobs", "watch", None));
+        assert!(!allows(&op, "batch", "jobs", "get", None));
+        for r in &op {
+            for list in [&r.groups, &r.resources, &r.verbs] {
+                assert!(!list.iter().any(|x| x == "*"), "{value}: wildcard in {r:?}");
+            }
+        }
+    }
+    // An unquoted YAML `off` arrives as false: off.
+    let objs = render("reaper", NS, &[V::Set("operator.policyReports", "false")]);
+    assert_eq!(
+        flag(
+            &objs.args("Deployment", "reaper-operator"),
+            "policy-reports"
+        ),
+        None
+    );
+    let err = template_text("reaper", NS, &[V::Set("operator.policyReports", "kyverno")])
+        .expect_err("an unknown report kind rendered");
+    assert!(err.contains("operator/policyReports"), "{err}");
+}

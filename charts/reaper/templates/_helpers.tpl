@@ -131,3 +131,9 @@ readinessProbe:
 - --warm-up=false
 {{- end }}
 {{- end }}
+
+{{/* operator.policyReports as the flag spells it: an unquoted YAML `off` arrives as false. */}}
+{{- define "reaper.policyReports" -}}
+{{- $v := .Values.operator.policyReports -}}
+{{- if or (kindIs "bool" $v) (not $v) -}}off{{- else -}}{{ $v }}{{- end -}}
+{{- end }}

@@ -52,6 +52,21 @@ pub const ENV_PLATFORM_ARGV: &str = crate::init::ENV_PLATFORM_ARGV;
 pub const MANAGER_AGENT: &str = "reaper-agent";
 pub const MANAGER_OPERATOR: &str = "reaper-operator";
 
+/// Label on the objects the operator creates (value [`MANAGER_OPERATOR`]); its policy reports
+/// are listed by it.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+
+/// Policy reports (operator `--policy-reports`): one per governed namespace, named
+/// [`POLICY_REPORT_NAME`], each result with `source` [`POLICY_REPORT_SOURCE`] and one of the rules
+/// [`RULE_PID1_IS_INIT`] and [`RULE_ZOMBIES`].
+pub const POLICY_REPORT_NAME: &str = "reaper";
+pub const POLICY_REPORT_SOURCE: &str = "reaper";
+/// Rule: the pod's PID 1 reaps (the webhook shared the PID namespace, wrapped the containers with
+/// reaper, or found an init already).
+pub const RULE_PID1_IS_INIT: &str = "pid1-is-init";
+/// Rule: the workload's pods hold no zombie processes (from the nodes' ZombieReports).
+pub const RULE_ZOMBIES: &str = "zombies";
+
 /// Lease used for operator leader election.
 pub const LEASE_OPERATOR: &str = "reaper-operator";
 
