@@ -37,6 +37,9 @@ enum Command {
     /// Why the webhook does (or would do) what it does with a pod or a workload's pods: policy,
     /// mode, each container's argv and init, and the patch.
     Explain(Box<cli::explain::Args>),
+    /// Is Reaper installed and working (CRDs, webhook and its certificate, agents, policies), which
+    /// namespaces are opted in, which containers hold zombies. Exit code 1 on problems.
+    Check(cli::check::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -67,6 +70,13 @@ fn main() -> anyhow::Result<()> {
             Command::Operator(args) => operator::run(args).await.context("operator"),
             Command::Agent(args) => agent::run(args).await.context("agent"),
             Command::Explain(args) => cli::explain::run(*args).await.context("explain"),
+            Command::Check(args) => {
+                if cli::check::run(args).await.context("check")? {
+                    Ok(())
+                } else {
+                    std::process::exit(1)
+                }
+            }
             Command::Crds(_) | Command::Inject(_) => unreachable!("handled above"),
         }
     })

@@ -121,6 +121,75 @@ async fn s8_metrics_endpoints_of_every_component_answer() {
     .await;
 }
 
+/// `reaper-controller check` against the installed release on the real node: no problem
+/// (CRDs, webhook and its CA, certificate days, the node's agent report, the dry-run pod the
+/// webhook answers), exit code 0; a problem (exit code 1) when asked about a webhook
+/// configuration that does not exist; and `helm test` runs the same check in a pod.
+#[tokio::test]
+async fn s9_check_finds_the_install_healthy() {
+    let Some(node) = ready().await else { return };
+    let _r = RELEASE.read().await;
+    let env = env(node).await;
+    scenario(node, async {
+        let run = |extra: &[&str]| {
+            std::process::Command::new(support::control_plane::reaper_controller_bin())
+                .env("KUBECONFIG", node.cp().kubeconfig())
+                .args(["--log-level", "warn", "check", "-o", "json"])
+                .args(["--release-namespace", &env.release_ns])
+                .args(extra)
+                .output()
+                .expect("running reaper-controller check")
+        };
+        // The agent writes its first report within a few scans of a fresh install.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let healthy = loop {
+            let out = run(&[]);
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+            if out.status.success() || Instant::now() > deadline {
+                break (out.status, v);
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        assert!(healthy.0.success(), "check found problems: {:#}", healthy.1);
+        let findings = healthy.1["findings"].as_array().unwrap();
+        let has = |area: &str, text: &str| {
+            findings.iter().any(|f| {
+                f["area"] == area && f["message"].as_str().is_some_and(|m| m.contains(text))
+            })
+        };
+        assert!(
+            has("webhook", "answers: a dry-run pod came back"),
+            "{findings:#?}"
+        );
+        assert!(has("webhook", "caBundle trusts"), "{findings:#?}");
+        assert!(has("certificate", "expires in"), "{findings:#?}");
+        assert!(
+            has("agents", "a current report from each of 1 Linux nodes"),
+            "{findings:#?}"
+        );
+        let broken = run(&["--webhook-config", "no-such-webhook", "--dry-run-pod=false"]);
+        assert_eq!(broken.status.code(), Some(1));
+        // `helm test`: the chart's hook runs the same check in a pod, as its own ServiceAccount.
+        let kubeconfig = node.cp().kubeconfig().display().to_string();
+        let out = support::chart::helm_run(&[
+            "test",
+            "reaper",
+            "--namespace",
+            &env.release_ns,
+            "--kubeconfig",
+            &kubeconfig,
+            "--logs",
+            "--timeout",
+            "180s",
+        ])
+        .unwrap_or_else(|e| panic!("helm test: {e}"));
+        assert!(out.contains("Phase:          Succeeded"), "{out}");
+        assert!(out.contains("no problems found"), "{out}");
+    })
+    .await;
+}
+
 /// Median of pod-create round trips (the API call only) in `ns`.
 async fn create_latency(env: &Env, ns: &str, prefix: &str, n: usize) -> (Duration, Vec<Pod>) {
     let api = Api::<Pod>::namespaced(env.client.clone(), ns);

@@ -241,6 +241,15 @@ fn mutate_pod(pod: &mut Value, namespace: &str, opts: &Options) -> Result<Note, 
     })
 }
 
+/// Whether the template at `path` names its pods (else [`template_pod`] gave it a generateName).
+fn obj_named(obj: &Value, path: &[&str]) -> bool {
+    let mut t = obj;
+    for p in path {
+        t = &t[*p];
+    }
+    t["metadata"]["name"].is_string() || t["metadata"]["generateName"].is_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,13 +353,4 @@ spec:
         let err = inject_stream("kind: Pod\nspec: {containers: 3}\n", &opts()).unwrap_err();
         assert!(err.to_string().starts_with("document 1: Pod/"), "{err}");
     }
-}
-
-/// Whether the template at `path` names its pods (else [`template_pod`] gave it a generateName).
-fn obj_named(obj: &Value, path: &[&str]) -> bool {
-    let mut t = obj;
-    for p in path {
-        t = &t[*p];
-    }
-    t["metadata"]["name"].is_string() || t["metadata"]["generateName"].is_string()
 }

@@ -369,6 +369,10 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
         for kind in ["ClusterRole", "Role"] {
             for role in objs.of_kind(kind) {
                 let name = role["metadata"]["name"].as_str().unwrap();
+                // `helm test`'s own role is checked on its own below.
+                if role["metadata"]["annotations"]["helm.sh/hook"] == "test" {
+                    continue;
+                }
                 for r in objs.rules(kind, name) {
                     for list in [&r.groups, &r.resources, &r.verbs] {
                         assert!(
@@ -525,7 +529,13 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
             V::Set("operator.leaderElection", "false"),
         ],
     );
-    assert!(objs.of_kind("Role").is_empty() && objs.of_kind("RoleBinding").is_empty());
+    let not_test = |kind: &str| {
+        objs.of_kind(kind)
+            .into_iter()
+            .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "test")
+            .count()
+    };
+    assert!(not_test("Role") == 0 && not_test("RoleBinding") == 0);
     // Warm-up off: no workload reads.
     let objs = render("reaper", NS, &[V::Set("registry.warmup", "false")]);
     // ... and the webhook is told so (it warms up by default in cluster mode).
@@ -629,6 +639,7 @@ enum Cmd {
     Webhook(Box<reaper::webhook::Args>),
     Operator(Box<reaper::operator::Args>),
     Agent(reaper::agent::Args),
+    Check(reaper::cli::check::Args),
 }
 
 /// The rendered container args are flags the binary knows, with values it accepts.
@@ -841,9 +852,15 @@ fn deploy_manifest_is_up_to_date() {
         fresh == committed,
         "deploy/reaper.yaml is stale: run `make deploy` and commit it"
     );
-    // It is the default rendering plus the Namespace, labelled for the agent's hostPID.
+    // It is the default rendering (without `helm test`'s objects) plus the Namespace, labelled
+    // for the agent's hostPID.
     let objs = chart_common::parse_stream(&committed);
-    assert_eq!(objs.len(), default_render().all().len() + 1);
+    let installed = default_render()
+        .all()
+        .iter()
+        .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "test")
+        .count();
+    assert_eq!(objs.len(), installed + 1);
     let ns = &objs[0];
     assert_eq!(
         (&ns["kind"], &ns["metadata"]["name"]),
@@ -1218,4 +1235,87 @@ fn policy_reports_are_opt_in_with_rights_on_the_chosen_kinds_only() {
     let err = template_text("reaper", NS, &[V::Set("operator.policyReports", "kyverno")])
         .expect_err("an unknown report kind rendered");
     assert!(err.contains("operator/policyReports"), "{err}");
+}
+
+/// `helm test` runs `reaper-controller check --install-only` with RBAC that exists only while it
+/// runs (hook-delete-policy hook-succeeded), reads only what `check` reads, and writes only its throw-away
+/// namespace and a dry-run pod; `deploy/reaper.yaml` carries none of it.
+#[test]
+fn helm_test_runs_check_with_rbac_that_lives_only_for_the_test() {
+    let objs = default_render();
+    let hooked: Vec<&Value> = objs
+        .all()
+        .iter()
+        .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] == "test")
+        .collect();
+    let kinds: BTreeSet<&str> = hooked.iter().map(|o| o["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        BTreeSet::from([
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
+            "Pod"
+        ])
+    );
+    for o in &hooked {
+        let policy = o["metadata"]["annotations"]["helm.sh/hook-delete-policy"]
+            .as_str()
+            .unwrap_or_default();
+        // RBAC goes when the test succeeds; the finished pod stays for `helm test --logs`.
+        let want = if o["kind"] == "Pod" {
+            "before-hook-creation"
+        } else {
+            "before-hook-creation,hook-succeeded"
+        };
+        assert_eq!(policy, want, "{o}");
+    }
+    let pod = hooked.iter().find(|o| o["kind"] == "Pod").unwrap();
+    let args = strings(&pod["spec"]["containers"][0]["args"]);
+    assert_eq!(
+        args[..2],
+        ["check".to_string(), "--install-only".to_string()]
+    );
+    assert_eq!(flag(&args, "webhook-config"), Some("reaper-webhook"));
+    assert_eq!(flag(&args, "cert-secret"), Some("reaper-webhook-tls"));
+    let cli =
+        Cli::try_parse_from(std::iter::once("reaper-controller".to_string()).chain(args.clone()));
+    assert!(cli.is_ok(), "{args:?} rejected");
+    let rules = objs.rules("ClusterRole", "reaper-test");
+    for (group, resource, verb) in [
+        ("", "namespaces", "create"),
+        ("", "pods", "create"),
+        ("", "nodes", "list"),
+    ] {
+        assert!(
+            allows(&rules, group, resource, verb, None),
+            "{resource} {verb}"
+        );
+    }
+    for (group, resource, verb) in [
+        ("", "secrets", "get"),
+        ("", "pods", "delete"),
+        ("apps", "deployments", "get"),
+    ] {
+        assert!(
+            !allows(&rules, group, resource, verb, None),
+            "cluster-wide {resource} {verb}"
+        );
+    }
+    let role = objs.rules("Role", "reaper-test");
+    assert!(allows(
+        &role,
+        "",
+        "secrets",
+        "get",
+        Some("reaper-webhook-tls")
+    ));
+    assert!(!allows(&role, "", "secrets", "get", Some("other")));
+    let deploy = std::fs::read_to_string(repo().join("deploy/reaper.yaml")).unwrap();
+    assert!(
+        !deploy.contains("helm.sh/hook"),
+        "deploy/reaper.yaml carries test hooks"
+    );
 }
