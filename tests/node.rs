@@ -190,6 +190,97 @@ async fn s9_check_finds_the_install_healthy() {
     .await;
 }
 
+/// The agent's PID 1 evidence, end to end: the same busybox `sleep 3600` pod in a namespace that
+/// is not opted in (PID 1 `sleep`, no SIGTERM handler: `check` lists it as unprotected with that
+/// evidence) and in an opted-in one (wrapped by the webhook: PID 1 `reaper`, listed as protected,
+/// never as unprotected). The node's ZombieReport carries both entries.
+#[tokio::test]
+async fn s10_check_lists_unprotected_pid1s_with_evidence() {
+    let Some(node) = ready().await else { return };
+    let _r = RELEASE.read().await;
+    let env = env(node).await;
+    scenario(node, async {
+        let off = env.namespace_with("pid1-off", &[], false).await;
+        let on = env.namespace("pid1-on", &[]).await;
+        let sleeper = restricted_pod("sleeper", &env.image, Some(&["sleep", "3600"]), &[], &[]);
+        for ns in [&off, &on] {
+            create(&env, ns, &sleeper).await;
+        }
+        let wrapped = wait_running(&env, &on, "sleeper").await;
+        assert!(
+            injected(&wrapped).is_some_and(|i| i.starts_with("inject")),
+            "{:?}",
+            wrapped.metadata.annotations
+        );
+        let plain = wait_running(&env, &off, "sleeper").await;
+        assert_eq!(injected(&plain), None);
+
+        let unprotected = format!(
+            "{off}/sleeper container app: PID 1 \"sleep\" is not an init and does not handle SIGTERM"
+        );
+        let protected = "sleeper/app (reaper)";
+        let check = || {
+            let out = std::process::Command::new(support::control_plane::reaper_controller_bin())
+                .env("KUBECONFIG", node.cp().kubeconfig())
+                .args(["--log-level", "warn", "check", "-o", "json", "--dry-run-pod=false"])
+                .args(["--release-namespace", &env.release_ns])
+                .output()
+                .expect("running reaper-controller check");
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+            v["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|f| f["area"] == "pid1")
+                .filter_map(|f| f["message"].as_str().map(str::to_string))
+                .collect::<Vec<String>>()
+        };
+        // The agent scans every 2 s and writes when PID 1 facts change.
+        let findings = wait_for(Duration::from_secs(90), "check lists both sleepers", || async {
+            let f = check();
+            let listed = f.iter().any(|m| m.starts_with(&unprotected))
+                && f.iter().any(|m| m.starts_with(&format!("{on}: ")) && m.contains(protected));
+            listed.then_some(f)
+        })
+        .await;
+        assert!(
+            !findings.iter().any(|m| m.starts_with(&format!("{on}/sleeper"))),
+            "the wrapped pod is listed as unprotected: {findings:#?}"
+        );
+
+        // The evidence in the node's report.
+        let report = kube::Api::<reaper::crd::ZombieReport>::all(env.client.clone())
+            .get(&plain.spec.as_ref().unwrap().node_name.clone().unwrap())
+            .await
+            .unwrap();
+        let entry = |ns: &str| {
+            report
+                .spec
+                .pid1s
+                .iter()
+                .find(|c| c.namespace.as_deref() == Some(ns) && c.pod.as_deref() == Some("sleeper"))
+                .unwrap_or_else(|| panic!("no {ns}/sleeper in {:#?}", report.spec.pid1s))
+        };
+        let p = entry(&off);
+        assert_eq!(
+            (p.comm.as_str(), p.init.as_deref(), p.pid1, p.handles_sigterm, p.container.as_deref()),
+            ("sleep", None, true, false, Some("app"))
+        );
+        let w = entry(&on);
+        assert_eq!(
+            (w.comm.as_str(), w.init.as_deref(), w.pid1, w.handles_sigterm),
+            ("reaper", Some("reaper"), true, true),
+            "{w:#?}"
+        );
+        assert!(w.protected_by().is_some() && !w.unprotected());
+        for ns in [&off, &on] {
+            env.delete_namespace(ns).await;
+        }
+    })
+    .await;
+}
+
 /// Median of pod-create round trips (the API call only) in `ns`.
 async fn create_latency(env: &Env, ns: &str, prefix: &str, n: usize) -> (Duration, Vec<Pod>) {
     let api = Api::<Pod>::namespaced(env.client.clone(), ns);

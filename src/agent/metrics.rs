@@ -3,8 +3,10 @@
 //! Pods and containers not (yet) known by name are labelled `namespace=""`, `pod=<pod UID>`,
 //! `container=<container ID>`; zombies in a pod's own cgroup (outside any container) carry
 //! `container=""`. Series of containers without zombies and of pods gone from the node are removed.
+//! `reaper_agent_pid1_info` has one series per container (pod sandboxes left out), removed when
+//! the container goes or its labels change.
 
-use super::report::PodIndex;
+use super::report::{self, PodIndex};
 use super::scan::Scan;
 use crate::metrics::Metrics;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -28,6 +30,19 @@ pub struct PodLabels {
     pub pod: String,
 }
 
+/// A container's top process: `init` is the known init it is (empty for any other program),
+/// `handles_sigterm` and `pid1` are `true` or `false`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
+pub struct Pid1Labels {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+    pub comm: String,
+    pub init: String,
+    pub handles_sigterm: String,
+    pub pid1: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
@@ -43,6 +58,7 @@ struct Seen {
     containers: HashSet<ContainerLabels>,
     pods: HashSet<PodLabels>,
     limits: HashSet<PodLabels>,
+    pid1s: HashSet<Pid1Labels>,
 }
 
 /// Handles to every agent metric.
@@ -51,6 +67,7 @@ pub struct AgentMetrics {
     pub zombie_processes: Family<ContainerLabels, Gauge>,
     pub pod_pids: Family<PodLabels, Gauge>,
     pub pod_pids_limit: Family<PodLabels, Gauge>,
+    pub pid1_info: Family<Pid1Labels, Gauge>,
     pub node_pid_max: Gauge,
     pub node_processes: Gauge,
     pub node_zombies: Gauge,
@@ -67,6 +84,7 @@ impl AgentMetrics {
             zombie_processes: Family::default(),
             pod_pids: Family::default(),
             pod_pids_limit: Family::default(),
+            pid1_info: Family::default(),
             node_pid_max: Gauge::default(),
             node_processes: Gauge::default(),
             node_zombies: Gauge::default(),
@@ -91,6 +109,13 @@ impl AgentMetrics {
                 "reaper_agent_pod_pids_limit",
                 "pids.max of the pod cgroup (absent when unlimited)",
                 m.pod_pids_limit.clone(),
+            );
+            r.register(
+                "reaper_agent_pid1_info",
+                "1 per container: its top process's comm, the known init it is (init, empty for \
+                 none), whether it takes SIGTERM (a known init, a handler, or blocked for a signalfd), and whether it is PID 1 of its PID \
+                 namespace (false: hostPID, or the pod shares one namespace under pause)",
+                m.pid1_info.clone(),
             );
             r.register(
                 "reaper_node_pid_max",
@@ -170,10 +195,39 @@ impl AgentMetrics {
             self.pod_pids_limit.remove(gone);
         }
         seen.limits = limits.into_keys().collect();
+
+        let pid1s = pid1_series(scan, index);
+        for labels in &pid1s {
+            self.pid1_info.get_or_create(labels).set(1);
+        }
+        for gone in seen.pid1s.iter().filter(|l| !pid1s.contains(*l)) {
+            self.pid1_info.remove(gone);
+        }
+        seen.pid1s = pid1s;
     }
 }
 
 type Series<L> = BTreeMap<L, i64>;
+
+/// One `reaper_agent_pid1_info` series per container top process, sandboxes left out.
+fn pid1_series(scan: &Scan, index: &PodIndex) -> HashSet<Pid1Labels> {
+    scan.tops
+        .iter()
+        .filter(|t| !report::is_sandbox(t, index))
+        .map(|t| {
+            let c = report::container_init(t, index);
+            Pid1Labels {
+                namespace: c.namespace.unwrap_or_default(),
+                pod: c.pod.unwrap_or(c.pod_uid),
+                container: c.container.unwrap_or(c.container_id),
+                comm: c.comm,
+                init: c.init.unwrap_or_default(),
+                handles_sigterm: c.handles_sigterm.to_string(),
+                pid1: c.pid1.to_string(),
+            }
+        })
+        .collect()
+}
 
 /// The per-container and per-pod series a scan stands for.
 fn series(
@@ -233,7 +287,8 @@ fn series(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::agent::scan::{Parent, Pids, PodUsage, Zombie};
+    use crate::agent::procfs::Status;
+    use crate::agent::scan::{ContainerTop, Parent, Pids, PodUsage, Zombie};
 
     fn z(pid: i32, uid: &str, cid: &str) -> Zombie {
         Zombie {
@@ -298,5 +353,52 @@ mod tests {
         assert!(!text.contains("reaper_agent_pod_pids{"), "{text}");
         assert!(!text.contains("reaper_agent_pod_pids_limit{"), "{text}");
         assert!(text.contains(r#"reaper_agent_scan_errors_total{kind="vanished"} 2"#));
+    }
+
+    fn top(cid: &str, comm: &str, sig_cgt: u64) -> ContainerTop {
+        ContainerTop {
+            pod_uid: "uid-a".into(),
+            container_id: cid.into(),
+            pid: 10,
+            comm: comm.into(),
+            status: Status {
+                ns_pid: Some((1, 2)),
+                sig_blk: 0,
+                sig_ign: 0,
+                sig_cgt,
+            },
+            children: 0,
+            zombies: 0,
+            zombie_comms: Default::default(),
+        }
+    }
+
+    #[test]
+    fn one_pid1_series_per_container_sandboxes_left_out() {
+        let metrics = Metrics::new();
+        let m = AgentMetrics::register(&metrics);
+        let mut scan = Scan {
+            tops: vec![
+                top("c1", "sleep", 0),
+                top("c2", "reaper", 1 << 14),
+                top("sandbox", "pause", 1 << 14),
+            ],
+            ..Default::default()
+        };
+        m.update(&scan, &PodIndex::default());
+        let text = metrics.encode();
+        for line in [
+            r#"reaper_agent_pid1_info{namespace="",pod="uid-a",container="c1",comm="sleep",init="",handles_sigterm="false",pid1="true"} 1"#,
+            r#"reaper_agent_pid1_info{namespace="",pod="uid-a",container="c2",comm="reaper",init="reaper",handles_sigterm="true",pid1="true"} 1"#,
+        ] {
+            assert!(text.contains(line), "missing {line}\n{text}");
+        }
+        assert!(!text.contains(r#"comm="pause""#), "{text}");
+        // c1 wrapped (a new container): the old series goes.
+        scan.tops.remove(0);
+        m.update(&scan, &PodIndex::default());
+        let text = metrics.encode();
+        assert!(!text.contains(r#"container="c1""#), "{text}");
+        assert!(text.contains(r#"container="c2""#), "{text}");
     }
 }

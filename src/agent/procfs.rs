@@ -30,6 +30,14 @@ pub enum Error {
     BadCgroupLine(String),
     #[error("pids file holds {0:?}, expected a number or `max`")]
     BadPids(String),
+    #[error("status file has no {0} line")]
+    MissingStatusLine(&'static str),
+    #[error("status line {line} is not {expected}: {value:?}")]
+    BadStatusLine {
+        line: &'static str,
+        expected: &'static str,
+        value: String,
+    },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -374,6 +382,131 @@ pub fn parse_pids_max(content: &str) -> Result<Option<u64>> {
 /// `/proc/sys/kernel/pid_max`.
 pub fn parse_pid_max(content: &str) -> Result<u64> {
     parse_pids_current(content)
+}
+
+/// `SIGTERM` (the signal the kubelet's stop sends first; bit `15 - 1` of a signal mask).
+pub const SIGTERM: u32 = 15;
+
+/// The fields of `/proc/<pid>/status` the agent reads for a container's top process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// `NSpid:`: the pid in each PID namespace the process is in, outermost first; the agent
+    /// keeps the innermost and how many there are. `None` on kernels before 4.1 (no `NSpid:`).
+    pub ns_pid: Option<(i32, usize)>,
+    /// `SigBlk:`: signals the (main thread of the) process blocks.
+    pub sig_blk: u64,
+    /// `SigIgn:`: signals set to `SIG_IGN`.
+    pub sig_ign: u64,
+    /// `SigCgt:`: signals with a handler.
+    pub sig_cgt: u64,
+}
+
+fn signal_bit(sig: u32) -> u64 {
+    match sig {
+        1..=64 => 1 << (sig - 1),
+        _ => 0,
+    }
+}
+
+impl Status {
+    /// PID 1 of its (innermost) PID namespace: the process the kernel protects from signals it
+    /// has no handler for, and the one orphans are re-parented to.
+    pub fn is_namespace_init(&self) -> bool {
+        matches!(self.ns_pid, Some((1, depth)) if depth >= 2)
+    }
+
+    /// In the PID namespace of the proc root it was read from (a `hostPID` pod's process, seen
+    /// by the agent in the host's namespace): `NSpid:` has one field.
+    pub fn in_reader_namespace(&self) -> bool {
+        matches!(self.ns_pid, Some((_, 1)))
+    }
+
+    /// A handler is installed for `sig`.
+    pub fn catches(&self, sig: u32) -> bool {
+        self.sig_cgt & signal_bit(sig) != 0
+    }
+
+    /// `sig` is set to `SIG_IGN`.
+    pub fn ignores(&self, sig: u32) -> bool {
+        self.sig_ign & signal_bit(sig) != 0
+    }
+
+    /// `sig` is blocked: it stays pending for a signalfd (how catatonit waits for signals), and
+    /// the kernel queues it even for a namespace init. A process sleeping in `sigtimedwait` or
+    /// `sigwait` (reaper, tini, dumb-init) shows the waited signals *unblocked* for as long as it
+    /// waits: the kernel keeps the real mask aside, where `status` does not show it.
+    pub fn blocks(&self, sig: u32) -> bool {
+        self.sig_blk & signal_bit(sig) != 0
+    }
+
+    /// The process takes `SIGTERM`: it has a handler, or blocks it to wait for it (and is not
+    /// set to ignore it). A namespace init that does neither drops the kubelet's `SIGTERM` (the
+    /// kernel discards signals with the default action sent to a namespace init, and `SIG_IGN`
+    /// discards them anywhere), so its container is only stopped by `SIGKILL` at the end of the
+    /// grace period. A process that blocks `SIGTERM` and never waits for it cannot be told apart;
+    /// one that waits for it in `sigtimedwait` reads `false` while it waits.
+    pub fn handles_sigterm(&self) -> bool {
+        self.catches(SIGTERM) || (self.blocks(SIGTERM) && !self.ignores(SIGTERM))
+    }
+}
+
+fn status_mask(line: &'static str, value: Option<&str>) -> Result<u64> {
+    let value = value.ok_or(Error::MissingStatusLine(line))?.trim();
+    let bad = || Error::BadStatusLine {
+        line,
+        expected: "a hex signal mask",
+        value: excerpt(value),
+    };
+    if value.is_empty() || value.len() > 16 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    u64::from_str_radix(value, 16).map_err(|_| bad())
+}
+
+/// Parse `/proc/<pid>/status`. A key counts only at the start of a line, and the last line with
+/// a key wins: `Name:` comes first and the kernel escapes newlines in it, so a hostile comm can
+/// neither start a line nor override the lines that follow it.
+pub fn parse_status(content: &str) -> Result<Status> {
+    let (mut ns_pid, mut sig_blk, mut sig_ign, mut sig_cgt) = (None, None, None, None);
+    for line in content.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key {
+            "NSpid" => ns_pid = Some(value),
+            "SigBlk" => sig_blk = Some(value),
+            "SigIgn" => sig_ign = Some(value),
+            "SigCgt" => sig_cgt = Some(value),
+            _ => {}
+        }
+    }
+    let ns_pid = match ns_pid {
+        None => None,
+        Some(value) => {
+            let bad = || Error::BadStatusLine {
+                line: "NSpid",
+                expected: "one or more pids",
+                value: excerpt(value),
+            };
+            let mut depth = 0;
+            let mut last = None;
+            for field in value.split_ascii_whitespace() {
+                let pid: i32 = field.parse().map_err(|_| bad())?;
+                if pid < 1 {
+                    return Err(bad());
+                }
+                depth += 1;
+                last = Some(pid);
+            }
+            Some((last.ok_or_else(bad)?, depth))
+        }
+    };
+    Ok(Status {
+        ns_pid,
+        sig_blk: status_mask("SigBlk", sig_blk)?,
+        sig_ign: status_mask("SigIgn", sig_ign)?,
+        sig_cgt: status_mask("SigCgt", sig_cgt)?,
+    })
 }
 
 impl fmt::Display for Qos {
@@ -736,6 +869,122 @@ mod tests {
         );
     }
 
+    /// A busybox `sleep` as PID 1 of a container (host view): no handlers at all.
+    const SLEEP_PID1: &str = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t48213\n\
+        Ngid:\t0\nPid:\t48213\nPPid:\t48190\nTracerPid:\t0\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\n\
+        FDSize:\t64\nGroups:\t10 \nNStgid:\t48213\t1\nNSpid:\t48213\t1\nNSpgid:\t48213\t1\n\
+        NSsid:\t48213\t1\nVmPeak:\t    1080 kB\nThreads:\t1\nSigQ:\t0/63460\n\
+        SigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\nSigBlk:\t0000000000000000\n\
+        SigIgn:\t0000000000000000\nSigCgt:\t0000000000000000\nCapInh:\t0000000000000000\n\
+        Seccomp:\t2\nvoluntary_ctxt_switches:\t3\nnonvoluntary_ctxt_switches:\t1\n";
+
+    #[test]
+    fn status_of_an_unprotected_pid1_and_of_inits() {
+        let s = parse_status(SLEEP_PID1).unwrap();
+        assert_eq!(s.ns_pid, Some((1, 2)));
+        assert!(s.is_namespace_init() && !s.in_reader_namespace());
+        assert!(!s.handles_sigterm() && !s.ignores(SIGTERM));
+        // reaper, tini, catatonit: signals blocked and waited for with sigtimedwait/signalfd,
+        // no handler at all.
+        let tini = SLEEP_PID1.replace("SigBlk:\t0000000000000000", "SigBlk:\tfffffffe7ffbfeff");
+        let s = parse_status(&tini).unwrap();
+        assert!(s.handles_sigterm() && s.blocks(1) && !s.blocks(9) && s.blocks(64));
+        assert!(!s.catches(SIGTERM));
+        // Blocked but also ignored: dropped when unblocked.
+        let both = tini.replace("SigIgn:\t0000000000000000", "SigIgn:\t0000000000004000");
+        assert!(!parse_status(&both).unwrap().handles_sigterm());
+        // A handler (Go, the JVM, nginx, the pause process): bit 14 of SigCgt.
+        let caught = SLEEP_PID1.replace("SigCgt:\t0000000000000000", "SigCgt:\tfffffffe7ffbfeff");
+        let s = parse_status(&caught).unwrap();
+        assert!(s.handles_sigterm() && s.catches(1) && !s.catches(9) && s.catches(64));
+        // SIGTERM (bit 14) ignored: still no handler, the grace period is waited out.
+        let ign = SLEEP_PID1.replace("SigIgn:\t0000000000000000", "SigIgn:\t0000000000004000");
+        let s = parse_status(&ign).unwrap();
+        assert!(s.ignores(SIGTERM) && !s.handles_sigterm());
+        // Only SIGTERM caught (a Go or JVM program catches it among others).
+        let term = SLEEP_PID1.replace("SigCgt:\t0000000000000000", "SigCgt:\t0000000000004000");
+        assert!(parse_status(&term).unwrap().handles_sigterm());
+        // shareProcessNamespace: the app's process is pid 7 of the pod's namespace.
+        let shared = SLEEP_PID1.replace("NSpid:\t48213\t1", "NSpid:\t48213\t7");
+        let s = parse_status(&shared).unwrap();
+        assert!(!s.is_namespace_init() && !s.in_reader_namespace());
+        // hostPID: one namespace, the agent's.
+        let host = SLEEP_PID1.replace("NSpid:\t48213\t1", "NSpid:\t48213");
+        let s = parse_status(&host).unwrap();
+        assert!(!s.is_namespace_init() && s.in_reader_namespace());
+        // The host's own init is PID 1 of the reader's namespace, not a container's.
+        let systemd = SLEEP_PID1.replace("NSpid:\t48213\t1", "NSpid:\t1");
+        assert!(!parse_status(&systemd).unwrap().is_namespace_init());
+        // Nested (a kind node): three levels.
+        let nested = SLEEP_PID1.replace("NSpid:\t48213\t1", "NSpid:\t48213\t3012\t1");
+        assert_eq!(parse_status(&nested).unwrap().ns_pid, Some((1, 3)));
+        // Kernels before 4.1 have no NSpid line.
+        let old = SLEEP_PID1.replace("NSpid:\t48213\t1\n", "");
+        let s = parse_status(&old).unwrap();
+        assert_eq!(s.ns_pid, None);
+        assert!(!s.is_namespace_init());
+        // The real thing.
+        let own = std::fs::read_to_string("/proc/self/status").unwrap();
+        assert!(parse_status(&own).is_ok());
+    }
+
+    #[test]
+    fn status_keys_count_only_at_line_start_and_the_last_wins() {
+        // A comm cannot hold a raw newline in `Name:` (the kernel escapes it), but a status
+        // line that looks like one must still not be taken for a mask.
+        let hostile = SLEEP_PID1.replace(
+            "Name:\tsleep",
+            "Name:\tx SigCgt:\tffffffffffffffff NSpid:\t1",
+        );
+        let s = parse_status(&hostile).unwrap();
+        assert!(!s.handles_sigterm());
+        assert_eq!(s.ns_pid, Some((1, 2)));
+        let spoof = format!("SigCgt:\tffffffffffffffff\n{SLEEP_PID1}");
+        assert!(!parse_status(&spoof).unwrap().handles_sigterm());
+    }
+
+    #[test]
+    fn odd_status_files_are_errors_not_panics() {
+        for (from, to) in [
+            ("SigCgt:\t0000000000000000\n", ""),
+            ("SigIgn:\t0000000000000000\n", ""),
+            ("SigBlk:\t0000000000000000\n", ""),
+            ("SigCgt:\t0000000000000000", "SigCgt:\t"),
+            ("SigCgt:\t0000000000000000", "SigCgt:\tnothex"),
+            ("SigCgt:\t0000000000000000", "SigCgt:\t-000000000000001"),
+            ("SigCgt:\t0000000000000000", "SigCgt:\t+000000000000001"),
+            ("SigCgt:\t0000000000000000", "SigCgt:\t10000000000000000"),
+            ("SigCgt:\t0000000000000000", "SigCgt:\t00 00"),
+            ("NSpid:\t48213\t1", "NSpid:\t"),
+            ("NSpid:\t48213\t1", "NSpid:\t48213\tone"),
+            ("NSpid:\t48213\t1", "NSpid:\t48213\t0"),
+            ("NSpid:\t48213\t1", "NSpid:\t48213\t-1"),
+            ("NSpid:\t48213\t1", "NSpid:\t99999999999"),
+        ] {
+            let text = SLEEP_PID1.replace(from, to);
+            assert_ne!(text, SLEEP_PID1, "{from:?}");
+            assert!(parse_status(&text).is_err(), "{to:?} parsed");
+        }
+        for garbage in [
+            "",
+            "\n",
+            ":",
+            "SigCgt",
+            "SigBlk:\nSigCgt:\nSigIgn:\n",
+            "\u{0}\u{0}",
+        ] {
+            assert!(parse_status(garbage).is_err(), "{garbage:?} parsed");
+        }
+        // Signal numbers outside 1..=64 are never set.
+        let all = Status {
+            ns_pid: None,
+            sig_blk: u64::MAX,
+            sig_ign: u64::MAX,
+            sig_cgt: u64::MAX,
+        };
+        assert!(!all.catches(0) && !all.catches(65) && !all.ignores(u32::MAX));
+    }
+
     mod props {
         use super::super::*;
         use proptest::prelude::*;
@@ -760,6 +1009,7 @@ mod tests {
                     let _ = k.pod_cgroup_from_root();
                 }
                 let _ = parse_pids_max(&text);
+                let _ = parse_status(&text);
             }
 
             /// Every generated kubelet path is recognised, whatever the driver, QoS and runtime.

@@ -1,8 +1,11 @@
 //! From a scan to a `ZombieReport` spec: pure functions over the scan, the first-seen tracker
 //! and the index of this node's pods.
 
-use super::scan::{Scan, Zombie};
-use crate::crd::{ContainerZombies, PodPids, ZombieParent, ZombieReportSpec};
+use super::scan::{ContainerTop, Scan, Zombie};
+use crate::crd::{
+    CommCount, ContainerInit, ContainerZombies, PodPids, ZombieParent, ZombieReportSpec,
+};
+use crate::webhook::argv::{PAUSE_COMM, known_init_comm};
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use std::cmp::Reverse;
@@ -283,6 +286,7 @@ pub fn build_spec(input: &ReportInput<'_>) -> ZombieReportSpec {
     let truncated_pods = pods.len().saturating_sub(crate::crd::MAX_PODS);
     pods.truncate(crate::crd::MAX_PODS);
     pods.sort_by(|a, b| a.pod_uid.cmp(&b.pod_uid));
+    let (pid1s, truncated_pid1s) = pid1s(scan, index);
 
     ZombieReportSpec {
         node_name: node_name.to_string(),
@@ -295,12 +299,79 @@ pub fn build_spec(input: &ReportInput<'_>) -> ZombieReportSpec {
         truncated_containers: truncated_containers as u32,
         pods,
         truncated_pods: truncated_pods as u32,
+        pid1s,
+        truncated_pid1s,
     }
 }
 
+/// Whether a top process is a pod's sandbox (the pause container: never in the pod's container
+/// statuses) rather than one of its containers.
+pub fn is_sandbox(top: &ContainerTop, index: &PodIndex) -> bool {
+    top.comm == PAUSE_COMM && index.container(&top.container_id).is_none()
+}
+
+/// The evidence about one container's top process, with names from the index.
+pub fn container_init(top: &ContainerTop, index: &PodIndex) -> ContainerInit {
+    let (uid, pod, container) = names(index, &top.pod_uid, Some(&top.container_id));
+    let mut zombie_comms: Vec<CommCount> = top
+        .zombie_comms
+        .iter()
+        .map(|(comm, &count)| CommCount {
+            comm: comm.clone(),
+            count,
+        })
+        .collect();
+    zombie_comms.sort_by(|a, b| (Reverse(a.count), &a.comm).cmp(&(Reverse(b.count), &b.comm)));
+    zombie_comms.truncate(crate::crd::MAX_ZOMBIE_COMMS);
+    let init = known_init_comm(&top.comm);
+    ContainerInit {
+        pod_uid: uid.to_string(),
+        container_id: top.container_id.clone(),
+        namespace: pod.map(|p| p.namespace.clone()),
+        pod: pod.map(|p| p.name.clone()),
+        container: container.map(str::to_string),
+        comm: top.comm.clone(),
+        init: init.map(str::to_string),
+        // Every known init takes SIGTERM, but reaper, tini and dumb-init wait for it in
+        // sigtimedwait/sigwait, and while they wait the kernel unblocks the waited signals
+        // (the real mask is kept where `status` does not show it): their masks say nothing.
+        handles_sigterm: init.is_some() || top.status.handles_sigterm(),
+        pid1: top.status.is_namespace_init(),
+        host_pid: top.status.in_reader_namespace(),
+        children: top.children,
+        zombies: top.zombies,
+        zombie_comms,
+    }
+}
+
+/// Every container's top process but the sandboxes': unprotected first, then those without a
+/// known init, then the most zombies; at most [`crate::crd::MAX_PID1S`], the rest counted.
+fn pid1s(scan: &Scan, index: &PodIndex) -> (Vec<ContainerInit>, u32) {
+    let mut list: Vec<ContainerInit> = scan
+        .tops
+        .iter()
+        .filter(|t| !is_sandbox(t, index))
+        .map(|t| container_init(t, index))
+        .collect();
+    let rank = |c: &ContainerInit| {
+        (
+            !c.unprotected(),
+            c.protected_by().is_some(),
+            Reverse(c.zombies),
+        )
+    };
+    list.sort_by(|a, b| {
+        (rank(a), &a.pod_uid, &a.container_id).cmp(&(rank(b), &b.pod_uid, &b.container_id))
+    });
+    let truncated = list.len().saturating_sub(crate::crd::MAX_PID1S);
+    list.truncate(crate::crd::MAX_PID1S);
+    (list, truncated as u32)
+}
+
 /// The part of a spec whose change is worth a write. `observedAt`, the node's process count,
-/// ages and `pods[].current` move on every scan; they are refreshed by the heartbeat instead, so
-/// a node writes only when its zombies (or pids-limit pressure set, or pid_max) change.
+/// ages, `pods[].current` and `pid1s[].children` move on every scan; they are refreshed by the
+/// heartbeat instead, so a node writes only when its zombies, pids-limit pressure set, pid_max
+/// or containers' PID 1 facts (started, gone, a handler installed) change.
 fn material(spec: &ZombieReportSpec) -> ZombieReportSpec {
     let mut s = spec.clone();
     s.observed_at = None;
@@ -313,6 +384,9 @@ fn material(spec: &ZombieReportSpec) -> ZombieReportSpec {
     }
     for p in &mut s.pods {
         p.current = 0;
+    }
+    for p in &mut s.pid1s {
+        p.children = 0;
     }
     s
 }
@@ -492,7 +566,43 @@ mod tests {
                 ),
             ]
             .into(),
+            tops: vec![
+                top(UID_A, C1, 10, "sleep", (1, 2), 0, [("sh", 3), ("curl", 1)]),
+                // The sandbox: left out.
+                top(UID_A, &"e".repeat(64), 9, "pause", (1, 2), 1 << 14, []),
+                top(HASH, C3, 20, "etcd", (20, 1), 1 << 14, []),
+                // reaper waiting in sigtimedwait: no mask shows SIGTERM, the init is known to take it.
+                top(UID_B, &"d".repeat(64), 30, "reaper", (1, 2), 0, []),
+                // shareProcessNamespace: pid 7 of the pod's namespace.
+                top(UID_B, &"f".repeat(64), 31, "nginx", (7, 2), 0, []),
+            ],
             errors: Default::default(),
+        }
+    }
+
+    fn top<const N: usize>(
+        uid: &str,
+        cid: &str,
+        pid: i32,
+        comm: &str,
+        ns_pid: (i32, usize),
+        sig_cgt: u64,
+        zombies: [(&str, u32); N],
+    ) -> ContainerTop {
+        ContainerTop {
+            pod_uid: uid.into(),
+            container_id: cid.into(),
+            pid,
+            comm: comm.into(),
+            status: crate::agent::procfs::Status {
+                ns_pid: Some(ns_pid),
+                sig_blk: 0,
+                sig_ign: 0,
+                sig_cgt,
+            },
+            children: zombies.iter().map(|z| z.1).sum::<u32>() + 1,
+            zombies: zombies.iter().map(|z| z.1).sum(),
+            zombie_comms: zombies.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
         }
     }
 
@@ -681,6 +791,125 @@ mod tests {
         assert_eq!((b.current, b.limit, b.zombies), (4, None, 2));
         assert_eq!(spec.pods[2].zombies, 0);
         assert_eq!(spec.pods[3].limit, None);
+    }
+
+    #[test]
+    fn pid1s_carry_the_evidence_unprotected_first_without_sandboxes() {
+        let mut scan = sample_scan();
+        // Seven zombie names: the five most frequent are kept.
+        scan.tops[0].zombie_comms = [
+            ("sh", 3),
+            ("curl", 1),
+            ("wget", 4),
+            ("a", 1),
+            ("b", 1),
+            ("grep", 2),
+            ("c", 1),
+        ]
+        .into_iter()
+        .map(|(c, n)| (c.to_string(), n))
+        .collect();
+        let index = PodIndex::from_pods(&pods());
+        let spec = build_spec(&ReportInput {
+            node_name: "n",
+            scan: &scan,
+            first_seen: &FirstSeen::default(),
+            index: &index,
+            now: Instant::now(),
+            observed_at: None,
+        });
+        let order: Vec<(&str, Option<&str>)> = spec
+            .pid1s
+            .iter()
+            .map(|c| (c.comm.as_str(), c.protected_by()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("sleep", None),
+                ("etcd", None),
+                ("reaper", Some("reaper")),
+                ("nginx", Some("pause")),
+            ],
+            "{:#?}",
+            spec.pid1s
+        );
+        let app = &spec.pid1s[0];
+        assert!(app.unprotected() && app.pid1 && !app.host_pid && !app.handles_sigterm);
+        assert_eq!(
+            (
+                app.namespace.as_deref(),
+                app.pod.as_deref(),
+                app.container.as_deref(),
+                app.init.as_deref()
+            ),
+            (Some("shop"), Some("web-0"), Some("app"), None)
+        );
+        let comms: Vec<(&str, u32)> = app
+            .zombie_comms
+            .iter()
+            .map(|c| (c.comm.as_str(), c.count))
+            .collect();
+        assert_eq!(
+            comms,
+            [("wget", 4), ("sh", 3), ("grep", 2), ("a", 1), ("b", 1)]
+        );
+        // hostPID etcd (static pod, named by its mirror pod): handles SIGTERM, not PID 1.
+        let etcd = &spec.pid1s[1];
+        assert_eq!(etcd.pod_uid, MIRROR_UID);
+        assert!(etcd.host_pid && !etcd.pid1 && etcd.handles_sigterm && !etcd.unprotected());
+        assert_eq!(spec.pid1s[2].init.as_deref(), Some("reaper"));
+        assert!(spec.pid1s[2].handles_sigterm);
+        assert_eq!(spec.pid1s[3].init, None);
+        assert_eq!(spec.truncated_pid1s, 0);
+
+        // Bounded like the other lists.
+        let mut many = scan.clone();
+        many.tops = (0..crate::crd::MAX_PID1S + 3)
+            .map(|i| top(UID_A, &format!("{i:064x}"), i as i32, "tini", (1, 2), 0, []))
+            .collect();
+        let spec = build_spec(&ReportInput {
+            node_name: "n",
+            scan: &many,
+            first_seen: &FirstSeen::default(),
+            index: &index,
+            now: Instant::now(),
+            observed_at: None,
+        });
+        assert_eq!(spec.pid1s.len(), crate::crd::MAX_PID1S);
+        assert_eq!(spec.truncated_pid1s, 3);
+    }
+
+    #[test]
+    fn pid1_changes_are_written_but_child_counts_are_not() {
+        let scan = sample_scan();
+        let index = PodIndex::default();
+        let fs = FirstSeen::default();
+        let input = ReportInput {
+            node_name: "n",
+            scan: &scan,
+            first_seen: &fs,
+            index: &index,
+            now: Instant::now(),
+            observed_at: None,
+        };
+        let a = build_spec(&input);
+        let mut b = a.clone();
+        b.pid1s[0].children += 7;
+        assert!(same_content(&a, &b));
+        for change in [
+            |c: &mut ContainerInit| c.handles_sigterm = !c.handles_sigterm,
+            |c: &mut ContainerInit| c.zombies += 1,
+            |c: &mut ContainerInit| c.comm = "reaper".into(),
+            |c: &mut ContainerInit| c.zombie_comms.clear(),
+        ] {
+            let mut c = a.clone();
+            change(&mut c.pid1s[0]);
+            assert!(!same_content(&a, &c));
+        }
+        let mut gone = a.clone();
+        gone.pid1s.pop();
+        assert!(!same_content(&a, &gone));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! One pass over a proc root: every process's state, parent and pod/container, the zombies with
-//! who holds them, and each pod's task usage from its `pids` cgroup.
+//! who holds them, each pod's task usage from its `pids` cgroup, and each container's top
+//! process (its PID 1, unless the pod shares one PID namespace) with its signal handlers.
 //!
 //! Processes come and go while the scan runs, and `/proc` of a foreign node or a fixture may hold
 //! anything: a vanished process, an unreadable file or garbage content is skipped and counted in
@@ -100,6 +101,28 @@ pub struct PodUsage {
     pub pids: Option<Pids>,
 }
 
+/// A container's top process: the one in the container's cgroup whose parent is not (the
+/// runtime's shim or monitor is its parent, in the host's view). Of several (`kubectl exec`
+/// sessions and exec probes are started the same way) the oldest, the container's own process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerTop {
+    /// Dashed pod UID as in the cgroup path (a static pod's config hash).
+    pub pod_uid: String,
+    /// Bare hex container ID.
+    pub container_id: String,
+    /// Host pid.
+    pub pid: i32,
+    pub comm: String,
+    /// From its `/proc/<pid>/status`: PID namespace position and signal dispositions.
+    pub status: procfs::Status,
+    /// Its children, zombies included.
+    pub children: u32,
+    /// Its zombie children.
+    pub zombies: u32,
+    /// Its zombie children by `comm` (which probe or script left them).
+    pub zombie_comms: BTreeMap<String, u32>,
+}
+
 /// The result of one pass.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scan {
@@ -112,6 +135,8 @@ pub struct Scan {
     pub zombies: Vec<Zombie>,
     /// By dashed pod UID.
     pub pods: BTreeMap<String, PodUsage>,
+    /// One per container with a live top process, sorted by pod UID and container ID.
+    pub tops: Vec<ContainerTop>,
     pub errors: ScanErrors,
 }
 
@@ -280,6 +305,71 @@ impl Walk {
         Some(id)
     }
 
+    /// Find each container's top process and read its `status` (one file per container, not
+    /// per process), then count its children.
+    fn tops(&mut self, proc_root: &Path) {
+        // Owner index → (starttime, pid) of the oldest top process found so far.
+        let mut oldest: HashMap<u32, (u64, i32)> = HashMap::new();
+        for (&pid, p) in &self.procs {
+            let Some(owner) = p.owner else { continue };
+            if p.zombie || self.owners[owner as usize].1.is_none() {
+                continue;
+            }
+            if self.procs.get(&p.ppid).and_then(|pp| pp.owner) == Some(owner) {
+                continue;
+            }
+            let key = (p.starttime, pid);
+            oldest
+                .entry(owner)
+                .and_modify(|k| *k = (*k).min(key))
+                .or_insert(key);
+        }
+        let mut tops = Vec::with_capacity(oldest.len());
+        let mut dir = PathBuf::from(proc_root);
+        for (owner, (_, pid)) in oldest {
+            dir.push(pid.to_string());
+            dir.push("status");
+            let read = self.read(&dir);
+            dir.pop();
+            dir.pop();
+            if read.is_none() {
+                continue;
+            }
+            let Some(status) = self.parse_buf(procfs::parse_status) else {
+                continue;
+            };
+            let (pod_uid, container_id) = &self.owners[owner as usize];
+            tops.push(ContainerTop {
+                pod_uid: pod_uid.clone(),
+                container_id: container_id.clone().unwrap_or_default(),
+                pid,
+                comm: self.procs[&pid].comm.to_string(),
+                status,
+                children: 0,
+                zombies: 0,
+                zombie_comms: BTreeMap::new(),
+            });
+        }
+        if tops.is_empty() {
+            return;
+        }
+        let by_pid: HashMap<i32, usize> =
+            tops.iter().enumerate().map(|(i, t)| (t.pid, i)).collect();
+        for p in self.procs.values() {
+            let Some(&i) = by_pid.get(&p.ppid) else {
+                continue;
+            };
+            let top = &mut tops[i];
+            top.children += 1;
+            if p.zombie {
+                top.zombies += 1;
+                *top.zombie_comms.entry(p.comm.to_string()).or_default() += 1;
+            }
+        }
+        tops.sort_by(|a, b| (&a.pod_uid, &a.container_id).cmp(&(&b.pod_uid, &b.container_id)));
+        self.scan.tops = tops;
+    }
+
     fn pod_pids(&mut self, root: &CgroupRoot) {
         let dirs = std::mem::take(&mut self.pids_dirs);
         for (uid, (hierarchy, cgroup)) in dirs {
@@ -366,6 +456,7 @@ pub fn scan(proc_root: &Path, cgroup_root: &Path) -> Result<Scan> {
         walk.process(&mut dir);
     }
     walk.zombies();
+    walk.tops(proc_root);
     walk.pod_pids(&CgroupRoot::detect(cgroup_root));
     if walk.read(&proc_root.join("sys/kernel/pid_max")).is_some() {
         walk.scan.pid_max = walk.parse_buf(procfs::parse_pid_max);

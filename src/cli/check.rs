@@ -2,7 +2,8 @@
 //! exists for? Cluster-wide: the install's health (CRDs as this binary defines them, the webhook
 //! registered with a CA that matches its certificate and answering a dry-run pod create, the
 //! certificate's days left, an agent report from every Linux node, no invalid or conflicting
-//! policy), the namespaces opted in, and the containers holding zombies.
+//! policy), the namespaces opted in, the containers holding zombies, and every container whose
+//! PID 1 is unprotected (no init, no `SIGTERM` handler) with the agent's evidence.
 //!
 //! [`assess`] is pure: it turns what [`gather`] read from the cluster into findings. Exit code 1
 //! when any finding is a problem.
@@ -67,7 +68,8 @@ pub enum Level {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Finding {
     pub level: Level,
-    /// `crds`, `webhook`, `certificate`, `agents`, `policies`, `namespaces`, `pods`, `zombies`.
+    /// `crds`, `webhook`, `certificate`, `agents`, `policies`, `namespaces`, `pods`, `zombies`,
+    /// `pid1`.
     pub area: String,
     pub message: String,
 }
@@ -328,6 +330,93 @@ pub fn assess(f: &Facts, args: &Args, now: Timestamp) -> Vec<Finding> {
                 format!("{who}: {count} zombies (held by {parents})"),
             ));
         }
+        out.extend(pid1_findings(f));
+    }
+    out
+}
+
+/// Most containers named in one namespace's "protected" finding.
+const PROTECTED_NAMES: usize = 10;
+
+/// Every container's PID 1 as the agents found it: each unprotected one (no known init, no
+/// `SIGTERM` handler) with the evidence, and per namespace the containers an init protects.
+/// Info, not problems: a namespace that is not opted in is the user's choice, and in an opted-in
+/// one the pod was left alone on purpose (`reaper.dev/inject: disabled`) or with an Event saying
+/// why.
+fn pid1_findings(f: &Facts) -> Vec<Finding> {
+    let mut unprotected = Vec::new();
+    let mut protected: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for c in f.reports.iter().flat_map(|r| r.spec.pid1s.iter()) {
+        let (ns, pod) = match (&c.namespace, &c.pod) {
+            (Some(ns), Some(pod)) => (ns.as_str(), pod.clone()),
+            _ => ("", format!("pod uid {}", c.pod_uid)),
+        };
+        let container = c.container.as_deref().unwrap_or(&c.container_id);
+        if c.unprotected() {
+            let mut m = format!(
+                "{}{pod} container {container}: PID 1 {:?} is not an init and does not handle SIGTERM (deletion waits the grace period)",
+                if ns.is_empty() {
+                    String::new()
+                } else {
+                    format!("{ns}/")
+                },
+                c.comm
+            );
+            if c.zombies > 0 {
+                let names = c
+                    .zombie_comms
+                    .iter()
+                    .map(|z| format!("{} {}", z.comm, z.count))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                m.push_str(&format!("; it holds {} zombies ({names})", c.zombies));
+            }
+            if f.opted_in.iter().any(|o| o == ns) {
+                m.push_str("; its namespace is opted in but the webhook left it alone (see the pod's events)");
+            }
+            unprotected.push(m);
+        } else if let Some(init) = c.protected_by() {
+            protected
+                .entry(ns)
+                .or_default()
+                .push(format!("{pod}/{container} ({init})"));
+        }
+    }
+    unprotected.sort();
+    let mut out: Vec<Finding> = unprotected
+        .into_iter()
+        .map(|m| finding(Level::Info, "pid1", m))
+        .collect();
+    for (ns, mut who) in protected {
+        who.sort();
+        let n = who.len();
+        let more = n.saturating_sub(PROTECTED_NAMES);
+        who.truncate(PROTECTED_NAMES);
+        let mut m = format!(
+            "{}: {n} containers protected by an init: {}",
+            if ns.is_empty() {
+                "pods not known yet"
+            } else {
+                ns
+            },
+            who.join(", ")
+        );
+        if more > 0 {
+            m.push_str(&format!(" and {more} more"));
+        }
+        out.push(finding(Level::Info, "pid1", m));
+    }
+    for r in &f.reports {
+        if r.spec.truncated_pid1s > 0 {
+            out.push(finding(
+                Level::Info,
+                "pid1",
+                format!(
+                    "node {}: {} more containers not in its report (the list is bounded)",
+                    r.spec.node_name, r.spec.truncated_pid1s
+                ),
+            ));
+        }
     }
     out
 }
@@ -579,6 +668,86 @@ mod tests {
         );
         assert!(found.iter().any(|f| f.area == "zombies"
             && f.message == "shop/web-0 container app: 3 zombies (held by php-fpm)"));
+    }
+
+    #[test]
+    fn unprotected_pid1s_are_listed_with_evidence_and_inits_count_as_protected() {
+        let now: Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        let mut r = report("n1", "2026-12-07T09:59:00Z");
+        r.spec.pid1s = serde_json::from_value(json!([
+            {"podUid": "u1", "containerId": "c1", "namespace": "shop", "pod": "web-0",
+             "container": "app", "comm": "sleep", "pid1": true, "children": 4, "zombies": 3,
+             "zombieComms": [{"comm": "sh", "count": 2}, {"comm": "curl", "count": 1}]},
+            {"podUid": "u2", "containerId": "c2", "namespace": "batch", "pod": "job-1",
+             "container": "run", "comm": "sleep", "pid1": true},
+            // Wrapped by the webhook, or the image's own init.
+            {"podUid": "u3", "containerId": "c3", "namespace": "shop", "pod": "web-1",
+             "container": "app", "comm": "reaper", "init": "reaper", "handlesSigterm": true, "pid1": true},
+            {"podUid": "u4", "containerId": "c4", "namespace": "shop", "pod": "db-0",
+             "container": "db", "comm": "tini", "init": "tini", "handlesSigterm": true, "pid1": true},
+            // shareProcessNamespace: pause is the init.
+            {"podUid": "u5", "containerId": "c5", "namespace": "batch", "pod": "shared",
+             "container": "app", "comm": "sleep", "pid1": false},
+            // Handles SIGTERM: stops in time, not listed either way.
+            {"podUid": "u6", "containerId": "c6", "namespace": "shop", "pod": "api-0",
+             "container": "api", "comm": "java", "handlesSigterm": true, "pid1": true},
+            // hostPID: not a namespace init.
+            {"podUid": "u7", "containerId": "c7", "namespace": "kube-system", "pod": "agent",
+             "container": "agent", "comm": "sleep", "pid1": false, "hostPid": true},
+            // Not known yet.
+            {"podUid": "u8", "containerId": "c8", "comm": "sh", "pid1": true}
+        ]))
+        .unwrap();
+        r.spec.truncated_pid1s = 2;
+        let f = Facts {
+            reports: vec![r],
+            opted_in: vec!["shop".into()],
+            ..Default::default()
+        };
+        let found = assess(&f, &args(), now);
+        let pid1: Vec<(&Level, &str)> = found
+            .iter()
+            .filter(|f| f.area == "pid1")
+            .map(|f| (&f.level, f.message.as_str()))
+            .collect();
+        assert_eq!(
+            pid1,
+            [
+                (
+                    &Level::Info,
+                    "batch/job-1 container run: PID 1 \"sleep\" is not an init and does not handle SIGTERM (deletion waits the grace period)"
+                ),
+                (
+                    &Level::Info,
+                    "pod uid u8 container c8: PID 1 \"sh\" is not an init and does not handle SIGTERM (deletion waits the grace period)"
+                ),
+                (
+                    &Level::Info,
+                    "shop/web-0 container app: PID 1 \"sleep\" is not an init and does not handle SIGTERM (deletion waits the grace period); it holds 3 zombies (sh 2, curl 1); its namespace is opted in but the webhook left it alone (see the pod's events)"
+                ),
+                (
+                    &Level::Info,
+                    "batch: 1 containers protected by an init: shared/app (pause)"
+                ),
+                (
+                    &Level::Info,
+                    "shop: 2 containers protected by an init: db-0/db (tini), web-1/app (reaper)"
+                ),
+                (
+                    &Level::Info,
+                    "node n1: 2 more containers not in its report (the list is bounded)"
+                ),
+            ],
+            "{found:#?}"
+        );
+        // Only the install with --install-only.
+        let mut install_only = args();
+        install_only.install_only = true;
+        assert!(
+            assess(&f, &install_only, now)
+                .iter()
+                .all(|f| f.area != "pid1")
+        );
     }
 
     #[test]

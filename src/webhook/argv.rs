@@ -39,6 +39,22 @@ pub fn known_init(argv0: &str) -> Option<&str> {
     known.then_some(base)
 }
 
+/// `comm` of the pod sandbox's process (the pause image): an init that reaps, PID 1 of every
+/// container of a pod with `shareProcessNamespace`.
+pub const PAUSE_COMM: &str = "pause";
+
+/// The init a running process's `comm` (its executable's basename, cut to 15 bytes) names, if
+/// it is one: [`known_init`]'s list plus the pause process.
+pub fn known_init_comm(comm: &str) -> Option<&str> {
+    if comm.contains('/') {
+        return None;
+    }
+    if comm == PAUSE_COMM {
+        return Some(comm);
+    }
+    known_init(comm)
+}
+
 /// Write a literal string so that Kubernetes' `$(VAR)` expansion gives it back unchanged.
 pub fn escape(s: &str) -> String {
     s.replace('$', "$$")
@@ -264,6 +280,27 @@ mod tests {
             ("/usr/local/bin/init.sh", None),
         ] {
             assert_eq!(known_init(argv0), want, "{argv0}");
+        }
+    }
+
+    #[test]
+    fn init_comms() {
+        for (comm, want) in [
+            ("reaper", Some("reaper")),
+            ("pause", Some("pause")),
+            ("tini", Some("tini")),
+            // comm is cut to 15 bytes: `tini-static-amd64` runs as `tini-static-amd`.
+            ("tini-static-amd", Some("tini-static-amd")),
+            ("dumb-init", Some("dumb-init")),
+            ("s6-svscan", Some("s6-svscan")),
+            ("sleep", None),
+            ("sh", None),
+            ("", None),
+            // prctl(PR_SET_NAME) takes any bytes: a slash is not a path here.
+            ("x/tini", None),
+            ("/pause", None),
+        ] {
+            assert_eq!(known_init_comm(comm), want, "{comm}");
         }
     }
 

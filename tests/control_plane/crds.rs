@@ -7,9 +7,9 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use reaper::crd::{
-    ContainerFilter, ContainerZombies, Enforcement, EntrypointOverride, Fallback, Mode,
-    ReaperOptions, ReaperPolicy, ReaperPolicySpec, SignalRewrite, ZombieAction, ZombieParent,
-    ZombiePolicy, ZombieReport, ZombieReportSpec,
+    CommCount, ContainerFilter, ContainerInit, ContainerZombies, Enforcement, EntrypointOverride,
+    Fallback, Mode, ReaperOptions, ReaperPolicy, ReaperPolicySpec, SignalRewrite, ZombieAction,
+    ZombieParent, ZombiePolicy, ZombieReport, ZombieReportSpec,
 };
 use serde_json::{Value, json};
 use support::control_plane::{self, ControlPlane, unique_name};
@@ -465,6 +465,25 @@ fn sample_report(name: &str) -> ZombieReport {
             truncated_containers: 2,
             pods: vec![],
             truncated_pods: 0,
+            pid1s: vec![ContainerInit {
+                pod_uid: "0b6f6e4e-2a4d-4f7e-9b9e-6f0c1d2e3f40".into(),
+                container_id: "4f0c1d2e3f405b6f6e4e2a4d4f7e9b9e".into(),
+                namespace: Some("shop".into()),
+                pod: Some("web-1".into()),
+                container: Some("app".into()),
+                comm: "node".into(),
+                init: None,
+                handles_sigterm: false,
+                pid1: true,
+                host_pid: false,
+                children: 9,
+                zombies: 6,
+                zombie_comms: vec![CommCount {
+                    comm: "sh".into(),
+                    count: 6,
+                }],
+            }],
+            truncated_pid1s: 1,
         },
     )
 }

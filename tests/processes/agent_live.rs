@@ -197,6 +197,21 @@ fn assert_names_pod(v: &serde_json::Value, pod: &V1Pod, zombies: u32, limit: u64
     assert_eq!(p["current"], zombies + 1);
     assert_eq!(p["limit"], limit);
     assert_eq!(p["zombies"], zombies);
+    // Its top process's status was read too (world-readable: no privilege needed): the parent,
+    // in the agent's own PID namespace, holding the zombies.
+    let pid1 = v["spec"]["pid1s"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["podUid"] == pod.uid.as_str())
+        .unwrap_or_else(|| panic!("pod {} not in pid1s of {}", pod.uid, v));
+    assert_eq!(pid1["comm"], PARENT_COMM);
+    assert_eq!(
+        (pid1["pid1"].as_bool(), pid1["hostPid"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(pid1["zombies"], zombies);
+    assert_eq!(pid1["zombieComms"][0]["comm"], "sh");
 }
 
 /// `reaper-controller agent --once --output json --proc-root /proc` names the test's pod and
@@ -344,4 +359,121 @@ fn live_agent_loop_serves_metrics_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status}");
+}
+
+/// The only child of `pid` (what `unshare --fork` started), once it has exec'd `comm`.
+fn child_named(pid: u32, comm: &str) -> u32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let out = Command::new("ps")
+            .args(["-o", "pid=,comm=", "--ppid", &pid.to_string()])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(child) = text.lines().find_map(|l| {
+            let (p, c) = l.trim().split_once(char::is_whitespace)?;
+            (c.trim() == comm).then(|| p.parse().ok())?
+        }) {
+            return child;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {comm} child of {pid}: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Real PID namespaces as runc makes them: the container's process is PID 1 of a new namespace
+/// and its parent (here `unshare`, in the node's place the shim) sits outside the container's
+/// cgroup. The agent finds each container's top process and reads its status: a plain `sleep`
+/// has no SIGTERM handler (unprotected), a shell that traps TERM has one; a process in the
+/// agent's own PID namespace (the zombie parent) is not a namespace init.
+#[test]
+fn live_container_pid1s_and_their_sigterm_handlers() {
+    let (uid, cid_sleep, top) = ids();
+    let (_, cid_trap, _) = ids();
+    let pod_rel = format!("{top}/kubepods/besteffort/pod{uid}");
+    let pids_root = Path::new(CGROUP_ROOT).join("pids");
+    let pod_tree = CgroupTree::create(&pids_root, &pod_rel);
+    let sleep_tree = CgroupTree::create(pod_tree.leaf(), &cid_sleep);
+    let trap_tree = CgroupTree::create(pod_tree.leaf(), &cid_trap);
+    let (_, cid_host, _) = ids();
+    let host_tree = CgroupTree::create(pod_tree.leaf(), &cid_host);
+    let work = tempfile::tempdir().unwrap();
+
+    let unshare = |argv: &[&str]| {
+        Reaped(
+            Command::new("unshare")
+                .args(["--pid", "--kill-child"])
+                .args(argv)
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let sleep_ns = unshare(&["sleep", "600"]);
+    let sleep_pid = child_named(sleep_ns.0.id(), "sleep");
+    fs::write(
+        sleep_tree.leaf().join("cgroup.procs"),
+        sleep_pid.to_string(),
+    )
+    .unwrap();
+    let trap_ns = unshare(&[
+        "/bin/sh",
+        "-c",
+        "trap 'exit 0' TERM; while :; do sleep 1; done",
+    ]);
+    let trap_pid = child_named(trap_ns.0.id(), "sh");
+    fs::write(trap_tree.leaf().join("cgroup.procs"), trap_pid.to_string()).unwrap();
+    let host = zombie_parent(&[host_tree.leaf()], 2, work.path());
+    // The trap is set once the shell runs its loop (a `sleep 1` child exists).
+    child_named(trap_pid, "sleep");
+
+    let scan = scan::scan(Path::new("/proc"), Path::new(CGROUP_ROOT)).unwrap();
+    let find = |cid: &str| {
+        scan.tops
+            .iter()
+            .find(|t| t.container_id == cid)
+            .unwrap_or_else(|| panic!("no top process in {cid}: {:#?}", scan.tops))
+    };
+    let s = find(&cid_sleep);
+    assert_eq!(
+        (s.pod_uid.as_str(), s.pid, s.comm.as_str()),
+        (uid.as_str(), sleep_pid as i32, "sleep")
+    );
+    assert!(s.status.is_namespace_init(), "{:?}", s.status);
+    assert!(!s.status.handles_sigterm());
+    let t = find(&cid_trap);
+    assert_eq!((t.pid, t.comm.as_str()), (trap_pid as i32, "sh"));
+    assert!(
+        t.status.is_namespace_init() && t.status.handles_sigterm(),
+        "{:?}",
+        t.status
+    );
+    let h = find(&cid_host);
+    assert_eq!((h.pid, h.comm.as_str()), (host.0.id() as i32, PARENT_COMM));
+    assert!(h.status.in_reader_namespace() && !h.status.is_namespace_init());
+    assert_eq!((h.children, h.zombies), (2, 2));
+    assert_eq!(h.zombie_comms, [("sh".to_string(), 2)].into());
+
+    let spec = report::build_spec(&ReportInput {
+        node_name: "live",
+        scan: &scan,
+        first_seen: &FirstSeen::default(),
+        index: &PodIndex::default(),
+        now: Instant::now(),
+        observed_at: None,
+    });
+    let ours: Vec<(&str, bool)> = spec
+        .pid1s
+        .iter()
+        .filter(|c| c.pod_uid == uid)
+        .map(|c| (c.comm.as_str(), c.unprotected()))
+        .collect();
+    assert_eq!(ours.len(), 3, "{:#?}", spec.pid1s);
+    assert_eq!(ours[0], ("sleep", true), "unprotected first: {ours:?}");
+    assert!(ours[1..].iter().all(|(_, u)| !u), "{ours:?}");
+    drop((sleep_ns, trap_ns, host));
+    drop((sleep_tree, trap_tree, host_tree, pod_tree));
 }

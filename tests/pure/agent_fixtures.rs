@@ -68,8 +68,9 @@ fn v1_cgroupfs_containerd_crio_docker() {
         ScanErrors {
             vanished: 1,
             unreadable: 0,
-            malformed: 2
-        }
+            malformed: 3
+        },
+        "java's status is garbage"
     );
     let pids: Vec<i32> = scan.zombies.iter().map(|z| z.pid).collect();
     assert_eq!(pids, [201, 202, 203, 211, 401, 500, 700]);
@@ -289,6 +290,96 @@ fn rescans_age_zombies_without_changing_content() {
     assert_eq!(second.containers[0].oldest_age_seconds, 90);
     assert_eq!(second.containers[0].parents[0].oldest_age_seconds, 90);
     assert!(report::same_content(&first, &second));
+}
+
+/// The top process of each container (parent outside the container: the shim, conmon, dockerd)
+/// and what its `status` says; only their `status` files exist in the trees, so reading any other
+/// process's would show up as an error.
+#[test]
+fn container_tops_and_their_pid1_evidence() {
+    let tops = |scan: &Scan| -> Vec<(String, i32, String, u32, u32)> {
+        scan.tops
+            .iter()
+            .map(|t| {
+                (
+                    t.pod_uid.clone(),
+                    t.pid,
+                    t.comm.clone(),
+                    t.children,
+                    t.zombies,
+                )
+            })
+            .collect()
+    };
+    let v1 = scan_fixture("v1-cgroupfs");
+    // worker (210) is a child of 200 in the same container; conmon (301) is in no container;
+    // java (400) is a top process with a garbage status (counted as malformed, left out).
+    assert_eq!(
+        tops(&v1),
+        [
+            (A.into(), 200, "my app) (x".into(), 4, 3),
+            (A.into(), 220, "pause".into(), 0, 0),
+            (B.into(), 300, "nginx".into(), 0, 0),
+        ]
+    );
+    assert_eq!(v1.tops[0].zombie_comms, [("sh".to_string(), 3)].into());
+    let report = spec(&v1, &PodIndex::default());
+    // The sandbox is left out of the report.
+    let pid1s: Vec<(&str, Option<&str>, bool, bool)> = report
+        .pid1s
+        .iter()
+        .map(|c| {
+            (
+                c.comm.as_str(),
+                c.init.as_deref(),
+                c.pid1,
+                c.handles_sigterm,
+            )
+        })
+        .collect();
+    assert_eq!(
+        pid1s,
+        [
+            ("my app) (x", None, true, false),
+            ("nginx", None, true, true)
+        ]
+    );
+    assert!(report.pid1s[0].unprotected() && !report.pid1s[1].unprotected());
+    assert_eq!(report.pid1s[0].zombie_comms[0].comm, "sh");
+
+    let v1s = scan_fixture("v1-systemd");
+    assert_eq!(tops(&v1s), [(A.into(), 100, "node".into(), 4, 4)]);
+    assert_eq!(v1s.errors.total(), 0);
+
+    let v2 = scan_fixture("v2-systemd");
+    assert_eq!(v2.errors.total(), 0, "{:?}", v2.errors);
+    let index = PodIndex::from_pods(&fixture_pods());
+    let report = spec(&v2, &index);
+    let by_comm = |comm: &str| report.pid1s.iter().find(|c| c.comm == comm).unwrap();
+    // bash ignores SIGTERM (SigIgn): no handler, the grace period is waited out.
+    let bash = by_comm("bash");
+    assert!(bash.unprotected(), "{bash:?}");
+    assert_eq!(bash.container.as_deref(), Some("debugger"));
+    let python = by_comm("python3");
+    assert!(python.unprotected());
+    assert_eq!(
+        (
+            python.namespace.as_deref(),
+            python.pod.as_deref(),
+            python.zombies
+        ),
+        (Some("shop"), Some("web-0"), 2)
+    );
+    let redis = by_comm("redis-server");
+    assert_eq!((redis.pid1, redis.protected_by()), (false, Some("pause")));
+    let node = by_comm("node");
+    assert!(node.host_pid && !node.pid1 && !node.unprotected());
+    let etcd = by_comm("etcd");
+    assert_eq!(etcd.pod_uid, MIRROR);
+    assert!(etcd.handles_sigterm && !etcd.unprotected() && etcd.protected_by().is_none());
+    // Unprotected ones first.
+    assert!(report.pid1s[0].unprotected() && report.pid1s[1].unprotected());
+    assert_eq!(report.pid1s.len(), 5);
 }
 
 /// The binary's `--once --output json` over a fixture: the object as it would be applied.
