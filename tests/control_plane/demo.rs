@@ -45,6 +45,15 @@ fn run_demo(extra: &[(&str, &str)]) -> String {
     stdout
 }
 
+/// A `ps` line with this PID, PPID, state and command (STAT may carry flags such as `N` when
+/// the test runs niced).
+fn has_ps_line(stdout: &str, pid: &str, ppid: &str, state: char, command: &str) -> bool {
+    stdout.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.len() == 4 && (f[0], f[1], f[3]) == (pid, ppid, command) && f[2].starts_with(state)
+    })
+}
+
 fn assert_contains(stdout: &str, wants: &[&str]) {
     for want in wants {
         assert!(stdout.contains(want), "missing {want:?} in:\n{stdout}");
@@ -70,6 +79,16 @@ fn make_demo_runs_on_the_node_and_exits_0() {
         return;
     }
     let stdout = run_demo(&[]);
+    // PID 1 of each copy, and the unprotected one's zombies.
+    assert!(has_ps_line(&stdout, "1", "0", 'S', "sleep"), "{stdout}");
+    assert!(has_ps_line(&stdout, "1", "0", 'S', "reaper"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 4 && f[1] == "1" && f[2].starts_with('Z') && f[3] == "sleep"
+        }),
+        "{stdout}"
+    );
     assert_contains(
         &stdout,
         &[
@@ -79,10 +98,6 @@ fn make_demo_runs_on_the_node_and_exits_0() {
             "== 2. helm install",
             "reaper-webhook-",
             "protected: reaper.dev/injected=inject:app, init containers [\"reaper-install\"]",
-            // PID 1 of each copy
-            "1     0 S    sleep",
-            "1     0 S    reaper",
-            " Z    sleep",
             "unprotected: 5 zombies   protected: 0 zombies",
             "protectedPods: 1",
             "unprotectedPods: 1",
