@@ -168,10 +168,11 @@ pub(super) fn event_note(
         Some(c) => format!("; worst: container {} ({})", c.container, c.count),
         None => String::new(),
     };
-    let protection = match pod.injected.as_deref() {
-        _ if pod.protected() => "protected by Reaper".to_string(),
-        Some(other) => format!("not protected ({} {other})", keys::ANNOTATION_INJECTED),
-        None => "not protected (created before Reaper or not mutated)".to_string(),
+    let protection = match (pod.injected.as_deref(), &pod.init) {
+        (v, _) if super::index::is_protected(v) => "protected by Reaper".to_string(),
+        (_, Some(init)) => format!("protected by its init ({init})"),
+        (Some(other), None) => format!("not protected ({} {other})", keys::ANNOTATION_INJECTED),
+        (None, None) => "not protected (created before Reaper or not mutated)".to_string(),
     };
     // The API server caps notes at 1 kB. The note carries the pod's own annotation and process
     // names: cut on a character boundary, never inside one.
@@ -208,6 +209,7 @@ mod tests {
     #[test]
     fn notes_are_cut_on_character_boundaries() {
         let pod = PodInfo {
+            init: None,
             namespace: "shop".into(),
             name: "web-1".into(),
             uid: "u".into(),

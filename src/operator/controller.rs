@@ -237,9 +237,14 @@ async fn reconcile_inner(ctx: &Context) -> Result<Option<Duration>> {
     let policy_objects = ctx.stores.policies.state();
     let policies = PolicySet::new(policy_objects.clone());
     let namespaces = ctx.stores.namespaces();
-    let pods = ctx.stores.pods();
+    let mut pods = ctx.stores.pods();
     let reports = ctx.stores.reports.state();
     let zombies = index::index_zombies(reports.iter().map(|r| &r.spec));
+    // Pods whose containers already run an init count as protected (the agents' evidence).
+    let inits = index::index_inits(reports.iter().map(|r| &r.spec));
+    for p in &mut pods {
+        p.init = inits.get(&p.uid).cloned();
+    }
     let snapshot = Snapshot {
         policies: &policies,
         namespaces: &namespaces,

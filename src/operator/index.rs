@@ -177,12 +177,17 @@ pub struct PodInfo {
     pub owner: Owner,
     /// What policy report results about this pod name ([`report_scope`]).
     pub scope: ResourceRef,
+    /// The init that reaps for every container of the pod, as the agents report it (`pid1s`:
+    /// its own PID 1 is a known init, or `pause` of a shared PID namespace); set per batch from
+    /// the reports ([`index_inits`]), never from the pod's metadata.
+    pub init: Option<String>,
 }
 
 impl PodInfo {
-    /// Protected: the webhook shared the PID namespace or wrapped containers with reaper.
+    /// Protected: the webhook shared the PID namespace or wrapped containers with reaper, or the
+    /// agents see an init already reaping for every container.
     pub fn protected(&self) -> bool {
-        is_protected(self.injected.as_deref())
+        is_protected(self.injected.as_deref()) || self.init.is_some()
     }
 
     /// The shared scope rule ([`crate::scope`]) applied to what the index keeps of the pod.
@@ -230,6 +235,7 @@ impl PodInfo {
             mode: annotation(keys::ANNOTATION_MODE),
             mirror: annotation(keys::ANNOTATION_MIRROR).is_some(),
             restarted_at: annotation(keys::ANNOTATION_RESTARTED_AT).and_then(|s| s.parse().ok()),
+            init: None,
         })
     }
 
@@ -266,6 +272,26 @@ pub struct PodZombies {
     /// The pod's zombies (containers and the pod's own cgroup).
     pub total: u32,
     pub containers: Vec<ContainerZombieCount>,
+}
+
+/// Pod UID → the init that protects every one of its containers the agents report on (the
+/// first such init by container). A pod with any container whose PID 1 is neither a known init
+/// nor under a shared namespace's `pause` is left out: it is not protected.
+pub fn index_inits<'a>(
+    reports: impl IntoIterator<Item = &'a ZombieReportSpec>,
+) -> HashMap<String, String> {
+    let mut seen: HashMap<&str, Option<&str>> = HashMap::new();
+    for report in reports {
+        for c in &report.pid1s {
+            let entry = seen.entry(c.pod_uid.as_str()).or_insert(c.protected_by());
+            if c.protected_by().is_none() {
+                *entry = None;
+            }
+        }
+    }
+    seen.into_iter()
+        .filter_map(|(uid, init)| Some((uid.to_string(), init?.to_string())))
+        .collect()
 }
 
 /// Zombies per pod UID over every node's report.

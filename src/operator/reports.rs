@@ -295,6 +295,15 @@ pub fn pid1_finding(
         }
         None => {}
     }
+    // The agents' evidence: an init already reaps for every container.
+    if !super::index::is_protected(pod.injected.as_deref())
+        && let Some(init) = &pod.init
+    {
+        return f(
+            Verdict::Pass,
+            format!("every container already runs an init ({init}), as the node's agent sees it"),
+        );
+    }
     let Some(injected) = pod.injected.as_deref() else {
         let policy_mode = policy.map_or(Mode::Auto, |p| p.spec.mode);
         if crate::scope::effective_mode(pod.mode.as_deref(), policy_mode) == Ok(Mode::Off) {
@@ -649,6 +658,7 @@ mod tests {
 
     fn pod(ns: &str, name: &str, injected: Option<&str>, scope: ResourceRef) -> PodInfo {
         PodInfo {
+            init: None,
             namespace: ns.into(),
             name: name.into(),
             uid: format!("uid-{ns}-{name}"),
@@ -765,6 +775,12 @@ mod tests {
         let ex = Settings::default().excluded_namespaces;
         let p = |injected: Option<&str>| pod("shop", "p", injected, bare("p"));
         let v = |pod: &PodInfo, policy: Option<&ReaperPolicy>| pid1_finding(pod, policy, &ex);
+        // Not mutated, but the agent sees an init in every container: protected.
+        let mut with_init = pod("shop", "p", None, bare("p"));
+        with_init.init = Some("tini".into());
+        let f = v(&with_init, None);
+        assert_eq!(f.verdict, Verdict::Pass, "{f:?}");
+        assert!(f.message.contains("already runs an init (tini)"), "{f:?}");
         for (injected, verdict, needle) in [
             (Some("share"), Verdict::Pass, "PID namespace shared"),
             (Some("inject:app,sidecar"), Verdict::Pass, "app,sidecar"),

@@ -422,6 +422,7 @@ mod tests {
 
     fn pod(ns: &str, name: &str, app: &str, injected: Option<&str>, owner: Owner) -> PodInfo {
         PodInfo {
+            init: None,
             namespace: ns.into(),
             name: name.into(),
             uid: format!("uid-{ns}-{name}"),
@@ -839,6 +840,74 @@ mod tests {
             now(),
             DEFAULT_COOLDOWN
         ));
+    }
+
+    /// The agents' evidence: a pod whose every container runs a known init (or shares a PID
+    /// namespace with `pause`) counts as protected in status and is never restarted, whatever its
+    /// annotation says; one unprotected container makes the whole pod unprotected.
+    #[test]
+    fn pods_already_running_an_init_count_as_protected() {
+        let init = |pod: &PodInfo, container: &str, comm: &str, init: Option<&str>| {
+            crate::crd::ContainerInit {
+                pod_uid: pod.uid.clone(),
+                container_id: format!("{container:0>64}"),
+                comm: comm.into(),
+                init: init.map(String::from),
+                handles_sigterm: init.is_some(),
+                pid1: true,
+                ..Default::default()
+            }
+        };
+        let mut pods = vec![
+            pod("shop", "tini-1", "web", None, deployment("shop", "tini")),
+            pod("shop", "mixed-1", "web", None, deployment("shop", "mixed")),
+        ];
+        let report = ZombieReportSpec {
+            node_name: "n1".into(),
+            pid1s: vec![
+                init(&pods[0], "a", "tini", Some("tini")),
+                init(&pods[1], "b", "tini", Some("tini")),
+                init(&pods[1], "c", "sleep", None),
+            ],
+            ..Default::default()
+        };
+        let inits = index_inits([&report]);
+        assert_eq!(inits.len(), 1, "{inits:?}");
+        for p in &mut pods {
+            p.init = inits.get(&p.uid).cloned();
+        }
+        assert_eq!(pods[0].init.as_deref(), Some("tini"));
+        let entries: Vec<_> = pods.iter().map(|p| (p, "a", 4, "sh", 0)).collect();
+        let world = World {
+            policies: PolicySet::new([policy("r", 0, |s| {
+                s.zombies.threshold = 4;
+                s.zombies.action = ZombieAction::Restart;
+            })]),
+            namespaces: namespaces(),
+            zombies: zombies(&entries),
+            pods,
+        };
+        let out = world.compute(&ActionLog::default(), now());
+        let status = &out.statuses["r"];
+        assert_eq!((status.protected_pods, status.unprotected_pods), (1, 1));
+        let why: BTreeMap<&str, &NoRestart> = out
+            .not_restarted
+            .iter()
+            .map(|(p, w)| (p.name.as_str(), w))
+            .collect();
+        assert_eq!(why["tini-1"], &NoRestart::Protected);
+        let notes: Vec<&str> = out
+            .actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { note, pod, .. } if pod.name == "tini-1" => Some(note.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            notes[0].ends_with("pod protected by its init (tini)"),
+            "{notes:?}"
+        );
     }
 
     #[test]

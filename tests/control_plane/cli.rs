@@ -105,6 +105,51 @@ async fn explain_reads_the_cluster_and_the_registry_like_the_webhook() {
     assert_eq!(c("tini")["wrapped"], Value::Null);
     assert!(e["patch"].as_array().is_some_and(|p| !p.is_empty()));
 
+    // As a kubectl plugin: `kubectl reaper ...` runs `kubectl-reaper` from PATH.
+    let plugin_dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        reaper_controller_bin(),
+        plugin_dir.path().join("kubectl-reaper"),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        plugin_dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = std::process::Command::new(control_plane::tool("kubectl").unwrap())
+        .env("PATH", path)
+        .env("KUBECONFIG", cp.kubeconfig())
+        .args([
+            "reaper",
+            "--log-level",
+            "warn",
+            "explain",
+            "-n",
+            &opted,
+            "deploy/web",
+            "-o",
+            "json",
+        ])
+        .args([
+            "--insecure-registries",
+            &registry.addr,
+            "--reaper-image",
+            "r.example/reaper:1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let via_kubectl: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        via_kubectl, e,
+        "kubectl reaper explain differs from reaper-controller explain"
+    );
+
     let e = explain(cp, &registry.addr, &plain, "deploy/web");
     assert_eq!(e["namespace_opted_in"], false);
     assert!(
