@@ -40,6 +40,11 @@ pub struct Args {
     /// As the installed webhook's `--default-mode`.
     #[arg(long, env = "REAPER_DEFAULT_MODE", default_value = "auto")]
     pub default_mode: Mode,
+    /// Whether `auto` may use image volumes, as the installed webhook decides: `detect` asks the
+    /// cluster as the webhook does (server version, a dry-run, the nodes' runtimes), `true` or
+    /// `false` say it.
+    #[arg(long, env = "REAPER_IMAGE_VOLUMES", default_value = "detect")]
+    pub image_volumes: crate::webhook::capability::Setting,
     /// Image lookup, as the webhook's (the pod's pull secrets with `--registry-auth=pull-secrets`).
     #[command(flatten)]
     pub registry: crate::registry::Args,
@@ -345,6 +350,18 @@ pub async fn run(args: Args) -> Result<(), Error> {
     let mut cfg = decide::Config::new(args.reaper_image.clone());
     cfg.mount_path = args.mount_path.trim_end_matches('/').to_string();
     cfg.default_mode = args.default_mode;
+    use crate::webhook::capability::Setting;
+    let supported = match args.image_volumes {
+        Setting::True => true,
+        Setting::False => false,
+        Setting::Detect => {
+            let facts =
+                crate::webhook::capability::gather(&client, &args.namespace, &args.reaper_image)
+                    .await;
+            crate::webhook::capability::image_volumes_supported(&facts).is_ok()
+        }
+    };
+    cfg.image_volumes = crate::webhook::capability::Support::fixed(supported);
     let scope = Scope {
         namespace: &args.namespace,
         namespace_labels: &labels,

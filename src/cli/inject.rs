@@ -6,7 +6,9 @@
 //! patch ([`Plan::patch`]) as if it were created in its namespace, opted in; everything else
 //! passes through unchanged. No registry is asked: a container without `command` is handled as
 //! when the webhook's lookup fails (`auto` falls back to the policy's fallback), unless a policy
-//! names its argv in `entrypoints`.
+//! names its argv in `entrypoints`. Nor is the cluster: `auto` uses the `reaper-install` init
+//! container unless `--image-volumes` says the cluster runs image volumes (mode `image` mounts
+//! the reaper image either way).
 use super::{template_path, template_pod};
 use crate::crd::{Mode, PolicySet, ReaperPolicy};
 use crate::image::ImageIndex;
@@ -43,6 +45,14 @@ pub struct Args {
     /// Mode for objects no policy matches (as the webhook's `--default-mode`).
     #[arg(long, env = "REAPER_DEFAULT_MODE", default_value = "auto")]
     pub default_mode: Mode,
+    /// Take the target cluster as running image volumes (as the webhook would detect it), so
+    /// `auto` mounts the reaper image instead of adding the `reaper-install` init container.
+    /// Off by default: offline there is no cluster to ask; mode `image` (a policy, the
+    /// `reaper.dev/mode` annotation, `--default-mode image`) uses an image volume either way.
+    #[arg(long, env = "REAPER_IMAGE_VOLUMES", default_value_t = false, action = clap::ArgAction::Set,
+          num_args = 0..=1, require_equals = true, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub image_volumes: bool,
     /// Namespace of objects whose manifest names none.
     #[arg(short = 'n', long, env = "REAPER_NAMESPACE", default_value = "default")]
     pub namespace: String,
@@ -133,6 +143,7 @@ pub fn options(args: &Args, policies: Vec<ReaperPolicy>) -> Result<Options, Erro
     let mut config = decide::Config::new(args.reaper_image.clone());
     config.mount_path = mount.to_string();
     config.default_mode = args.default_mode;
+    config.image_volumes = crate::webhook::capability::Support::fixed(args.image_volumes);
     let mut namespace_labels = BTreeMap::new();
     for l in &args.namespace_labels {
         let (k, v) = l.split_once('=').ok_or_else(|| Error::Label(l.clone()))?;

@@ -50,10 +50,20 @@ pub struct ReaperPolicySpec {
     /// Pods this policy applies to. Empty or absent: all pods of the matched namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_selector: Option<LabelSelector>,
-    /// How PID 1 is fixed: `Auto` (inject when every target container's argv is known, else
-    /// share), `Inject` (wrap entrypoints with reaper), `Share` (shareProcessNamespace), `Off`.
+    /// How PID 1 is fixed: `Auto` (wrap when every target container's argv is known, else
+    /// share), `Inject` (wrap entrypoints with reaper, copied in by an init container), `Image`
+    /// (wrap entrypoints with reaper, mounted from its image as an image volume), `Share`
+    /// (shareProcessNamespace), `Off`.
     #[serde(default)]
     pub mode: Mode,
+    /// Whether wrapped containers may get the reaper from an image volume (`volumes[].image`,
+    /// Kubernetes ≥ 1.35 and containerd ≥ 2.1 or CRI-O ≥ 1.31) instead of the `reaper-install`
+    /// init container: `Allowed` (`Image` uses one; `Auto` uses one when the webhook found that
+    /// the cluster supports them; `Inject` keeps the init container), `Required` (every wrap of
+    /// this policy uses one, detected or not), `Forbidden` (never; `Image` then falls back to the
+    /// init container, with a warning).
+    #[serde(default)]
+    pub image_volume: ImageVolume,
     /// What `Auto` does with a pod whose target containers cannot all be wrapped (an image whose
     /// argv is unknown, e.g. its registry did not answer in time): `Share` sets
     /// shareProcessNamespace (every container then sees the others' processes, environment and
@@ -88,8 +98,12 @@ pub enum Mode {
     /// Inject when every target container's argv is known, otherwise share the PID namespace.
     #[default]
     Auto,
-    /// Wrap each target container's entrypoint with `reaper --`.
+    /// Wrap each target container's entrypoint with `reaper --` (the binary copied into an
+    /// emptyDir by the `reaper-install` init container).
     Inject,
+    /// Wrap as `Inject` does, the binary mounted read-only from the reaper image (an image
+    /// volume): no init container, no emptyDir.
+    Image,
     /// Set `shareProcessNamespace: true` so the pause container is PID 1 and reaps.
     Share,
     /// Leave pods alone.
@@ -102,6 +116,7 @@ impl Mode {
         match self {
             Mode::Auto => "auto",
             Mode::Inject => "inject",
+            Mode::Image => "image",
             Mode::Share => "share",
             Mode::Off => "off",
         }
@@ -114,20 +129,34 @@ impl fmt::Display for Mode {
     }
 }
 
-/// Accepts `auto|inject|share|off` in any case.
+/// Accepts `auto|inject|image|share|off` in any case.
 impl FromStr for Mode {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "auto" => Ok(Mode::Auto),
             "inject" => Ok(Mode::Inject),
+            "image" => Ok(Mode::Image),
             "share" => Ok(Mode::Share),
             "off" => Ok(Mode::Off),
             other => Err(format!(
-                "unknown mode {other:?}: expected auto, inject, share or off"
+                "unknown mode {other:?}: expected auto, inject, image, share or off"
             )),
         }
     }
+}
+
+/// Whether a policy's wrapped containers get the reaper from an image volume.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ImageVolume {
+    /// Mode `Image` uses one; `Auto` uses one where the cluster supports them (detected by the
+    /// webhook); `Inject` keeps the init container.
+    #[default]
+    Allowed,
+    /// Every wrap uses one (`Auto`, `Inject` and `Image` alike), whatever the detection says.
+    Required,
+    /// None: the `reaper-install` init container always (`Image` falls back to it, warning).
+    Forbidden,
 }
 
 /// What `Auto` falls back to when not every target container can be wrapped.
@@ -438,6 +467,7 @@ mod tests {
         for (s, m) in [
             ("auto", Mode::Auto),
             ("Inject", Mode::Inject),
+            ("IMAGE", Mode::Image),
             ("SHARE", Mode::Share),
             ("off", Mode::Off),
         ] {
@@ -451,6 +481,7 @@ mod tests {
     fn spec_defaults_from_empty_object() {
         let spec: ReaperPolicySpec = serde_json::from_str("{}").unwrap();
         assert_eq!(spec.mode, Mode::Auto);
+        assert_eq!(spec.image_volume, ImageVolume::Allowed);
         assert_eq!(spec.enforcement, Enforcement::Enforce);
         assert_eq!(spec.zombies.threshold, 5);
         assert_eq!(spec.zombies.cooldown, "1h");

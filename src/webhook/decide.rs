@@ -4,10 +4,13 @@
 //! encodes.
 //!
 //! The planner is *convergent*: it recognises every piece of its own earlier work (a container
-//! whose `command[0]` is the reaper path, the install init container and its volume, a shared PID
-//! namespace, the annotation) and only adds what is missing. So `mutate(mutate(p)) == mutate(p)`,
+//! whose `command[0]` is the reaper path, the install init container and its volume, the reaper's
+//! image volume, a shared PID namespace, the annotation) and only adds what is missing. A pod
+//! that already gets the reaper one way (init container or image volume) keeps it, whatever the
+//! mode of this admission says, so a pod never gets both. So `mutate(mutate(p)) == mutate(p)`,
 //! and a reinvocation after another webhook added a container wraps just that container.
 use super::argv::{Argv, ImageArgv, plan_argv, platform_argv};
+use super::capability::{self, Delivery};
 use super::install::{self, InstallSettings};
 use super::pin;
 use crate::crd::{Enforcement, Fallback, Mode, PolicySet, ReaperPolicy, ReaperPolicySpec};
@@ -44,6 +47,10 @@ pub struct Config {
     /// Written to `reaper.dev/version` on pods this webhook protects first ([`RELEASE`]; tests
     /// fix it so snapshots do not change with every release).
     pub release: String,
+    /// Whether the cluster runs pods with image volumes (kept up to date by the webhook's
+    /// detection, see [`capability`]; read once per plan): `auto` then mounts the reaper image
+    /// instead of injecting the `reaper-install` init container.
+    pub image_volumes: capability::Support,
 }
 
 impl Config {
@@ -60,6 +67,7 @@ impl Config {
             install: InstallSettings::default(),
             pin_digests: false,
             release: RELEASE.to_string(),
+            image_volumes: capability::Support::default(),
         }
     }
 
@@ -201,8 +209,10 @@ pub struct Wrap {
 /// The injected volume and init container, when the pod does not have them yet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Install {
+    /// The emptyDir the init container fills, or the reaper's image volume.
     pub volume: Volume,
-    pub container: Container,
+    /// The `reaper-install` init container (`None` with an image volume).
+    pub container: Option<Container>,
 }
 
 /// Spec changes of a plan (all empty for ignored, skipped and audited pods).
@@ -318,6 +328,8 @@ struct Prepared<'a> {
     audit: bool,
     targets: Vec<(Slot, &'a Container)>,
     install: Option<install::ExistingInstall>,
+    /// Our image volume from an earlier pass (ignored when `install` is there).
+    image_volume: Option<String>,
     warnings: Vec<String>,
 }
 
@@ -398,7 +410,7 @@ fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Co
                 None => "--default-mode".to_string(),
             };
             warnings.push(format!(
-                "reaper: annotation {} {:?} is not auto, inject, share or off; using {fallback} from {source}",
+                "reaper: annotation {} {:?} is not auto, inject, image, share or off; using {fallback} from {source}",
                 keys::ANNOTATION_MODE,
                 raw_mode.unwrap_or_default(),
             ));
@@ -430,6 +442,7 @@ fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Co
         )));
     }
     let install = install::find_install(pod, cfg);
+    let image_volume = install::find_image_volume(pod, cfg);
     let only: Option<BTreeSet<&str>> = annotation(pod, keys::ANNOTATION_CONTAINERS).map(|raw| {
         raw.split(',')
             .map(str::trim)
@@ -487,6 +500,7 @@ fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Co
         audit,
         targets,
         install,
+        image_volume,
         warnings,
     }))
 }
@@ -572,8 +586,17 @@ pub fn plan(
         audit,
         targets,
         install,
+        image_volume,
         mut warnings,
     } = p;
+    // How the reaper gets into the pod: what an earlier pass set up, else per mode and policy.
+    let existing = match (install, image_volume) {
+        (Some(i), _) => Some(Existing::InitContainer(i)),
+        (None, Some(v)) => Some(Existing::ImageVolume(v)),
+        (None, None) => None,
+    };
+    let (delivery, delivery_warning) =
+        capability::delivery(mode, spec.image_volume, cfg.image_volumes.get());
     let already_shared = pod.spec.as_ref().and_then(|s| s.share_process_namespace) == Some(true);
     let host_pid = host_pid(pod);
     // Multi-platform images: only the architectures the pod can be scheduled on count.
@@ -616,7 +639,7 @@ pub fn plan(
     let mut wrapped: Vec<Target> = Vec::new();
     let mut unwrappable: Vec<String> = Vec::new();
     let mut with_init: Vec<(String, String)> = Vec::new();
-    let install_volume = install.as_ref().map(|i| i.volume.as_str());
+    let install_volume = existing.as_ref().map(Existing::volume);
     for (slot, c) in &targets {
         let image = image_argv(c, &spec, images);
         let argv = plan_argv(c, image, &reaper_path, &flags);
@@ -750,6 +773,9 @@ pub fn plan(
         return skipped(warnings, reason);
     }
     init_notes(&mut warnings);
+    if existing.is_none() {
+        warnings.extend(delivery_warning);
+    }
     let names: Vec<String> = wrapped.iter().map(|t| t.container.name.clone()).collect();
     let (changes, digests) = if audit {
         (Changes::default(), BTreeMap::new())
@@ -759,7 +785,7 @@ pub fn plan(
             .filter_map(|t| Some((t.container.name.clone(), t.digest.clone()?)))
             .collect();
         (
-            inject_changes(pod, cfg, install.as_ref(), &wrapped),
+            inject_changes(pod, cfg, existing.as_ref(), delivery, &wrapped),
             digests,
         )
     };
@@ -787,6 +813,23 @@ pub fn plan(
     plan.set_image_digests =
         pin::annotation_update(annotation(pod, keys::ANNOTATION_IMAGE_DIGESTS), &digests);
     plan
+}
+
+/// How an earlier pass got the reaper into the pod.
+enum Existing {
+    InitContainer(install::ExistingInstall),
+    /// Our image volume, by name.
+    ImageVolume(String),
+}
+
+impl Existing {
+    /// The volume wrapped containers mount.
+    fn volume(&self) -> &str {
+        match self {
+            Existing::InitContainer(i) => &i.volume,
+            Existing::ImageVolume(v) => v,
+        }
+    }
 }
 
 /// A container to run under reaper.
@@ -851,7 +894,8 @@ pub fn arch_allowed(pod: &Pod, arch: &str) -> bool {
 fn inject_changes(
     pod: &Pod,
     cfg: &Config,
-    existing: Option<&install::ExistingInstall>,
+    existing: Option<&Existing>,
+    delivery: Delivery,
     wrapped: &[Target<'_>],
 ) -> Changes {
     let spec = pod.spec.as_ref();
@@ -864,7 +908,7 @@ fn inject_changes(
         ..Default::default()
     };
     let volume_name = match existing {
-        Some(e) => e.volume.clone(),
+        Some(e) => e.volume().to_string(),
         None => {
             // Names mounted by containers count as taken even without a volume (an invalid
             // pod), or a user's mount could end up pointing at our volume.
@@ -897,10 +941,24 @@ fn inject_changes(
                 })
                 .collect();
             let volume = install::free_name(install::VOLUME_NAME, &volumes);
-            let container = install::free_name(install::INSTALL_CONTAINER_NAME, &containers);
-            changes.install = Some(Install {
-                volume: install::volume(cfg, &volume),
-                container: install::container(cfg, &container, &volume, install::qos_class(pod)),
+            changes.install = Some(match delivery {
+                Delivery::ImageVolume => Install {
+                    volume: install::image_volume(cfg, &volume),
+                    container: None,
+                },
+                Delivery::InitContainer => {
+                    let container =
+                        install::free_name(install::INSTALL_CONTAINER_NAME, &containers);
+                    Install {
+                        volume: install::volume(cfg, &volume),
+                        container: Some(install::container(
+                            cfg,
+                            &container,
+                            &volume,
+                            install::qos_class(pod),
+                        )),
+                    }
+                }
             });
             volume
         }
@@ -950,7 +1008,7 @@ fn inject_changes(
         });
     }
     // Our install container must run before every wrapped init container.
-    if let Some(e) = existing {
+    if let Some(Existing::InitContainer(e)) = existing {
         let first_wrapped_init = wrapped
             .iter()
             .filter(|t| t.slot.list == List::Init)
@@ -1378,6 +1436,201 @@ mod tests {
         let patched = apply(&older, &p);
         assert_eq!(annotations_of(&patched), (None, None));
         assert!(plan_under(&patched, None).patch().0.is_empty());
+    }
+
+    /// Plans `pod` under a policy of `mode` and `image_volume`, with image volumes supported or not.
+    fn plan_image(
+        pod: &Value,
+        mode: Mode,
+        image_volume: crate::crd::ImageVolume,
+        supported: bool,
+    ) -> Plan {
+        let mut cfg = Config::new("reaper:1");
+        cfg.image_volumes = super::capability::Support::fixed(supported);
+        let set = PolicySet::new([Arc::new(ReaperPolicy::new(
+            "gov",
+            ReaperPolicySpec {
+                mode,
+                image_volume,
+                ..Default::default()
+            },
+        ))]);
+        let labels = BTreeMap::new();
+        let scope = Scope {
+            namespace: "ns",
+            namespace_labels: &labels,
+        };
+        let pod: Pod = serde_json::from_value(pod.clone()).unwrap();
+        plan(&pod, scope, &set, &ImageIndex::new(), &cfg)
+    }
+
+    fn app_pod() -> Value {
+        json!({"metadata": {"name": "p"},
+               "spec": {"containers": [
+                   {"name": "a", "image": "x", "command": ["/a"], "args": ["-v"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}
+               ], "volumes": [{"name": "data", "emptyDir": {}}]}})
+    }
+
+    /// `(image volumes, emptyDirs named reaper-bin*, init containers)` of a pod.
+    fn delivery_of(pod: &Value) -> (usize, usize, usize) {
+        let vols = pod["spec"]["volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let image = vols.iter().filter(|v| v.get("image").is_some()).count();
+        let empty = vols
+            .iter()
+            .filter(|v| {
+                v.get("emptyDir").is_some() && v["name"].as_str().unwrap().starts_with("reaper-bin")
+            })
+            .count();
+        let inits = pod["spec"]["initContainers"].as_array().map_or(0, Vec::len);
+        (image, empty, inits)
+    }
+
+    #[test]
+    fn image_mode_mounts_the_reaper_image_and_wraps_as_inject_does() {
+        use crate::crd::ImageVolume::Allowed;
+        let pod = app_pod();
+        let p = plan_image(&pod, Mode::Image, Allowed, false);
+        assert_eq!(p.annotation().as_deref(), Some("inject:a"), "{p:?}");
+        assert!(p.warnings.is_empty(), "{:?}", p.warnings);
+        let out = apply(&pod, &p);
+        assert_eq!(delivery_of(&out), (1, 0, 0), "{out:#}");
+        assert_eq!(
+            out["spec"]["volumes"][1],
+            json!({"name": "reaper-bin", "image": {"reference": "reaper:1", "pullPolicy": "IfNotPresent"}})
+        );
+        let c = &out["spec"]["containers"][0];
+        assert_eq!(c["command"], json!(["/.reaper/reaper", "--", "/a"]));
+        assert_eq!(c["args"], json!(["-v"]));
+        assert_eq!(
+            c["volumeMounts"][1],
+            json!({"name": "reaper-bin", "mountPath": "/.reaper", "readOnly": true})
+        );
+        // The same argv as inject mode; only the delivery differs.
+        let injected = apply(&pod, &plan_image(&pod, Mode::Inject, Allowed, false));
+        assert_eq!(delivery_of(&injected), (0, 1, 1));
+        assert_eq!(injected["spec"]["containers"][0], *c);
+        // Converged, in every mode that wraps.
+        for mode in [Mode::Image, Mode::Inject, Mode::Auto] {
+            for supported in [false, true] {
+                let again = plan_image(&out, mode, Allowed, supported);
+                assert!(
+                    again.patch().0.is_empty(),
+                    "{mode} {supported}: {:?}",
+                    again.patch()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn auto_prefers_image_volumes_where_supported_and_a_policy_decides() {
+        use crate::crd::ImageVolume::{Allowed, Forbidden, Required};
+        let pod = app_pod();
+        for (mode, policy, supported, want, warns) in [
+            (Mode::Auto, Allowed, true, (1, 0, 0), false),
+            (Mode::Auto, Allowed, false, (0, 1, 1), false),
+            (Mode::Inject, Allowed, true, (0, 1, 1), false),
+            (Mode::Auto, Required, false, (1, 0, 0), false),
+            (Mode::Inject, Required, false, (1, 0, 0), false),
+            (Mode::Auto, Forbidden, true, (0, 1, 1), false),
+            (Mode::Image, Forbidden, true, (0, 1, 1), true),
+        ] {
+            let p = plan_image(&pod, mode, policy, supported);
+            let out = apply(&pod, &p);
+            assert_eq!(delivery_of(&out), want, "{mode} {policy:?} {supported}");
+            assert_eq!(
+                p.warnings.iter().any(|w| w.contains("Forbidden")),
+                warns,
+                "{:?}",
+                p.warnings
+            );
+            assert!(
+                plan_image(&out, mode, policy, supported)
+                    .patch()
+                    .0
+                    .is_empty()
+            );
+        }
+        // Share stays share: image volumes only change how wrapping is done.
+        let p = plan_image(&pod, Mode::Share, Allowed, true);
+        assert_eq!(p.annotation().as_deref(), Some("share"));
+    }
+
+    #[test]
+    fn a_pod_keeps_the_delivery_it_was_wrapped_with() {
+        use crate::crd::ImageVolume::{Allowed, Required};
+        let late = json!({"name": "late", "image": "y", "command": ["/late"]});
+        // Injected with the init container, re-admitted under image mode (or with image volumes
+        // required): nothing changes; a container added since mounts the emptyDir.
+        let pod = app_pod();
+        let injected = apply(&pod, &plan_image(&pod, Mode::Inject, Allowed, false));
+        for (mode, policy) in [(Mode::Image, Allowed), (Mode::Auto, Required)] {
+            assert!(
+                plan_image(&injected, mode, policy, true)
+                    .patch()
+                    .0
+                    .is_empty()
+            );
+            let mut grown = injected.clone();
+            grown["spec"]["containers"]
+                .as_array_mut()
+                .unwrap()
+                .push(late.clone());
+            let p = plan_image(&grown, mode, policy, true);
+            assert_eq!(p.annotation().as_deref(), Some("inject:a,late"));
+            let out = apply(&grown, &p);
+            assert_eq!(delivery_of(&out), (0, 1, 1), "{out:#}");
+            assert_eq!(
+                out["spec"]["containers"][1]["volumeMounts"][0]["name"],
+                "reaper-bin"
+            );
+            assert!(plan_image(&out, mode, policy, true).patch().0.is_empty());
+        }
+        // Wrapped with the image volume, re-admitted under inject mode: the same the other way.
+        let imaged = apply(&pod, &plan_image(&pod, Mode::Image, Allowed, false));
+        let mut grown = imaged.clone();
+        grown["spec"]["containers"]
+            .as_array_mut()
+            .unwrap()
+            .push(late.clone());
+        let out = apply(&grown, &plan_image(&grown, Mode::Inject, Allowed, false));
+        assert_eq!(delivery_of(&out), (1, 0, 0), "{out:#}");
+        assert_eq!(
+            out["spec"]["containers"][1]["command"][0],
+            "/.reaper/reaper"
+        );
+        // An image volume of an older reaper image is still ours: it is what the wrapped
+        // containers mount.
+        let mut older = imaged.clone();
+        older["spec"]["volumes"][1]["image"]["reference"] = json!("reaper:0.9");
+        assert!(
+            plan_image(&older, Mode::Image, Allowed, false)
+                .patch()
+                .0
+                .is_empty()
+        );
+        // A user's own image volume is not: ours is added beside it, under a free name.
+        let mut theirs = app_pod();
+        theirs["spec"]["volumes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"name": "reaper-bin", "image": {"reference": "models:1"}}));
+        let out = apply(&theirs, &plan_image(&theirs, Mode::Image, Allowed, false));
+        assert_eq!(out["spec"]["volumes"][2]["name"], "reaper-bin-1");
+        assert_eq!(
+            out["spec"]["containers"][0]["volumeMounts"][1]["name"],
+            "reaper-bin-1"
+        );
+        assert!(
+            plan_image(&out, Mode::Image, Allowed, false)
+                .patch()
+                .0
+                .is_empty()
+        );
     }
 
     fn pod(spec: serde_json::Value) -> Pod {

@@ -1,10 +1,12 @@
-//! What `inject` adds to a pod: the `reaper-install` init container that copies the reaper
-//! into an emptyDir, that volume, and the read-only mount of it in wrapped containers; and how a
-//! later pass recognises its own earlier work. Specs only; the decision is `super::decide`'s.
+//! What wrapping adds to a pod: the `reaper-install` init container that copies the reaper
+//! into an emptyDir and that volume (modes `inject`, `auto`), or an image volume of the reaper
+//! image (mode `image`, and `auto` where the cluster supports it); the read-only mount of the
+//! volume in wrapped containers; and how a later pass recognises its own earlier work. Specs
+//! only; the decision is `super::decide`'s.
 use super::decide::Config;
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, Pod, ResourceRequirements, SeccompProfile,
-    SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, ImageVolumeSource, Pod, ResourceRequirements,
+    SeccompProfile, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use reaper_contract::init as init_cli;
@@ -88,6 +90,55 @@ pub fn find_install(pod: &Pod, cfg: &Config) -> Option<ExistingInstall> {
                 volume: mount.name.clone(),
             })
         })
+}
+
+/// Our image volume from an earlier pass: a volume with an `image` source that is the reaper
+/// image, or that a wrapped container (argv[0] the reaper path) mounts at the mount path (an
+/// older reaper image, or `--reaper-image` changed since).
+pub fn find_image_volume(pod: &Pod, cfg: &Config) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    let reaper = cfg.reaper_path();
+    let mounted_by_wrapped = |name: &str| {
+        spec.containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+            .filter(|c| {
+                c.command
+                    .as_ref()
+                    .and_then(|v| v.first())
+                    .is_some_and(|a| *a == reaper)
+            })
+            .any(|c| has_our_mount(c, &cfg.mount_path, name))
+    };
+    let images: Vec<(&str, &str)> = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| {
+            let reference = v.image.as_ref()?.reference.as_deref().unwrap_or_default();
+            Some((v.name.as_str(), reference))
+        })
+        .collect();
+    images
+        .iter()
+        .find(|(_, r)| *r == cfg.reaper_image)
+        .or_else(|| images.iter().find(|(n, _)| mounted_by_wrapped(n)))
+        .map(|(n, _)| n.to_string())
+}
+
+/// The image volume holding the reaper: `--reaper-image` itself, whose `/reaper` wrapped
+/// containers run as `<mount-path>/reaper`. `IfNotPresent`: the kubelet pulls it once per node
+/// (the image is tagged by release; a moving tag is the operator's choice, as for the
+/// installer's image).
+pub fn image_volume(cfg: &Config, name: &str) -> Volume {
+    Volume {
+        name: name.to_string(),
+        image: Some(ImageVolumeSource {
+            reference: Some(cfg.reaper_image.clone()),
+            pull_policy: Some("IfNotPresent".to_string()),
+        }),
+        ..Default::default()
+    }
 }
 
 /// A mount of this container at or under the mount path that is not our volume.

@@ -9,6 +9,7 @@
 //! - [`tls`]: reloading certificate resolver and the HTTPS accept loop; [`sources`]: policies
 //!   and namespace labels from a file or the cluster
 pub mod argv;
+pub mod capability;
 pub mod files;
 
 pub mod decide;
@@ -56,9 +57,17 @@ pub struct Args {
     /// Where wrapped containers see the reaper binary (`<mount-path>/reaper`).
     #[arg(long, env = "REAPER_MOUNT_PATH", default_value = "/.reaper")]
     pub mount_path: String,
-    /// Mode for pods no ReaperPolicy matches: auto, inject, share or off.
+    /// Mode for pods no ReaperPolicy matches: auto, inject, image, share or off.
     #[arg(long, env = "REAPER_DEFAULT_MODE", default_value = "auto")]
     pub default_mode: Mode,
+    /// Whether `auto` mounts the reaper image as an image volume instead of injecting the
+    /// `reaper-install` init container: `detect` (the API server keeps `volumes[].image` in a
+    /// dry-run PodTemplate create in the webhook's namespace, or is ≥ 1.35, and every node runs
+    /// kubelet ≥ 1.35 with containerd ≥ 2.1 or CRI-O ≥ 1.31; followed as nodes change; needs
+    /// list/watch on nodes and create on podtemplates; `false` in `--policies` mode), `true`,
+    /// `false`. Mode `image` and a policy's `imageVolume` decide regardless.
+    #[arg(long, env = "REAPER_IMAGE_VOLUMES", default_value = "detect")]
+    pub image_volumes: capability::Setting,
     #[command(flatten)]
     pub scope: crate::scope::ScopeArgs,
     /// YAML stream of ReaperPolicy objects; with it the webhook needs no API server
@@ -212,6 +221,7 @@ impl Args {
             },
             pin_digests: self.pin_digests,
             release: decide::RELEASE.to_string(),
+            image_volumes: capability::Support::default(),
         })
     }
 }
@@ -372,6 +382,22 @@ async fn serve(
             reason,
         }
     })?;
+    match (args.image_volumes, &client) {
+        (capability::Setting::True, _) => {
+            config.image_volumes.set(true);
+        }
+        (capability::Setting::Detect, Some(client)) if cluster_mode => capability::detect(
+            client.clone(),
+            own_namespace.clone(),
+            config.reaper_image.clone(),
+            config.image_volumes.clone(),
+            &tasks,
+        ),
+        (capability::Setting::Detect, _) => tracing::info!(
+            "image volumes: no detection in --policies mode; auto uses the init container (--image-volumes=true to change)"
+        ),
+        (capability::Setting::False, _) => {}
+    }
     let mut state = server::AppState::new(config, sources, resolver, wm.clone())
         .with_resolve_timeout(resolve_timeout)
         .with_limits(limits.max_in_flight, limits.request_timeout);

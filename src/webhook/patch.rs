@@ -74,14 +74,16 @@ impl Plan {
             } else {
                 ops.push(add(ptr(&["spec", "volumes"]), Value::Array(vec![volume])));
             }
-            let container = to_value(&install.container);
-            if c.had_init_containers {
-                ops.push(add(ptr(&["spec", "initContainers", "0"]), container));
-            } else {
-                ops.push(add(
-                    ptr(&["spec", "initContainers"]),
-                    Value::Array(vec![container]),
-                ));
+            if let Some(container) = &install.container {
+                let container = to_value(container);
+                if c.had_init_containers {
+                    ops.push(add(ptr(&["spec", "initContainers", "0"]), container));
+                } else {
+                    ops.push(add(
+                        ptr(&["spec", "initContainers"]),
+                        Value::Array(vec![container]),
+                    ));
+                }
             }
         }
         if let Some(from) = c.move_install_from {

@@ -212,7 +212,11 @@ async fn every_enum_value_applies_with_kubectl() {
     let spec = &live["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     assert_eq!(
         spec["properties"]["mode"]["enum"],
-        json!(["Auto", "Inject", "Share", "Off"])
+        json!(["Auto", "Inject", "Image", "Share", "Off"])
+    );
+    assert_eq!(
+        spec["properties"]["imageVolume"]["enum"],
+        json!(["Allowed", "Required", "Forbidden"])
     );
     let api = Api::<ReaperPolicy>::all(client);
     let cases = [
@@ -231,6 +235,14 @@ async fn every_enum_value_applies_with_kubectl() {
             Enforcement::Audit,
             "Restart",
             ZombieAction::Restart,
+        ),
+        (
+            "Image",
+            Mode::Image,
+            "Enforce",
+            Enforcement::Enforce,
+            "Event",
+            ZombieAction::Event,
         ),
         (
             "Share",
@@ -335,6 +347,7 @@ fn sample_policy(name: &str) -> ReaperPolicy {
             namespace_selector: Some(selector),
             pod_selector: None,
             mode: Mode::Inject,
+            image_volume: reaper::crd::ImageVolume::Forbidden,
             fallback: Fallback::None,
             enforcement: Enforcement::Audit,
             containers: ContainerFilter {

@@ -964,6 +964,7 @@ async fn inject_offline_agrees_with_the_webhook_on_the_corpus() {
         reaper_image: REAPER_IMAGE.into(),
         mount_path: "/.reaper".into(),
         default_mode: Mode::Auto,
+        image_volumes: false,
         namespace: ns.clone(),
         namespace_labels,
     };

@@ -110,6 +110,7 @@ impl Webhook {
             reaper_image: "registry.example.com/reaper:0.1.0".into(),
             mount_path: "/.reaper".into(),
             default_mode: reaper::crd::Mode::Auto,
+            image_volumes: Default::default(),
             scope: reaper::scope::ScopeArgs {
                 excluded_namespaces: vec!["kube-system".into()],
             },

@@ -45,6 +45,8 @@ fn load(path: &Path) -> Case {
         config.default_mode = m.parse::<Mode>().unwrap();
     }
     config.pin_digests = f["config"]["pinDigests"] == true;
+    config.image_volumes =
+        reaper::webhook::capability::Support::fixed(f["config"]["imageVolumes"] == true);
     config.release = RELEASE.to_string();
     let policies: Vec<ReaperPolicy> = f
         .get("policies")
@@ -259,7 +261,33 @@ fn check(c: &Case) {
         );
     }
     let injected = p.result_label() == "inject";
-    if injected {
+    if injected && e["delivery"] == "imageVolume" {
+        // The reaper image mounted as a volume: no installer, no emptyDir.
+        let volume_name = e["volumeName"].as_str().unwrap_or("reaper-bin");
+        let volume = patched["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == volume_name)
+            .unwrap_or_else(|| panic!("{ctx}: no volume {volume_name}"));
+        assert_eq!(
+            volume["image"],
+            json!({"reference": REAPER_IMAGE, "pullPolicy": "IfNotPresent"}),
+            "{ctx}"
+        );
+        let installers = patched["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["image"] == REAPER_IMAGE)
+            .count();
+        assert_eq!(installers, 0, "{ctx}: no installer with an image volume");
+        assert_eq!(
+            qos_class(&serde_json::from_value(patched.clone()).unwrap()),
+            qos_class(&c.pod),
+            "{ctx}: QoS class changed"
+        );
+    } else if injected {
         let init = patched["spec"]["initContainers"].as_array().unwrap();
         let install = &init[0];
         let install_name = e["installName"].as_str().unwrap_or("reaper-install");

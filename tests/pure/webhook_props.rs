@@ -104,6 +104,8 @@ struct Input {
     policy: Option<ReaperPolicy>,
     images: ImageIndex,
     pin_digests: bool,
+    /// Whether the cluster runs image volumes (`auto` then mounts the reaper image).
+    image_volumes: bool,
 }
 
 fn input() -> impl Strategy<Value = Input> {
@@ -127,11 +129,11 @@ fn input() -> impl Strategy<Value = Input> {
             prop::option::of(any::<bool>()),
         ),
         prop::option::of(prop::sample::select(vec![
-            "auto", "inject", "share", "off", "bogus",
+            "auto", "inject", "image", "share", "off", "bogus",
         ])),
         prop::option::of(prop::sample::select(vec!["app", "web,proxy", "ghost"])),
         prop::option::of((
-            prop::sample::select(vec![Mode::Auto, Mode::Inject, Mode::Share]),
+            prop::sample::select(vec![Mode::Auto, Mode::Inject, Mode::Image, Mode::Share]),
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
@@ -142,6 +144,7 @@ fn input() -> impl Strategy<Value = Input> {
             any::<bool>(),
             prop::option::of(Just("0.0.1")),
             prop::option::of(prop::sample::select(vec!["p", "stale"])),
+            any::<bool>(),
         ),
     )
         .prop_map(
@@ -154,7 +157,7 @@ fn input() -> impl Strategy<Value = Input> {
                 only,
                 pol,
                 known,
-                (pin_digests, old_version, old_policy),
+                (pin_digests, old_version, old_policy, image_volumes),
             )| {
                 // Unique container names.
                 let init_len = init.len();
@@ -288,6 +291,7 @@ fn input() -> impl Strategy<Value = Input> {
                     policy,
                     images,
                     pin_digests,
+                    image_volumes,
                 }
             },
         )
@@ -307,6 +311,7 @@ proptest! {
         let mut cfg = Config::new("reaper:1");
         cfg.pin_digests = inp.pin_digests;
         cfg.release = "9.9.9".into();
+        cfg.image_volumes = reaper::webhook::capability::Support::fixed(inp.image_volumes);
         let set = PolicySet::new(inp.policy.clone().map(Arc::new));
         let labels = BTreeMap::from([("kubernetes.io/metadata.name".to_string(), "ns".to_string())]);
         let scope = Scope { namespace: "ns", namespace_labels: &labels };
@@ -382,7 +387,8 @@ proptest! {
                 let m = n.volume_mounts.iter().flatten().find(|m| m.mount_path == "/.reaper").expect("mounted");
                 prop_assert_eq!(m.read_only, Some(true));
                 let vol = qs.volumes.iter().flatten().find(|v| v.name == m.name).expect("volume exists");
-                prop_assert!(vol.empty_dir.is_some());
+                // Copied into an emptyDir, or mounted from the reaper image.
+                prop_assert!(vol.empty_dir.is_some() || vol.image.is_some());
             } else {
                 prop_assert_eq!(&n.command, &o.command, "container {}", o.name);
                 prop_assert_eq!(&n.args, &o.args, "container {}", o.name);
@@ -410,6 +416,10 @@ proptest! {
             prop_assert_eq!(annotation(&patched, "reaper.dev/version"), given("reaper.dev/version"));
             prop_assert_eq!(annotation(&patched, "reaper.dev/policy"), given("reaper.dev/policy"));
         }
+        // Never both ways of getting the reaper in: an image volume of ours and our installer.
+        let ours_image = qs.volumes.iter().flatten().filter(|v| v.image.as_ref().and_then(|i| i.reference.as_deref()) == Some("reaper:1")).count();
+        let installers = qs.init_containers.iter().flatten().filter(|c| c.image.as_deref() == Some("reaper:1")).count();
+        prop_assert!(ours_image + installers <= 1, "{ours_image} image volumes, {installers} installers");
         // Unique names; shareProcessNamespace never together with hostPID.
         prop_assert!(unique(now.iter().map(|c| c.name.clone())));
         prop_assert!(unique(qs.volumes.iter().flatten().map(|v| v.name.clone())));

@@ -11,8 +11,12 @@ pub const LABEL_INJECT: &str = "reaper.dev/inject";
 pub const INJECT_ENABLED: &str = "enabled";
 pub const INJECT_DISABLED: &str = "disabled";
 
-/// Pod annotation overriding the policy's mode: `auto|inject|share|off`.
+/// Pod annotation overriding the policy's mode: one of [`MODES`].
 pub const ANNOTATION_MODE: &str = "reaper.dev/mode";
+/// The values of `reaper.dev/mode` and `--default-mode` (any case): `image` wraps with the
+/// reaper mounted from its image (an image volume), `inject` with it copied in by an init
+/// container.
+pub const MODES: [&str; 5] = ["auto", "inject", "image", "share", "off"];
 /// Pod annotation limiting injection to some containers: `"a,b"`.
 pub const ANNOTATION_CONTAINERS: &str = "reaper.dev/containers";
 /// Pod annotation recording what the webhook did.
