@@ -91,6 +91,11 @@ crds:
 	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
 	cp crds/*.yaml charts/reaper/crds/
 
+## Regenerate docs/reference/ (CLI, contracts, chart values) from the code; a test fails when stale.
+.PHONY: docs
+docs:
+	UPDATE_DOCS=1 $(CARGO) test -q --test pure docs::reference_
+
 ## Regenerate deploy/reaper.yaml (reaper-system Namespace + `helm template` with default values;
 ## a test fails when it is stale).
 deploy: tools

@@ -2,6 +2,7 @@
 //! matcher and reimplement neither.
 use serde_json::{Value, json};
 
+pub mod app;
 pub mod check;
 pub mod explain;
 pub mod inject;

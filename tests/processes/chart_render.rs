@@ -919,32 +919,28 @@ fn schema_has(schema: &Value, path: &str) -> bool {
     true
 }
 
-/// values.schema.json and the README's values table cover every value of values.yaml.
+/// values.schema.json and the generated values reference (docs/reference/values.md, kept fresh
+/// by `cargo test --test pure docs::`) cover every value of values.yaml.
 #[test]
-fn schema_and_readme_cover_every_value() {
+fn schema_and_values_reference_cover_every_value() {
     let dir = chart_common::chart_dir();
     let values: yaml_serde::Value =
         yaml_serde::from_str(&std::fs::read_to_string(dir.join("values.yaml")).unwrap()).unwrap();
     let schema: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("values.schema.json")).unwrap())
             .unwrap();
-    let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let section = readme
-        .split("<!-- section:delivery -->")
-        .nth(1)
-        .and_then(|s| s.split("<!-- section:").next())
-        .expect("README delivery section");
+    let reference = std::fs::read_to_string(repo().join("docs/reference/values.md")).unwrap();
     let mut paths = Vec::new();
     leaf_paths("", &values, &mut paths);
     assert!(paths.len() > 40, "{paths:?}");
     let mut missing_schema = Vec::new();
-    let mut missing_readme = Vec::new();
+    let mut missing_reference = Vec::new();
     for p in &paths {
         if !schema_has(&schema, p) {
             missing_schema.push(p.clone());
         }
-        if !section.contains(&format!("`{p}`")) {
-            missing_readme.push(p.clone());
+        if !reference.contains(&format!("| `{p}` |")) {
+            missing_reference.push(p.clone());
         }
     }
     assert!(
@@ -952,8 +948,8 @@ fn schema_and_readme_cover_every_value() {
         "values.schema.json lacks {missing_schema:?}"
     );
     assert!(
-        missing_readme.is_empty(),
-        "README values table lacks {missing_readme:?}"
+        missing_reference.is_empty(),
+        "docs/reference/values.md lacks {missing_reference:?}: run `make docs`"
     );
     // additionalProperties: false on every object of the schema that has fixed properties.
     fn closed(v: &Value, at: &str) {
