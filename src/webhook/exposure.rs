@@ -22,7 +22,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 #[group(id = "exposure")]
 pub struct Args {
     /// Require a TLS client certificate signed by a CA in this PEM file: only the API server
-    /// (configured to present one, see the README) may call the webhook. Read at start.
+    /// (configured to present one, see docs/security.md) may call the webhook. Read at start.
     #[arg(long, env = "REAPER_CLIENT_CA_FILE", value_name = "PEM")]
     pub client_ca_file: Option<PathBuf>,
     /// Admission requests handled at once; more are answered 503 at once.

@@ -1,7 +1,7 @@
 //! The agent against a real kube-apiserver (tests/support/control_plane.rs) and real zombies in
 //! kubepods-shaped cgroups (reaper_test_support::agent): it publishes its node's ZombieReport by
-//! server-side apply, owned by the Node, with names from the pod reflector, under the RBAC the
-//! README documents; writes on change and on heartbeat only; the report is garbage-collected
+//! server-side apply, owned by the Node, with names from the pod reflector, under the RBAC
+//! docs/security.md documents; writes on change and on heartbeat only; the report is garbage-collected
 //! with its Node.
 
 use reaper_test_support as support;
@@ -75,7 +75,7 @@ async fn scene(cp: &ControlPlane, admin: &Client, zombies: u32) -> Scene {
     Scene { node, ns, zombies }
 }
 
-/// The permissions the README lists for the agent, bound to a ServiceAccount; returns a
+/// The permissions docs/security.md lists for the agent, bound to a ServiceAccount; returns a
 /// kubeconfig file for it.
 async fn agent_identity(cp: &ControlPlane, admin: &Client, ns: &str) -> std::path::PathBuf {
     let sa_name = "reaper-agent";

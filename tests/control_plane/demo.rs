@@ -1,4 +1,4 @@
-//! `make demo` is the README's main job: run it unattended (`DEMO_EXIT=1`) and check that every
+//! `make demo` is the README's main job (one of its two commands): run it unattended (`DEMO_EXIT=1`) and check that every
 //! step did what it prints. On the real node (tests/support/node.rs) where one can run, and the
 //! API-server-only fallback (`DEMO_MODE=api`, tests/support/control_plane.rs).
 use reaper_test_support as support;

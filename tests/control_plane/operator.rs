@@ -134,7 +134,7 @@ impl Operator {
     }
 }
 
-/// The operator's minimal permissions, exactly as the README's RBAC table lists them, bound to
+/// The operator's minimal permissions, exactly as docs/security.md's RBAC table lists them, bound to
 /// ServiceAccount `reaper-operator` in `home`; returns a kubeconfig with its token. With
 /// `webhook_config`, the certificate rules (that MWC by name, Secrets in `home`) are included.
 async fn operator_identity(

@@ -835,7 +835,7 @@ async fn injection_keeps_every_qos_class() {
 }
 
 /// With `--client-ca-file`, the webhook serves the API server (which presents the client
-/// certificate of its admission configuration, as the README describes) and refuses every other
+/// certificate of its admission configuration, as docs/security.md describes) and refuses every other
 /// client at the TLS handshake: a pod in the cluster cannot call /mutate itself.
 #[tokio::test]
 async fn only_the_api_server_may_call_the_webhook_with_client_auth() {

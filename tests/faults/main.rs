@@ -2,8 +2,8 @@
 //! test): admission at 100 pods/s while the certificate rotates, a webhook replica goes away and
 //! the registry stalls; the API server and etcd restarted under the running webhook, operator and
 //! agent. And without a control plane: the agent scanning a node where 30,000 processes come and
-//! go (`agent_churn`). Each test prints its figures as `FIGURE` lines (the README's reliability
-//! table).
+//! go (`agent_churn`). Each test prints its figures as `FIGURE` lines (the table of
+//! docs/development.md, "Faults and load").
 //!
 //! The tests take [`HEAVY`] so that they run one at a time: their figures are about the product,
 //! not about a neighbour test competing for the same two cores.

@@ -762,7 +762,7 @@ async fn http2_streams_per_connection_are_limited() {
 }
 
 /// With `--client-ca-file`, only clients presenting a certificate from that CA are served
-/// (the API server, configured as the README says); others fail the TLS handshake.
+/// (the API server, configured as docs/security.md says); others fail the TLS handshake.
 #[tokio::test]
 async fn client_certificates_are_required_with_a_client_ca() {
     let pki = Pki::new();

@@ -1,5 +1,5 @@
 //! Every name users and tests rely on: API group, labels, annotations, field managers.
-//! Keep them here so no literal is repeated (and the README's contract table has one source).
+//! Keep them here so no literal is repeated (and docs/reference/contracts.md, generated from this file, has one source).
 
 /// API group of the Reaper CRDs.
 pub const API_GROUP: &str = "reaper.dev";

@@ -1156,7 +1156,7 @@ impl Pki {
 
 impl Pki {
     /// A client certificate the API server presents to every webhook that asks for one (a
-    /// webhook that does not ask never sees it), as the README tells users to configure it:
+    /// webhook that does not ask never sees it), as docs/security.md tells users to configure it:
     /// an AdmissionConfiguration pointing both webhook plugins at a kubeconfig whose user `*`
     /// holds the certificate.
     fn write_webhook_client(dir: &Path, p: &Pki) -> io::Result<()> {
