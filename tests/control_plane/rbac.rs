@@ -75,10 +75,15 @@ async fn client_from(kubeconfig: &Path) -> Client {
 
 /// A process of `reaper-controller` as a ServiceAccount (its stderr in `log`).
 fn spawn(kubeconfig: &Path, log: &Path, args: &[String]) -> ChildGuard {
+    spawn_in("reaper-system", kubeconfig, log, args)
+}
+
+/// [`spawn`] as if deployed in `namespace` (`POD_NAMESPACE`).
+fn spawn_in(namespace: &str, kubeconfig: &Path, log: &Path, args: &[String]) -> ChildGuard {
     let mut cmd = Command::new(reaper_controller_bin());
     cmd.env("KUBECONFIG", kubeconfig)
         .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("POD_NAMESPACE", "reaper-system")
+        .env("POD_NAMESPACE", namespace)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -169,7 +174,8 @@ async fn webhook_works_as_its_chart_service_account() {
         format!("--tls-key={}", dir.join("tls.key").display()),
     ]);
     let log = dir.join("webhook.log");
-    let _child = spawn(&kubeconfig, &log, &args);
+    // In the release namespace, where the chart lets it dry-run its image volume probe.
+    let _child = spawn_in(&release_ns, &kubeconfig, &log, &args);
     wait_ready("webhook", admin_port, &log).await;
     assert_metrics("webhook", admin_port).await;
 
@@ -307,6 +313,11 @@ async fn webhook_works_as_its_chart_service_account() {
         kubeconfig: None,
     };
     e2e_scenarios::every_mode_runs_under_restricted(&env, false).await;
+    // Mode image: the reaper image as a volume, admitted by "restricted" as mutated.
+    e2e_scenarios::image_mode_runs_under_restricted(&env, false).await;
+    // Its detection ran with the chart's RBAC (nodes watched, the dry-run answered) and, with no
+    // node that runs image volumes here, left auto on the init container.
+    wait_for_log(&log, "image volumes not supported").await;
     assert_no_403("webhook", &log);
     Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
         admin.clone(),
@@ -317,6 +328,69 @@ async fn webhook_works_as_its_chart_service_account() {
     )
     .await
     .unwrap();
+}
+
+async fn wait_for_log(log: &Path, needle: &str) {
+    let start = Instant::now();
+    while !read(log).contains(needle) {
+        assert!(
+            start.elapsed() < WAIT,
+            "no {needle:?} in the log within {WAIT:?}:\n{}",
+            read(log)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The image volume probe: a dry-run PodTemplate create the API server answers with the image
+/// volume kept (1.36, gate on); as the webhook's ServiceAccount it works in the release
+/// namespace only, and stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_probes_image_volumes_in_its_namespace_only() {
+    use k8s_openapi::api::core::v1::PodTemplate;
+    use reaper::webhook::capability::{DryRun, server_facts};
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let admin = cp.client().await;
+    let (objs, ns, _) = install_rbac(cp, &admin, &[]).await;
+    let other = cp.ns(&admin, "probe-other").await;
+    let (sa, kc) = identity(cp, &admin, &objs, &ns, "webhook").await;
+    let as_webhook = client_from(&kc).await;
+    let image = "registry.example.com/reaper/reaper:0.1.0";
+    let (version, dry_run) = server_facts(&as_webhook, Some(&ns), image).await;
+    assert!(
+        version.as_deref().is_some_and(|v| v.starts_with("v1.")),
+        "{version:?}"
+    );
+    assert_eq!(dry_run, DryRun::Kept, "{sa} in {ns}");
+    assert_eq!(
+        server_facts(&as_webhook, Some(&other), image).await.1,
+        DryRun::Unknown,
+        "{sa} may create podtemplates outside its namespace"
+    );
+    let stored = Api::<PodTemplate>::namespaced(admin.clone(), &ns)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    assert!(
+        stored.items.is_empty(),
+        "the dry-run stored {:?}",
+        stored.items
+    );
+    let denied = Api::<Pod>::namespaced(as_webhook, &ns)
+        .create(
+            &PostParams {
+                dry_run: true,
+                ..Default::default()
+            },
+            &Pod::default(),
+        )
+        .await;
+    assert!(
+        matches!(denied, Err(kube::Error::Api(ref s)) if s.code == 403),
+        "{sa} may create pods: {denied:?}"
+    );
 }
 
 fn base64_encode(b: &[u8]) -> String {

@@ -363,6 +363,63 @@ fn mutating_webhook_configuration_is_exactly_as_specified() {
     assert_eq!(w["failurePolicy"], "Fail");
 }
 
+/// `webhook.imageVolumes=detect` (the default) adds list/watch on nodes and `create` on
+/// podtemplates in the release namespace only (the dry-run); never pods; `true`/`false` neither.
+#[test]
+fn image_volume_detection_rbac_is_least_privilege() {
+    let probe = "reaper-webhook-image-volume-probe";
+    let objs = default_render();
+    assert_eq!(
+        flag(&objs.args("Deployment", "reaper-webhook"), "image-volumes"),
+        Some("detect")
+    );
+    let webhook = objs.rules("ClusterRole", "reaper-webhook");
+    assert!(allows(&webhook, "", "nodes", "list", None));
+    assert!(allows(&webhook, "", "nodes", "watch", None));
+    assert!(!allows(&webhook, "", "nodes", "get", Some("any")));
+    assert!(!allows(&webhook, "", "podtemplates", "create", None));
+    let role = objs.get("Role", probe);
+    assert_eq!(role["metadata"]["namespace"], NS);
+    let rules = objs.rules("Role", probe);
+    assert!(
+        rules.len() == 1
+            && rules[0].groups == [""]
+            && rules[0].resources == ["podtemplates"]
+            && rules[0].verbs == ["create"],
+        "{rules:?}"
+    );
+    let binding = objs.get("RoleBinding", probe);
+    assert_eq!(binding["subjects"][0]["name"], "reaper-webhook");
+    assert_eq!(binding["roleRef"]["name"], probe);
+    for kind in ["ClusterRole", "Role"] {
+        for role in objs.of_kind(kind) {
+            let name = role["metadata"]["name"].as_str().unwrap();
+            if name.starts_with("reaper-webhook") {
+                assert!(
+                    !allows(&objs.rules(kind, name), "", "pods", "create", None),
+                    "{kind} {name} creates pods"
+                );
+            }
+        }
+    }
+    for value in ["false", "true"] {
+        let objs = render("reaper", NS, &[V::Set("webhook.imageVolumes", value)]);
+        assert_eq!(
+            flag(&objs.args("Deployment", "reaper-webhook"), "image-volumes"),
+            Some(value)
+        );
+        let webhook = objs.rules("ClusterRole", "reaper-webhook");
+        assert!(!allows(&webhook, "", "nodes", "list", None), "{value}");
+        assert!(
+            !objs
+                .of_kind("Role")
+                .iter()
+                .any(|r| r["metadata"]["name"] == probe),
+            "{value}"
+        );
+    }
+}
+
 #[test]
 fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
     let check_no_wildcards = |objs: &Objects| {
@@ -520,7 +577,9 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
             "{mode}: {role:?}"
         );
     }
-    // Without leader election and self-managed certificates the operator needs no Role at all.
+    // Without leader election and self-managed certificates the operator needs no Role at all
+    // (the webhook's image volume probe has its own, see
+    // `image_volume_detection_rbac_is_least_privilege`).
     let objs = render(
         "reaper",
         NS,
@@ -533,6 +592,7 @@ fn rbac_is_least_privilege_and_secrets_only_with_pull_secrets() {
         objs.of_kind(kind)
             .into_iter()
             .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "test")
+            .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] != "webhook")
             .count()
     };
     assert!(not_test("Role") == 0 && not_test("RoleBinding") == 0);

@@ -8,7 +8,8 @@
 //!    zombies, seen in the node's ZombieReport.
 //! 2. PID 1 ignoring SIGTERM: protected → `delete` completes in under 3 s; opted out → it waits
 //!    for the grace period.
-//! 3. inject, share and auto-fallback pods run in a namespace enforcing Pod Security "restricted".
+//! 3. inject, share and auto-fallback pods run in a namespace enforcing Pod Security "restricted"
+//!    ([`image_mode_runs_under_restricted`]: image-volume pods too, where the runtime mounts them).
 //! 4. Webhook scaled to 0 → pods are still created (fail-open), unchanged.
 //! 5. The metrics endpoints of all three components answer.
 //!
@@ -472,6 +473,51 @@ pub async fn every_mode_runs_under_restricted(env: &Env, wait_for_running: bool)
         }
     }
     env.delete_namespace(&ns).await;
+}
+
+/// Mode `image` (the annotation) under Pod Security "restricted": the stored pod mounts the
+/// reaper image (an image volume, `IfNotPresent`) read-only at `/.reaper` in the wrapped
+/// container and has no init container nor emptyDir; Pod Security admits it as mutated; with
+/// `wait_for_running` it runs (a kubelet and runtime that mount image volumes). Returns nothing;
+/// panics with the stored pod on a mismatch.
+pub async fn image_mode_runs_under_restricted(env: &Env, wait_for_running: bool) {
+    let ns = env.restricted_namespace("e2e-image").await;
+    let cmd: &[&str] = &["sleep", "3600"];
+    let mode = reaper::keys::ANNOTATION_MODE;
+    let pod = restricted_pod("image", &env.image, Some(cmd), &[], &[(mode, "image")]);
+    let stored = create(env, &ns, &pod).await;
+    assert_image_volume_wrapped(&stored);
+    if wait_for_running {
+        wait_running(env, &ns, "image").await;
+    }
+    env.delete_namespace(&ns).await;
+}
+
+/// A pod wrapped with the reaper mounted from its image: `inject:` recorded, argv[0] the reaper,
+/// an image volume mounted read-only at `/.reaper`, no init container, no emptyDir.
+pub fn assert_image_volume_wrapped(stored: &Pod) {
+    let v = serde_json::to_value(stored).unwrap();
+    let got = injected(stored).unwrap_or_default();
+    assert!(got.starts_with("inject:"), "image: {got}\n{v:#}");
+    let spec = &v["spec"];
+    let app = &spec["containers"][0];
+    assert_eq!(app["command"][0], "/.reaper/reaper", "{v:#}");
+    let mount = app["volumeMounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|m| m["mountPath"] == "/.reaper")
+        .unwrap_or_else(|| panic!("no mount at /.reaper: {v:#}"));
+    assert_eq!(mount["readOnly"], true);
+    let volume = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|vol| vol["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}: {v:#}", mount["name"]));
+    assert_eq!(volume["image"]["pullPolicy"], "IfNotPresent", "{v:#}");
+    assert!(volume.get("emptyDir").is_none(), "{v:#}");
+    assert!(spec.get("initContainers").is_none(), "{v:#}");
 }
 
 fn webhook_deployment(env: &Env) -> (Api<Deployment>, String) {
