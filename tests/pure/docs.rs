@@ -8,8 +8,9 @@
 //! `values.schema.json`. Each test regenerates its file and fails when the committed one differs;
 //! `make docs` (= `UPDATE_DOCS=1 cargo test --test pure docs::reference_`) writes them instead.
 //!
-//! The link check reads `README.md` and every `docs/**/*.md`: each relative link must name a file
-//! that exists, and each `#anchor` a heading of its target, slugged as GitHub does.
+//! The link check reads the top-level `*.md` (README, SECURITY, CHANGELOG) and every
+//! `docs/**/*.md`: each relative link must name a file that exists, and each `#anchor` a heading
+//! of its target, slugged as GitHub does.
 use clap::CommandFactory;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -891,7 +892,12 @@ fn markdown_files() -> Vec<PathBuf> {
             }
         }
     }
-    let mut files = vec![repo().join("README.md")];
+    // The top-level documents (README, SECURITY, CHANGELOG, ...) and everything under docs/.
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "md"))
+        .collect();
     walk(&repo().join("docs"), &mut files);
     files.sort();
     files
