@@ -1016,3 +1016,60 @@ fn readme_is_a_front_page_whose_test_command_ci_runs() {
         "README's helm install must name chart version {version}"
     );
 }
+
+/// docs/troubleshooting.md explains every reason the webhook leaves a pod alone or protects it
+/// otherwise than asked. A new reason does not compile here until it is listed (and documented).
+#[test]
+fn troubleshooting_covers_every_skip_and_fallback_reason() {
+    use reaper::webhook::decide::{FallbackReason, IgnoreReason, SkipReason};
+    let text = std::fs::read_to_string(repo().join("docs/troubleshooting.md")).unwrap();
+    let skips = [
+        SkipReason::Windows,
+        SkipReason::NoTargets,
+        SkipReason::AlreadyInit,
+        SkipReason::NotWrappable,
+    ];
+    for r in skips {
+        match r {
+            SkipReason::Windows
+            | SkipReason::NoTargets
+            | SkipReason::AlreadyInit
+            | SkipReason::NotWrappable => {}
+        }
+        assert!(text.contains(&format!("| `{}` |", r.as_str())), "{r:?}");
+    }
+    let fallbacks = [
+        FallbackReason::AutoShare,
+        FallbackReason::HostPidInject,
+        FallbackReason::PartialInject,
+    ];
+    for r in fallbacks {
+        match r {
+            FallbackReason::AutoShare
+            | FallbackReason::HostPidInject
+            | FallbackReason::PartialInject => {}
+        }
+        assert!(text.contains(&format!("`{}`", r.as_str())), "{r:?}");
+    }
+    // Reasons for ignoring a pod have no label value; each has its step in the list.
+    let ignored = [
+        (IgnoreReason::Incomplete, "**The object was incomplete**"),
+        (
+            IgnoreReason::ExcludedNamespace,
+            "**The namespace is excluded**",
+        ),
+        (IgnoreReason::MirrorPod, "**It is a mirror (static) pod**"),
+        (IgnoreReason::OptedOut, "**The pod is opted out**"),
+        (IgnoreReason::ModeOff, "**The mode is `off`**"),
+    ];
+    for (r, step) in ignored {
+        match r {
+            IgnoreReason::Incomplete
+            | IgnoreReason::ExcludedNamespace
+            | IgnoreReason::MirrorPod
+            | IgnoreReason::OptedOut
+            | IgnoreReason::ModeOff => {}
+        }
+        assert!(text.contains(step), "{r:?}: {step}");
+    }
+}
