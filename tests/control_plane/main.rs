@@ -3,6 +3,7 @@
 //!
 //! `cargo test --test control_plane` runs them all; `cargo test --test control_plane <suite>::` one suite.
 
+mod admission_policy;
 mod agent;
 mod chart;
 mod cli;

@@ -1375,3 +1375,128 @@ fn helm_test_runs_check_with_rbac_that_lives_only_for_the_test() {
         "deploy/reaper.yaml carries test hooks"
     );
 }
+
+/// `admission.engine` (#17): `webhook` (default) renders no MutatingAdmissionPolicy; `policy`
+/// renders the share and wrap policies, each bound, and nothing of the webhook (no registration,
+/// Deployment, Service, certificates, nor the operator's certificate flags and rights); `both`
+/// renders the policies next to the complete webhook install. The policies select what the
+/// webhook registration selects, plus every excluded namespace. Another value is refused.
+#[test]
+fn admission_engine_renders_policies_instead_of_or_before_the_webhook() {
+    let kinds = |objs: &Objects, kind: &str| objs.of_kind(kind).len();
+    let webhook_parts = |objs: &Objects| {
+        objs.all()
+            .iter()
+            .filter(|o| o["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook")
+            .count()
+    };
+    let default = default_render();
+    assert_eq!(kinds(&default, "MutatingAdmissionPolicy"), 0);
+    assert_eq!(kinds(&default, "MutatingAdmissionPolicyBinding"), 0);
+    let with_webhook = webhook_parts(&default);
+    assert!(with_webhook >= 5, "{with_webhook} webhook objects");
+
+    for mode in certs_modes() {
+        let mut values = mode.1.clone();
+        values.push(V::Set("admission.engine", "policy"));
+        let objs = render("reaper", NS, &values);
+        assert_eq!(kinds(&objs, "MutatingAdmissionPolicy"), 2, "{}", mode.0);
+        assert_eq!(kinds(&objs, "MutatingAdmissionPolicyBinding"), 2);
+        assert_eq!(kinds(&objs, "MutatingWebhookConfiguration"), 0);
+        assert_eq!(
+            webhook_parts(&objs),
+            0,
+            "{}: webhook objects rendered",
+            mode.0
+        );
+        assert!(
+            objs.of_kind("Certificate").is_empty() && objs.of_kind("Issuer").is_empty(),
+            "{}",
+            mode.0
+        );
+        let operator = objs.args("Deployment", "reaper-operator");
+        assert_eq!(flag(&operator, "cert-secret"), None, "{}", mode.0);
+        assert_eq!(flag(&operator, "webhook-config"), None, "{}", mode.0);
+        let rules = objs.rules("ClusterRole", "reaper-operator");
+        assert!(!allows(
+            &rules,
+            "admissionregistration.k8s.io",
+            "mutatingwebhookconfigurations",
+            "patch",
+            Some("reaper-webhook")
+        ));
+        for b in objs.of_kind("MutatingAdmissionPolicyBinding") {
+            assert!(
+                objs.find(
+                    "MutatingAdmissionPolicy",
+                    b["spec"]["policyName"].as_str().unwrap()
+                )
+                .is_some(),
+                "{b}"
+            );
+        }
+    }
+
+    let both = render("reaper", NS, &[V::Set("admission.engine", "both")]);
+    assert_eq!(kinds(&both, "MutatingAdmissionPolicy"), 2);
+    assert_eq!(kinds(&both, "MutatingWebhookConfiguration"), 1);
+    assert_eq!(webhook_parts(&both), with_webhook);
+    let mwc = &both.of_kind("MutatingWebhookConfiguration")[0]["webhooks"][0];
+    for p in both.of_kind("MutatingAdmissionPolicy") {
+        let spec = &p["spec"];
+        let c = &spec["matchConstraints"];
+        assert_eq!(
+            c["namespaceSelector"]["matchLabels"],
+            mwc["namespaceSelector"]["matchLabels"]
+        );
+        assert_eq!(c["objectSelector"], mwc["objectSelector"]);
+        let excluded = strings(&c["namespaceSelector"]["matchExpressions"][0]["values"]);
+        for ns in [NS, "kube-system", "kube-public", "kube-node-lease"] {
+            assert!(
+                excluded.iter().any(|e| e == ns),
+                "{ns} not excluded: {excluded:?}"
+            );
+        }
+        assert_eq!(spec["failurePolicy"], "Ignore");
+        assert_eq!(spec["reinvocationPolicy"], "Never");
+        assert_eq!(spec["mutations"][0]["patchType"], "JSONPatch");
+        // The chart's values reach the CEL.
+        let text = serde_json::to_string(p).unwrap();
+        assert!(text.contains("/.reaper/reaper"), "{text}");
+    }
+    let wrap = both.get("MutatingAdmissionPolicy", "reaper-wrap");
+    let text = serde_json::to_string(wrap).unwrap();
+    for want in [
+        "ghcr.io/reaper-dev/reaper:0.1.0",
+        "reaper-install",
+        "8Mi",
+        "65532",
+        "16Mi",
+    ] {
+        assert!(text.contains(want), "wrap policy lacks {want}");
+    }
+    let custom = render(
+        "reaper",
+        NS,
+        &[
+            V::Set("admission.engine", "policy"),
+            V::Set("webhook.mountPath", "/opt/r"),
+            V::Set("webhook.defaultMode", "share"),
+            V::Set("webhook.install.runAsUser", "null"),
+        ],
+    );
+    let text = serde_json::to_string(custom.get("MutatingAdmissionPolicy", "reaper-wrap")).unwrap();
+    assert!(
+        text.contains("/opt/r/reaper") && !text.contains("/.reaper"),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#": \"share\""#),
+        "default mode not in the CEL"
+    );
+    assert!(!text.contains("runAsUser"), "runAsUser null still set");
+
+    let err = template_text("reaper", NS, &[V::Set("admission.engine", "cel")])
+        .expect_err("engine cel rendered");
+    assert!(err.contains("admission/engine"), "{err}");
+}

@@ -1,0 +1,604 @@
+//! The MutatingAdmissionPolicy install (`admission.engine: policy | both`, #17) on a real
+//! kube-apiserver, against the webhook as the chart installs it.
+//!
+//! Everything comes from `helm template`: the policies and bindings of `engine=policy` are applied
+//! as rendered; the webhook runs here as a process with the args of the chart's Deployment and is
+//! registered with the chart's MutatingWebhookConfiguration (its `clientConfig` pointed at that
+//! process). Each install is scoped to its own namespaces by one extra namespace label, and made
+//! to fail closed, so a CEL error shows up as a failed create instead of an unchanged pod.
+//!
+//! Every pod of both fixture corpora (`tests/fixtures/pods/*.json`, the planner's table, and
+//! `tests/fixtures/corpus/*.yaml`) is created for real in a namespace of each install and in one
+//! that none governs. The stored pods must be equal, byte for byte, wherever the policies decide;
+//! where they cannot (a container without `command` needs a registry lookup, ...) they must have
+//! left the pod exactly as the ungoverned namespace stores it. With `both` (the policies first,
+//! then the webhook) every stored pod must equal the webhook's alone: the webhook converges on
+//! what the policies did and decides the rest.
+use reaper_test_support as support;
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::Client;
+use kube::api::{Api, DeleteParams, PostParams};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use support::chart::{self as chart_common, V, cluster};
+use support::control_plane::{
+    self, ChildGuard, ControlPlane, TestCa, reaper_controller_bin, unique_name,
+};
+
+/// Namespace label that scopes one install of a test.
+const TEST_LABEL: &str = "reaper.dev/test-engine";
+/// Release namespace of the renderings (excluded by both engines; never created).
+const RELEASE_NS: &str = "reaper-system";
+const INJECTED: &str = reaper::keys::ANNOTATION_INJECTED;
+
+fn render(engine: &str) -> chart_common::Objects {
+    chart_common::render("r", RELEASE_NS, &[V::Set("admission.engine", engine)])
+}
+
+/// The chart's webhook, running here.
+struct ChartWebhook {
+    _child: ChildGuard,
+    admin: u16,
+    port: u16,
+    ca_pem: String,
+    log: PathBuf,
+}
+
+impl ChartWebhook {
+    /// `reaper-controller` with the args of the rendered webhook Deployment (listen addresses and
+    /// certificate paths replaced).
+    async fn start(cp: &ControlPlane, client: &Client, objs: &chart_common::Objects) -> Self {
+        cp.install_crds(client).await;
+        let deployment = objs
+            .of_kind("Deployment")
+            .into_iter()
+            .find(|d| {
+                d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-webhook")
+            })
+            .expect("the webhook Deployment");
+        let args =
+            chart_common::strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
+        let dir = cp.dir().join(unique_name("engine-wh"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca = TestCa::new("reaper engine test CA");
+        let pair = ca.issue_server(&["127.0.0.1"]);
+        std::fs::write(dir.join("tls.crt"), &pair.cert_pem).unwrap();
+        std::fs::write(dir.join("tls.key"), &pair.key_pem).unwrap();
+        let (port, admin) = (control_plane::free_port(), control_plane::free_port());
+        let args: Vec<String> = args
+            .into_iter()
+            .map(|a| match a.split_once('=').map(|(k, _)| k) {
+                Some("--listen") => format!("--listen=127.0.0.1:{port}"),
+                Some("--admin-listen") => format!("--admin-listen=127.0.0.1:{admin}"),
+                Some("--tls-cert") => format!("--tls-cert={}", dir.join("tls.crt").display()),
+                Some("--tls-key") => format!("--tls-key={}", dir.join("tls.key").display()),
+                _ => a,
+            })
+            .collect();
+        let log = dir.join("webhook.log");
+        let mut cmd = cp.command(reaper_controller_bin());
+        cmd.args(&args)
+            .env("POD_NAMESPACE", RELEASE_NS)
+            .stdout(std::fs::File::create(dir.join("webhook.out")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap());
+        let child = ChildGuard::spawn(&mut cmd).expect("spawning the webhook");
+        let w = Self {
+            _child: child,
+            admin,
+            port,
+            ca_pem: ca.cert_pem(),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://127.0.0.1:{admin}/readyz");
+        loop {
+            if let Ok(r) = reqwest::get(&url).await
+                && r.status() == 200
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "webhook not ready within 60 s:\n{}",
+                w.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        w
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Requests the webhook answered for namespace `ns` (`reaper_webhook_requests_total`).
+    async fn admissions_in(&self, ns: &str) -> u64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let label = format!("namespace=\"{ns}\"");
+        text.lines()
+            .filter(|l| l.starts_with("reaper_webhook_requests_total{") && l.contains(&label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Adds `TEST_LABEL: id` to a selector's matchLabels.
+fn scope_selector(selector: &mut Value, id: &str) {
+    if !selector["matchLabels"].is_object() {
+        selector["matchLabels"] = json!({});
+    }
+    selector["matchLabels"][TEST_LABEL] = json!(id);
+}
+
+/// Registers the chart's MutatingWebhookConfiguration for the namespaces labelled `id`, calling
+/// `w` directly, failing closed. Returns its name.
+async fn register_webhook(
+    client: &Client,
+    objs: &chart_common::Objects,
+    w: &ChartWebhook,
+    id: &str,
+) -> String {
+    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
+    let name = format!("engine-{id}");
+    mwc["metadata"] = json!({"name": name});
+    for hook in mwc["webhooks"].as_array_mut().unwrap() {
+        hook["clientConfig"] = json!({
+            "url": format!("https://127.0.0.1:{}/mutate", w.port),
+            "caBundle": k8s_openapi::ByteString(w.ca_pem.as_bytes().to_vec()),
+        });
+        hook["failurePolicy"] = json!("Fail");
+        scope_selector(&mut hook["namespaceSelector"], id);
+    }
+    cluster::apply(client, &mwc, false)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    name
+}
+
+/// Applies the rendered MutatingAdmissionPolicies and bindings for the namespaces labelled
+/// `id` (renamed `<name>-<id>`), failing closed. Returns (kind, name) of what it created.
+async fn install_policies(
+    client: &Client,
+    objs: &chart_common::Objects,
+    id: &str,
+) -> Vec<(String, String)> {
+    let policies = objs.of_kind("MutatingAdmissionPolicy");
+    let bindings = objs.of_kind("MutatingAdmissionPolicyBinding");
+    assert_eq!(
+        (policies.len(), bindings.len()),
+        (2, 2),
+        "share and wrap, each bound"
+    );
+    let mut created = Vec::new();
+    for p in policies.into_iter().chain(bindings) {
+        let mut p = p.clone();
+        let name = format!("{}-{id}", p["metadata"]["name"].as_str().unwrap());
+        p["metadata"]["name"] = json!(name);
+        if p["kind"] == "MutatingAdmissionPolicy" {
+            p["spec"]["failurePolicy"] = json!("Fail");
+            scope_selector(&mut p["spec"]["matchConstraints"]["namespaceSelector"], id);
+        } else {
+            let policy = format!("{}-{id}", p["spec"]["policyName"].as_str().unwrap());
+            p["spec"]["policyName"] = json!(policy);
+        }
+        cluster::apply(client, &p, false)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        created.push((p["kind"].as_str().unwrap().to_string(), name));
+    }
+    created
+}
+
+async fn remove_policies(client: &Client, created: &[(String, String)]) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding,
+    };
+    for (kind, name) in created {
+        let dp = DeleteParams::default();
+        let _ = if kind == "MutatingAdmissionPolicy" {
+            Api::<MutatingAdmissionPolicy>::all(client.clone())
+                .delete(name, &dp)
+                .await
+                .map(|_| ())
+        } else {
+            Api::<MutatingAdmissionPolicyBinding>::all(client.clone())
+                .delete(name, &dp)
+                .await
+                .map(|_| ())
+        };
+    }
+}
+
+/// A pod every engine wraps: it declares its command.
+fn probe_pod() -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"generateName": "probe-"},
+        "spec": {"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}
+    }))
+    .unwrap()
+}
+
+async fn create(client: &Client, ns: &str, p: &Pod, dry_run: bool) -> Result<Pod, String> {
+    let pp = PostParams {
+        dry_run,
+        ..Default::default()
+    };
+    Api::<Pod>::namespaced(client.clone(), ns)
+        .create(&pp, p)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+fn injected(p: &Pod) -> Option<&str> {
+    p.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(INJECTED))
+        .map(String::as_str)
+}
+
+/// Waits until the API server applies what was just registered in `ns` (policies are loaded by
+/// an informer, so the first creates after applying them may still miss them).
+async fn wait_active(client: &Client, ns: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = create(client, ns, &probe_pod(), true).await;
+        if got
+            .as_ref()
+            .is_ok_and(|p| injected(p) == Some("inject:app"))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{ns}: probe pod still {got:?} after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every pod of both corpora: (file name, pod), namespace and status dropped.
+fn corpora() -> Vec<(String, Value)> {
+    let root = control_plane::repo_root().join("tests/fixtures");
+    let mut out = Vec::new();
+    for (dir, ext) in [("pods", "json"), ("corpus", "yaml")] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
+            .collect();
+        files.sort();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            let mut pod: Value = if ext == "json" {
+                let fixture: Value = serde_json::from_str(&text).unwrap();
+                fixture["pod"].clone()
+            } else {
+                yaml_serde::from_str(&text).unwrap()
+            };
+            // Fixtures share names: each create gets a generated one.
+            let meta = pod["metadata"].as_object_mut().unwrap();
+            meta.remove("namespace");
+            if let Some(name) = meta.remove("name") {
+                meta.insert(
+                    "generateName".into(),
+                    json!(format!("{}-", name.as_str().unwrap())),
+                );
+            }
+            pod.as_object_mut().unwrap().remove("status");
+            out.push((
+                format!("{dir}/{}", f.file_name().unwrap().to_string_lossy()),
+                pod,
+            ));
+        }
+    }
+    out
+}
+
+/// A stored pod without what differs between two creates of the same pod: identity, namespace,
+/// a generated name's suffix, and the ServiceAccount token volume (random suffix).
+fn comparable(p: &Pod) -> Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    for k in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "namespace",
+    ] {
+        v["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    v.as_object_mut().unwrap().remove("status");
+    if v["metadata"]["generateName"].is_string() {
+        v["metadata"].as_object_mut().unwrap().remove("name");
+    }
+    let token = |name: &Value| {
+        name.as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+    };
+    if let Some(vols) = v["spec"]["volumes"].as_array_mut() {
+        vols.retain(|vol| !token(&vol["name"]));
+    }
+    for list in ["initContainers", "containers"] {
+        for c in v["spec"][list].as_array_mut().into_iter().flatten() {
+            if let Some(m) = c["volumeMounts"].as_array_mut() {
+                m.retain(|m| !token(&m["name"]));
+            }
+        }
+    }
+    v
+}
+
+/// Why the policies may leave `pod` to the webhook (the chart's templates/_admission-policy.tpl
+/// `decision == "webhook"`), or None when they must decide it: a target container without
+/// `command` (its argv is in the registry), a mount at the mount path, an install container from
+/// an earlier pass, or mode `image`.
+fn left_to_the_webhook(pod: &Value) -> Option<String> {
+    let spec = &pod["spec"];
+    let empty = vec![];
+    let init = spec["initContainers"].as_array().unwrap_or(&empty);
+    let regular = spec["containers"].as_array().unwrap_or(&empty);
+    let targets = init
+        .iter()
+        .filter(|c| c["restartPolicy"] == "Always")
+        .chain(regular);
+    for c in targets {
+        if c["command"].as_array().is_none_or(|a| a.is_empty()) {
+            return Some(format!("container {} has no command", c["name"]));
+        }
+        let mounts = c["volumeMounts"].as_array().unwrap_or(&empty);
+        if mounts.iter().any(|m| {
+            m["mountPath"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("/.reaper")
+        }) {
+            return Some(format!("container {} mounts at /.reaper", c["name"]));
+        }
+    }
+    if init.iter().any(|c| c["command"][1] == "--install") {
+        return Some("an install container".into());
+    }
+    let mode = pod["metadata"]["annotations"]["reaper.dev/mode"]
+        .as_str()
+        .map(|m| m.trim().to_ascii_lowercase());
+    match mode.as_deref() {
+        Some("image") => Some("mode image".into()),
+        // Nothing to decide for either engine.
+        Some("off") => Some("mode off".into()),
+        _ => None,
+    }
+}
+
+/// A namespace whose labels put it under the installs with these ids.
+async fn namespace(cp: &ControlPlane, client: &Client, prefix: &str, id: Option<&str>) -> String {
+    match id {
+        Some(id) => {
+            cp.ns_with_labels(
+                client,
+                prefix,
+                &[("reaper.dev/inject", "enabled"), (TEST_LABEL, id)],
+            )
+            .await
+        }
+        None => cp.ns(client, prefix).await,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let webhook_objs = render("webhook");
+    let policy_objs = render("policy");
+    let both_objs = render("both");
+    assert!(
+        policy_objs
+            .of_kind("MutatingWebhookConfiguration")
+            .is_empty()
+            && !policy_objs
+                .of_kind("Deployment")
+                .iter()
+                .any(|d| d["metadata"]["name"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("-webhook")),
+        "engine=policy renders no webhook"
+    );
+    let w = ChartWebhook::start(cp, &client, &webhook_objs).await;
+    let (wh_id, pol_id, both_id) = (unique_name("wh"), unique_name("pol"), unique_name("both"));
+    let mut mwcs = vec![register_webhook(&client, &webhook_objs, &w, &wh_id).await];
+    mwcs.push(register_webhook(&client, &both_objs, &w, &both_id).await);
+    let mut policies = install_policies(&client, &policy_objs, &pol_id).await;
+    policies.extend(install_policies(&client, &both_objs, &both_id).await);
+
+    let ns_wh = namespace(cp, &client, "eng-wh", Some(&wh_id)).await;
+    let ns_pol = namespace(cp, &client, "eng-pol", Some(&pol_id)).await;
+    let ns_both = namespace(cp, &client, "eng-both", Some(&both_id)).await;
+    let ns_plain = namespace(cp, &client, "eng-plain", None).await;
+    for ns in [&ns_wh, &ns_pol, &ns_both] {
+        wait_active(&client, ns).await;
+    }
+    let before_both = w.admissions_in(&ns_both).await;
+
+    let pods = corpora();
+    assert!(pods.len() >= 50, "both corpora: {} pods", pods.len());
+    let (mut decided, mut left, mut failures) = (Vec::new(), Vec::new(), Vec::new());
+    let mut created_in_both = 0;
+    let mut refused = Vec::new();
+    for (file, raw) in &pods {
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        let mut stored = Vec::new();
+        for ns in [&ns_wh, &ns_pol, &ns_both, &ns_plain] {
+            stored.push(create(&client, ns, &pod, false).await);
+        }
+        let [by_webhook, by_policy, by_both, plain] = <[_; 4]>::try_from(stored).unwrap();
+        let (by_webhook, by_policy, by_both, plain) = match (by_webhook, by_policy, by_both, plain)
+        {
+            (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+            // A fixture the API server refuses whatever mutates it (a mirror pod with a
+            // ServiceAccount): refused alike everywhere.
+            (Err(a), Err(b), Err(c), Err(d)) if [&b, &c, &d].iter().all(|e| **e == a) => {
+                refused.push(format!("{file}: {a}"));
+                continue;
+            }
+            other => {
+                failures.push(format!(
+                    "{file}: created in some namespaces only: {other:?}"
+                ));
+                continue;
+            }
+        };
+        // The registration's objectSelector keeps opted-out pods from the webhook.
+        if raw["metadata"]["labels"]["reaper.dev/inject"] != "disabled" {
+            created_in_both += 1;
+        }
+        let (wh, pol, both, plain) = (
+            comparable(&by_webhook),
+            comparable(&by_policy),
+            comparable(&by_both),
+            comparable(&plain),
+        );
+        if both != wh {
+            failures.push(format!(
+                "{file}: engine both differs from the webhook:\n both    {both}\n webhook {wh}"
+            ));
+        }
+        if pol == wh {
+            if pol != plain {
+                decided.push(format!("{file} ({})", injected(&by_policy).unwrap_or("-")));
+            }
+        } else if pol == plain {
+            match left_to_the_webhook(raw) {
+                Some(why) => left.push(format!("{file}: {why}")),
+                None => failures.push(format!(
+                    "{file}: the policies left it unchanged, the webhook stored {:?}",
+                    injected(&by_webhook)
+                )),
+            }
+        } else {
+            failures.push(format!(
+                "{file}: the policies and the webhook differ:\n policy  {pol}\n webhook {wh}"
+            ));
+        }
+    }
+    let seen_by_webhook = w.admissions_in(&ns_both).await - before_both;
+    eprintln!(
+        "decided by the policies ({}):\n  {}\nleft to the webhook ({}):\n  {}",
+        decided.len(),
+        decided.join("\n  "),
+        left.len(),
+        left.join("\n  ")
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} corpus pods failed:\n{}\nwebhook log:\n{}",
+        failures.len(),
+        pods.len(),
+        failures.join("\n"),
+        w.logs()
+    );
+    // Only the mirror pod (a ServiceAccount is refused on mirror pods) is refused.
+    assert!(
+        refused.len() <= 1,
+        "refused everywhere:\n{}",
+        refused.join("\n")
+    );
+    assert!(
+        decided.len() >= 25,
+        "the policies decided only {} pods",
+        decided.len()
+    );
+    // With `both`, the webhook was still asked about every pod (and changed none the policies
+    // had decided: the stored pods equal the webhook's alone).
+    assert!(
+        seen_by_webhook >= created_in_both,
+        "engine both: the webhook answered {seen_by_webhook} of {created_in_both} creates"
+    );
+
+    for name in &mwcs {
+        let _ =
+            Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
+                client.clone(),
+            )
+            .delete(name, &DeleteParams::default())
+            .await;
+    }
+    remove_policies(&client, &policies).await;
+}
+
+/// Pods that pass Pod Security `restricted` still pass it after the policies mutated them: every
+/// corpus pod the `restricted` level admits in a namespace no install governs is admitted in a
+/// `restricted` namespace of the policy install too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_that_pass_restricted_still_pass_under_the_policies() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    let id = unique_name("psa");
+    let policies = install_policies(&client, &render("policy"), &id).await;
+    let restricted = [
+        ("pod-security.kubernetes.io/enforce", "restricted"),
+        ("pod-security.kubernetes.io/enforce-version", "latest"),
+    ];
+    let plain = cp.ns_with_labels(&client, "psa-plain", &restricted).await;
+    let mut labels = vec![("reaper.dev/inject", "enabled"), (TEST_LABEL, id.as_str())];
+    labels.extend(restricted);
+    let governed = cp.ns_with_labels(&client, "psa-pol", &labels).await;
+
+    // A pod that passes `restricted` on its own and that the policies wrap.
+    let secure = json!({
+        "runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
+        "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}
+    });
+    let mut pods = corpora();
+    pods.push((
+        "restricted-app".into(),
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "restricted-app"},
+               "spec": {"containers": [{"name": "app", "image": "x:1", "command": ["/app"],
+                                        "securityContext": secure}]}}),
+    ));
+    // The probe is no restricted pod: wait with a restricted one.
+    let probe: Pod = serde_json::from_value(pods.last().unwrap().1.clone()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !create(&client, &governed, &probe, true)
+        .await
+        .is_ok_and(|p| injected(&p) == Some("inject:app"))
+    {
+        assert!(Instant::now() < deadline, "policies not active after 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let (mut passing, mut mutated, mut failures) = (0, 0, Vec::new());
+    for (file, raw) in &pods {
+        let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
+        if create(&client, &plain, &pod, true).await.is_err() {
+            continue;
+        }
+        passing += 1;
+        match create(&client, &governed, &pod, true).await {
+            Ok(p) => mutated += usize::from(injected(&p).is_some()),
+            Err(e) => failures.push(format!("{file}: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "restricted pods refused once the policies mutated them:\n{}",
+        failures.join("\n")
+    );
+    assert!(
+        passing >= 2 && mutated >= 1,
+        "{passing} pods pass restricted, {mutated} of them mutated"
+    );
+    remove_policies(&client, &policies).await;
+}
