@@ -5,7 +5,7 @@
 //! (`reaper::cli::app::Cli`) and the init's usage text; `docs/reference/contracts.md` from
 //! `crates/reaper-contract` and the metric families registered in `src/`;
 //! `docs/reference/values.md` from the chart's `values.yaml` (its comments and defaults) and
-//! `values.schema.json`. Each test regenerates its file and fails when the committed one differs;
+//! `values.schema.json`; `docs/reference/crds.md` from the CRDs in `crds/`. Each test regenerates its file and fails when the committed one differs;
 //! `make docs` (= `UPDATE_DOCS=1 cargo test --test pure docs::reference_`) writes them instead.
 //!
 //! The link check reads the top-level `*.md` (README, SECURITY, CHANGELOG) and every
@@ -792,6 +792,148 @@ fn reference_values_is_fresh() {
         "{text}"
     );
     check_or_update("docs/reference/values.md", &text);
+}
+
+// ---------------------------------------------------------------------------------------------
+// CRD reference
+
+fn crd_fields(out: &mut String, path: &str, schema: &serde_json::Value) {
+    let Some(props) = schema["properties"].as_object() else {
+        return;
+    };
+    for (name, field) in props {
+        let p = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        let mut kind = field["type"].as_str().unwrap_or("").to_string();
+        let items = &field["items"];
+        if kind == "array"
+            && let Some(t) = items["type"].as_str()
+        {
+            kind = format!("[]{t}");
+        }
+        if let Some(e) = field["enum"].as_array() {
+            let values: Vec<String> = e
+                .iter()
+                .map(|v| {
+                    format!(
+                        "`{}`",
+                        v.as_str().map(str::to_string).unwrap_or(v.to_string())
+                    )
+                })
+                .collect();
+            kind = format!("{kind}: {}", values.join(", "));
+        }
+        let mut limits = Vec::new();
+        for (key, label) in [
+            ("minimum", "≥"),
+            ("maximum", "≤"),
+            ("maxItems", "items ≤"),
+            ("maxLength", "length ≤"),
+        ] {
+            if let Some(n) = field[key].as_f64() {
+                limits.push(format!("{label} {n}"));
+            }
+        }
+        if !limits.is_empty() {
+            kind = format!("{kind} ({})", limits.join(", "));
+        }
+        let default = match &field["default"] {
+            serde_json::Value::Null => String::new(),
+            v => format!("`{v}`"),
+        };
+        let _ = writeln!(
+            out,
+            "| `{p}` | {} | {} | {} |",
+            cell(&kind),
+            cell(&default),
+            cell(&plain_doc(field["description"].as_str().unwrap_or("")))
+        );
+        // Label selectors are Kubernetes' own type: not expanded.
+        if field["properties"].get("matchLabels").is_some() {
+            continue;
+        }
+        crd_fields(out, &p, field);
+        if kind.starts_with("array") || kind.starts_with("[]object") {
+            crd_fields(out, &format!("{p}[]"), items);
+        }
+    }
+}
+
+fn crds_reference() -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# CRD reference\n\n{GENERATED}\n\n\
+         Every field of Reaper's custom resources, from the CRDs in `crds/` (themselves generated \
+         from the Rust types by `make crds`). `kubectl explain reaperpolicy.spec` shows the same \
+         on a cluster. Policies with examples: [policies.md](../policies.md); the operator's \
+         status: [operator.md](../operator.md#status); the ZombieReport: \
+         [agent.md](../agent.md#zombiereport)."
+    );
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("crds"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    for file in files {
+        let crd: serde_json::Value =
+            yaml_serde::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        let spec = &crd["spec"];
+        let names = &spec["names"];
+        let short = names["shortNames"]
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter_map(|n| n.as_str())
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        for version in spec["versions"].as_array().unwrap() {
+            let _ = writeln!(
+                out,
+                "\n## {}\n\n`{}/{}`, {} (`{}`; short names {}).\n",
+                names["kind"].as_str().unwrap(),
+                spec["group"].as_str().unwrap(),
+                version["name"].as_str().unwrap(),
+                spec["scope"]
+                    .as_str()
+                    .unwrap()
+                    .to_lowercase()
+                    .replace("cluster", "cluster-scoped"),
+                crd["metadata"]["name"].as_str().unwrap(),
+                short
+            );
+            let root = &version["schema"]["openAPIV3Schema"];
+            // (The root's description is kube-derive's "Auto-generated derived type ...".)
+            out.push_str("| field | type | default | description |\n|---|---|---|---|\n");
+            for top in ["spec", "status"] {
+                if root["properties"].get(top).is_some() {
+                    let mut wrapper = serde_json::Map::new();
+                    wrapper.insert(top.into(), root["properties"][top].clone());
+                    crd_fields(&mut out, "", &serde_json::json!({ "properties": wrapper }));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn reference_crds_is_fresh() {
+    let text = crds_reference();
+    for needle in ["`spec.mode`", "`spec.zombies.threshold`", "`spec.nodeName`"] {
+        assert!(
+            text.contains(needle),
+            "{needle} missing from the CRD reference"
+        );
+    }
+    check_or_update("docs/reference/crds.md", &text);
 }
 
 // ---------------------------------------------------------------------------------------------
