@@ -13,7 +13,7 @@ CONTROLLER_PROFILE_DIR := $(if $(filter dev,$(CONTROLLER_PROFILE)),debug,$(CONTR
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_REPO ?= ghcr.io/reaper-dev
 
-.PHONY: deny build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz-webhook \
+.PHONY: deny build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz fuzz-webhook \
 	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-node bench-operator
 
 build: reaper
@@ -145,11 +145,20 @@ bench-webhook:
 bench-registry:
 	bench/registry.sh
 
+## Every fuzz target in turn, one at a time (nightly + cargo-fuzz): FUZZ_SECONDS each (default 60),
+## FUZZ_TARGETS="a b" for some (default: all, `cd fuzz && cargo +nightly fuzz list`). Built with
+## debug assertions and overflow checks; committed seeds in fuzz/seeds/<target>/. Not part of
+## `make test`.
+fuzz:
+	fuzz/seed.sh
+	cd fuzz && for t in $${FUZZ_TARGETS:-$$($(CARGO) +nightly fuzz list)}; do \
+	  mkdir -p corpus/$$t; \
+	  $(CARGO) +nightly fuzz run --debug-assertions $$t corpus/$$t $$(test -d seeds/$$t && echo seeds/$$t) \
+	    -- -max_total_time=$${FUZZ_SECONDS:-60} -timeout=10 || exit 1; done
+
 ## Fuzz the webhook's decode + plan (nightly + cargo-fuzz); FUZZ_SECONDS per target (default 60).
 fuzz-webhook:
-	fuzz/seed.sh
-	cd fuzz && for t in admission_review plan_pod; do \
-	  $(CARGO) +nightly fuzz run $$t corpus/$$t -- -max_total_time=$${FUZZ_SECONDS:-60} || exit 1; done
+	$(MAKE) fuzz FUZZ_TARGETS="admission_review plan_pod"
 
 clean:
 	$(CARGO) clean

@@ -15,9 +15,37 @@ pub fn normalize_image_reference(image: &str) -> String {
     parse(image).map_or_else(|| image.to_string(), |r| r.whole())
 }
 
-/// The registry client's parse of an image reference (`None` when it is not one).
+/// The registry client's parse of an image reference (`None` when it is not one), with the
+/// kubelet's reading of an upper-case first component.
+///
+/// The kubelet's parser (distribution/reference `splitDockerDomain`) takes a first component with
+/// an upper-case letter for a registry host (`MyReg/app` is `app` on host `MyReg`: repositories
+/// are lower case). `oci_spec` files it under Docker Hub instead (`docker.io/MyReg/app`: another
+/// image, and a reference that no longer parses), so that one case is re-split here.
 pub fn parse(image: &str) -> Option<Reference> {
-    image.parse::<Reference>().ok()
+    let r = image.parse::<Reference>().ok()?;
+    let Some((first, _)) = image.split_once('/') else {
+        return Some(r);
+    };
+    let upper_host = first.bytes().any(|b| b.is_ascii_uppercase())
+        && !first.contains(['.', ':'])
+        && r.registry() == "docker.io";
+    let Some(repository) = r
+        .repository()
+        .strip_prefix(first)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .filter(|_| upper_host)
+    else {
+        return Some(r);
+    };
+    let (registry, repository) = (first.to_string(), repository.to_string());
+    Some(match (r.tag(), r.digest()) {
+        (Some(tag), Some(digest)) => {
+            Reference::with_tag_and_digest(registry, repository, tag.into(), digest.into())
+        }
+        (None, Some(digest)) => Reference::with_digest(registry, repository, digest.into()),
+        (tag, None) => Reference::with_tag(registry, repository, tag.unwrap_or("latest").into()),
+    })
 }
 
 /// Whether `image` (with or without tag or digest) is pulled from Docker Hub.
@@ -97,6 +125,7 @@ mod tests {
             // Not a reference (short digest, upper case): as written.
             ("nginx@sha256:abc", "nginx@sha256:abc"),
             ("Bad/Name", "Bad/Name"),
+            ("Bad/name/Upper", "Bad/name/Upper"),
         ] {
             assert_eq!(normalize_image_reference(i), want, "{i}");
         }
@@ -107,5 +136,49 @@ mod tests {
         assert!(image_matches("*/library/nginx:*", "nginx:1.27"));
         assert!(image_matches("nginx:*", "nginx:1.27"));
         assert!(!image_matches("redis:*", "nginx:1.27"));
+    }
+
+    /// Found by fuzz/fuzz_targets/image_reference.rs: `BaKaNm/e` parsed as
+    /// `docker.io/BaKaNm/e:latest`, which does not parse again (normalising was not idempotent),
+    /// and is not the image the kubelet pulls: an upper-case first component is a registry host.
+    #[test]
+    fn upper_case_first_component_is_a_registry_host() {
+        for (image, registry, repository, whole) in [
+            ("BaKaNm/e", "BaKaNm", "e", "BaKaNm/e:latest"),
+            ("MyReg/team/app:1", "MyReg", "team/app", "MyReg/team/app:1"),
+            (
+                &format!("Reg/app@{D}"),
+                "Reg",
+                "app",
+                &format!("Reg/app@{D}"),
+            ),
+            (
+                &format!("Reg/app:v2@{D}"),
+                "Reg",
+                "app",
+                &format!("Reg/app:v2@{D}"),
+            ),
+        ] {
+            let r = parse(image).unwrap_or_else(|| panic!("{image}"));
+            assert_eq!(
+                (r.registry(), r.repository()),
+                (registry, repository),
+                "{image}"
+            );
+            assert_eq!(r.whole(), whole);
+            assert_eq!(parse(&r.whole()), Some(r), "{image}");
+            assert_eq!(normalize_image_reference(whole), whole);
+            assert!(!is_docker_hub(image));
+        }
+        // Lower case, a dot or a port: as before.
+        assert_eq!(
+            normalize_image_reference("team/app"),
+            "docker.io/team/app:latest"
+        );
+        assert_eq!(normalize_image_reference("Reg.io/app"), "Reg.io/app:latest");
+        assert_eq!(
+            normalize_image_reference("Reg:5000/app"),
+            "Reg:5000/app:latest"
+        );
     }
 }

@@ -235,20 +235,25 @@ impl Keyring {
         let mut out: Vec<Credential> = Vec::new();
         for (key, creds) in &self.keys {
             if url_matches(key, image) {
-                for c in creds {
-                    if !out.contains(c) {
-                        out.push(c.clone());
-                    }
-                }
+                add_unique(&mut out, creds);
             }
         }
         if out.is_empty()
             && crate::image::reference::is_docker_hub(image)
             && let Some((_, creds)) = self.keys.iter().find(|(k, _)| k == DOCKER_HUB_KEY)
         {
-            out = creds.clone();
+            // Several secrets (or `index.docker.io` spelled two ways) may hold the same one.
+            add_unique(&mut out, creds);
         }
         out
+    }
+}
+
+fn add_unique(out: &mut Vec<Credential>, creds: &[Credential]) {
+    for c in creds {
+        if !out.contains(c) {
+            out.push(c.clone());
+        }
     }
 }
 
@@ -420,6 +425,23 @@ mod tests {
         assert!(k.lookup("localhost:5000/app").is_empty());
         let k = keyring(r#"{"auths": {"docker.io": {"username": "d", "password": "p"}}}"#);
         assert_eq!(k.lookup("docker.io/library/nginx"), [cred("d", "p")]);
+    }
+
+    /// Found by fuzz/fuzz_targets/registry_auth.rs: the Docker Hub fallback returned the key's
+    /// credentials as stored, so one credential under `index.docker.io` and
+    /// `https://index.docker.io/v1/` (or in two pull secrets) was tried twice.
+    #[test]
+    fn docker_hub_fallback_has_no_duplicates() {
+        let c = parse_dockerconfigjson(
+            br#"{"auths": {"index.docker.io": {"username": "a", "password": "b"},
+                           "https://index.docker.io/v1/": {"auth": "YTpi"}}}"#,
+        )
+        .unwrap();
+        for k in [Keyring::new([&c]), Keyring::new([&c, &c])] {
+            for image in ["nginx", "docker.io/library/nginx", "team/app"] {
+                assert_eq!(k.lookup(image), [cred("a", "b")], "{image}");
+            }
+        }
     }
 
     #[test]
