@@ -1442,6 +1442,23 @@ fn admission_engine_renders_policies_instead_of_or_before_the_webhook() {
     assert_eq!(kinds(&both, "MutatingWebhookConfiguration"), 1);
     assert_eq!(webhook_parts(&both), with_webhook);
     let mwc = &both.of_kind("MutatingWebhookConfiguration")[0]["webhooks"][0];
+    // The webhook is called only for what the policies leave; engine webhook calls it for all.
+    let conditions = |mwc: &Value| -> Vec<String> {
+        mwc["matchConditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        conditions(mwc),
+        ["not-a-mirror-pod", "left-by-the-admission-policies"]
+    );
+    assert_eq!(
+        conditions(&default.of_kind("MutatingWebhookConfiguration")[0]["webhooks"][0]),
+        ["not-a-mirror-pod"]
+    );
     for p in both.of_kind("MutatingAdmissionPolicy") {
         let spec = &p["spec"];
         let c = &spec["matchConstraints"];

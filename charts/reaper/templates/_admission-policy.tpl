@@ -263,3 +263,24 @@ Object.spec.initContainers{
     seccompProfile: Object.spec.initContainers.securityContext.seccompProfile{type: "RuntimeDefault"}},
   terminationMessagePolicy: "FallbackToLogsOnError"}
 {{- end }}
+
+{{- /* CEL for the webhook registration of engine both: whether the pod, as the policies left it,
+  still needs the webhook. True for mode image, and when a target container (a native sidecar or
+  a regular container, within reaper.dev/containers) has no command (a registry lookup) or runs
+  neither the reaper nor a known init: the policies wrap every container they can, so such a
+  container is one they left (a mount at the mount path, a pod wrapped by an earlier pass and
+  given a new container). A pod the policies wrapped or skipped is not sent; one they shared
+  usually is, and the webhook leaves it as it is. */}}
+{{- define "reaper.admission.leftToWebhook" -}}
+{{- $reaper := include "reaper.admission.reaperPath" . }}
+object.metadata.?annotations[?"reaper.dev/mode"].orValue("").trim().lowerAscii() == "image"
+|| (object.spec.?initContainers.orValue([]).filter(c, c.?restartPolicy.orValue("") == "Always") + object.spec.containers)
+  .exists(c,
+    (!object.metadata.?annotations[?"reaper.dev/containers"].hasValue()
+      || c.name in object.metadata.annotations["reaper.dev/containers"].split(",").map(n, n.trim()))
+    && (size(c.?command.orValue([])) == 0
+      || (c.command[0] != {{ $reaper | quote }}
+        && !(c.command[0].substring(c.command[0].lastIndexOf("/") + 1)
+               in ["tini", "dumb-init", "catatonit", "reaper", "docker-init", "init", "systemd", "s6-svscan", "my_init"]
+             || c.command[0].substring(c.command[0].lastIndexOf("/") + 1).startsWith("tini-")))))
+{{- end }}
