@@ -24,6 +24,8 @@
 //! - [`restricted_pods_run`]: mutated pods run under Pod Security `restricted`, the installer as
 //!   its non-root UID, the wrapped app as an arbitrary UID.
 //! - [`sidecars_run_and_stop`]: app + native sidecar + plain init container, wrapped.
+//! - [`image_volume_pods`]: mode `image` and `auto` with image volumes detected: the reaper
+//!   mounted from its image; no zombies, `delete` in under 3 s, against an opted-out control.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -852,6 +854,140 @@ pub async fn stop_latency(env: &Env) -> StopTimes {
     out
 }
 
+/// What [`image_volume_pods`] measured.
+#[derive(Clone, Debug)]
+pub struct ImageVolumeTimes {
+    /// `delete` of the opted-out control (PID 1 `sleep`, SIGTERM-deaf): the grace period.
+    pub unprotected: Duration,
+    /// `delete` of the `reaper.dev/mode: image` pod.
+    pub image: Duration,
+    /// `delete` of the pod `auto` wrapped with an image volume (the webhook detected support).
+    pub auto: Duration,
+    /// Zombies counted for the control, and for the two image-volume pods.
+    pub zombies: (u32, u32, u32),
+}
+
+/// Image-volume pods on a node whose runtime mounts them (the same steps as the inject-mode
+/// scenarios): a `reaper.dev/mode: image` pod and an `auto` pod (the webhook detected that the
+/// cluster runs image volumes, so `auto` mounts the reaper image too), both PID 1 `sleep` wrapped
+/// with the reaper from the image volume, no init container, with an exec probe and `kubectl
+/// exec` sessions leaving orphans; the control is the same pod opted out. The control's zombies
+/// show up in the node's ZombieReport, the image-volume pods have none; on `delete` the control
+/// waits out its grace period, the image-volume pods are gone in under 3 s.
+pub async fn image_volume_pods(env: &Env) -> ImageVolumeTimes {
+    let ns = env.namespace("e2e-imagevol", &[]).await;
+    let mode = reaper::keys::ANNOTATION_MODE;
+    let opted_out = [(reaper::keys::LABEL_INJECT, reaper::keys::INJECT_DISABLED)];
+    let probed = |name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
+        edit_pod(
+            restricted_pod(
+                name,
+                &env.image,
+                Some(&["sleep", "3600"]),
+                labels,
+                annotations,
+            ),
+            |v| {
+                v["spec"]["terminationGracePeriodSeconds"] = json!(STOP_GRACE_SECONDS);
+                v["spec"]["restartPolicy"] = json!("Always");
+                v["spec"]["containers"][0]["livenessProbe"] = json!({
+                    "exec": {"command": ["sh", "-c", LEAVE_ORPHAN]},
+                    "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 30
+                });
+            },
+        )
+    };
+    // Every webhook replica has finished its detection: dry-runs of the auto pod come back with
+    // the image volume, several in a row.
+    let auto = probed("auto", &[], &[]);
+    let dry = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let pods = env.pods(&ns);
+    let has_image_volume = |p: &Pod| {
+        p.spec
+            .as_ref()
+            .and_then(|s| s.volumes.as_ref())
+            .is_some_and(|vs| vs.iter().any(|v| v.image.is_some()))
+    };
+    let mut in_a_row = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while in_a_row < 4 {
+        let p = pods.create(&dry, &auto).await;
+        in_a_row = match p {
+            Ok(p) if has_image_volume(&p) => in_a_row + 1,
+            _ => {
+                assert!(
+                    Instant::now() < deadline,
+                    "auto never mounted the reaper image within 120 s (detection): {p:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                0
+            }
+        };
+    }
+    let cases = [
+        probed("unprotected", &opted_out, &[]),
+        probed("image", &[], &[(mode, "image")]),
+        auto,
+    ];
+    for p in &cases {
+        let stored = create(env, &ns, p).await;
+        if p.name_any() == "unprotected" {
+            assert_eq!(injected(&stored), None);
+        } else {
+            assert_image_volume_wrapped(&stored);
+        }
+    }
+    let mut running = Vec::new();
+    for (name, pid1) in [
+        ("unprotected", "sleep"),
+        ("image", "reaper"),
+        ("auto", "reaper"),
+    ] {
+        running.push(wait_running(env, &ns, name).await);
+        assert_eq!(
+            pid1_comm(env, &ns, name, "app").await,
+            pid1,
+            "{name}: PID 1 of the app container"
+        );
+    }
+    for name in ["unprotected", "image", "auto"] {
+        for _ in 0..3 {
+            env.exec(&ns, name, "app", &["sh", "-c", LEAVE_ORPHAN])
+                .await;
+        }
+    }
+    tokio::time::sleep(env.settle).await;
+    let control = reported_entry(env, &running[0], 5).await.count;
+    let image = reported_zombies(env, &running[1]).await.unwrap_or(0);
+    let auto = reported_zombies(env, &running[2]).await.unwrap_or(0);
+    assert_eq!((image, auto), (0, 0), "image-volume pods hold zombies");
+    let times = futures::future::join_all(
+        ["unprotected", "image", "auto"]
+            .map(|name| time_delete_within(env, &ns, name, Duration::from_secs(90))),
+    )
+    .await;
+    let out = ImageVolumeTimes {
+        unprotected: times[0],
+        image: times[1],
+        auto: times[2],
+        zombies: (control, image, auto),
+    };
+    eprintln!("image-volume pods (grace {STOP_GRACE_SECONDS} s): {out:?}");
+    assert!(
+        out.unprotected >= Duration::from_secs(STOP_GRACE_SECONDS as u64 - 5),
+        "the control took only {:?}: its PID 1 should ignore SIGTERM",
+        out.unprotected
+    );
+    for (name, d) in [("image", out.image), ("auto", out.auto)] {
+        assert!(d < Duration::from_secs(3), "{name}: delete took {d:?}");
+    }
+    env.delete_namespace(&ns).await;
+    out
+}
+
 async fn time_delete_within(env: &Env, ns: &str, name: &str, timeout: Duration) -> Duration {
     let api = env.pods(ns);
     let t = Instant::now();
@@ -1186,6 +1322,13 @@ pub async fn restricted_pods_run(env: &Env) {
             continue;
         }
         let reaper = spec.containers[0].command.as_ref().unwrap()[0].clone();
+        if spec.init_containers.is_none() {
+            // `auto` where the webhook detected image volumes: the reaper comes from its image,
+            // read-only, and runs as the app's UID.
+            assert_image_volume_wrapped(&pod);
+            assert_eq!(pid1_comm(env, &ns, &name, "app").await, "reaper", "{name}");
+            continue;
+        }
         let install = spec
             .init_containers
             .as_ref()
