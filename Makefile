@@ -14,7 +14,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_REPO ?= ghcr.io/reaper-dev
 
 .PHONY: deny build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz fuzz-webhook \
-	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-node bench-operator
+	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-engines bench-node bench-operator
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -120,6 +120,12 @@ demo-kind:
 bench-latency: tools
 	$(CARGO) build --release --bin reaper-controller
 	REAPER_CONTROLLER_BIN=target/release/reaper-controller $(CARGO) run --example latency
+
+## Pod-create latency with each admission engine (chart's webhook, MutatingAdmissionPolicies, both)
+## vs none, one run on a local control plane (docs/engines.md).
+bench-engines: tools
+	$(CARGO) build --release --bin reaper-controller
+	REAPER_CONTROLLER_BIN=target/release/reaper-controller $(CARGO) run --example engines
 
 ## The whole system on a local node built here (kubelet + containerd; same harness as the node
 ## tests), or the API-server-only demo where no node can run (DEMO_MODE=api picks it).

@@ -125,16 +125,23 @@ variables:
         && !c.?volumeMounts.orValue([]).exists(m, m.mountPath.startsWith({{ $mount | quote }})
              && m.mountPath.substring({{ len $mount }}).replace("/", "") == "")))
   # Free names for the volume and the install container (install::free_name: base, base-1, ...).
+  # The base name is nearly always free: the candidates are only tried when it is not.
   - name: volumeNames
     expression: >-
-      ["reaper-bin", "reaper-bin-1", "reaper-bin-2", "reaper-bin-3", "reaper-bin-4", "reaper-bin-5"].filter(n,
-        !object.spec.?volumes.orValue([]).exists(v, v.name == n) &&
-        !variables.all.exists(c, c.?volumeMounts.orValue([]).exists(m, m.name == n)))
+      (!object.spec.?volumes.orValue([]).exists(v, v.name == "reaper-bin") &&
+       !variables.all.exists(c, c.?volumeMounts.orValue([]).exists(m, m.name == "reaper-bin")))
+      ? ["reaper-bin"]
+      : ["reaper-bin-1", "reaper-bin-2", "reaper-bin-3", "reaper-bin-4", "reaper-bin-5"].filter(n,
+          !object.spec.?volumes.orValue([]).exists(v, v.name == n) &&
+          !variables.all.exists(c, c.?volumeMounts.orValue([]).exists(m, m.name == n)))
   - name: installNames
     expression: >-
-      ["reaper-install", "reaper-install-1", "reaper-install-2", "reaper-install-3", "reaper-install-4", "reaper-install-5"].filter(n,
-        !variables.all.exists(c, c.name == n) &&
-        !object.spec.?ephemeralContainers.orValue([]).exists(c, c.name == n))
+      !variables.all.exists(c, c.name == "reaper-install") &&
+      !object.spec.?ephemeralContainers.orValue([]).exists(c, c.name == "reaper-install")
+      ? ["reaper-install"]
+      : ["reaper-install-1", "reaper-install-2", "reaper-install-3", "reaper-install-4", "reaper-install-5"].filter(n,
+          !variables.all.exists(c, c.name == n) &&
+          !object.spec.?ephemeralContainers.orValue([]).exists(c, c.name == n))
   # What the webhook would do:
   #   ignore           mode off;
   #   skipped:windows  a Windows pod;
@@ -189,9 +196,16 @@ variables:
         quantity(string(object.spec.?resources.?requests[?"cpu"].orValue("0"))).asApproximateFloat(),
         quantity(string(object.spec.?resources.?requests[?"memory"].orValue("0"))).asApproximateFloat()
       ]
+  # No cpu or memory request or limit anywhere: BestEffort without parsing a quantity.
+  - name: noResources
+    expression: >-
+      !variables.podLevel && !variables.all.exists(c,
+        c.?resources.?requests[?"cpu"].hasValue() || c.?resources.?requests[?"memory"].hasValue() ||
+        c.?resources.?limits[?"cpu"].hasValue() || c.?resources.?limits[?"memory"].hasValue())
   - name: qos
     expression: >-
-      variables.podLevel
+      variables.noResources ? "BestEffort"
+      : variables.podLevel
       ? (variables.podSums[0] != 0.0 && variables.podSums[1] != 0.0
          && (variables.podSums[2] == 0.0 || variables.podSums[2] == variables.podSums[0])
          && (variables.podSums[3] == 0.0 || variables.podSums[3] == variables.podSums[1])
