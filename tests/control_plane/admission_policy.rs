@@ -33,8 +33,10 @@ const TEST_LABEL: &str = "reaper.dev/test-engine";
 const RELEASE_NS: &str = "reaper-system";
 const INJECTED: &str = reaper::keys::ANNOTATION_INJECTED;
 
-fn render(engine: &str) -> chart_common::Objects {
-    chart_common::render("r", RELEASE_NS, &[V::Set("admission.engine", engine)])
+fn render(engine: &str, extra: &[V<'_>]) -> chart_common::Objects {
+    let mut values = vec![V::Set("admission.engine", engine)];
+    values.extend_from_slice(extra);
+    chart_common::render("r", RELEASE_NS, &values)
 }
 
 /// The chart's webhook, running here.
@@ -114,6 +116,21 @@ impl ChartWebhook {
 
     fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// [`Self::admissions_in`] once it stops moving: the webhook counts a request after its
+    /// answer (and after recording an Event for a fallback), which can land after the create
+    /// returned.
+    async fn settled_admissions_in(&self, ns: &str) -> u64 {
+        let mut last = self.admissions_in(ns).await;
+        loop {
+            tokio::time::sleep(Duration::from_millis(40)).await;
+            let now = self.admissions_in(ns).await;
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
     }
 
     /// Requests the webhook answered for namespace `ns` (`reaper_webhook_requests_total`).
@@ -338,8 +355,8 @@ fn comparable(p: &Pod) -> Value {
 
 /// Why the policies may leave `pod` to the webhook (the chart's templates/_admission-policy.tpl
 /// `decision == "webhook"`), or None when they must decide it: a target container without
-/// `command` (its argv is in the registry), a mount at the mount path, an install container from
-/// an earlier pass, or mode `image`.
+/// `command` (its argv is in the registry), a mount at the mount path, or an install container
+/// from an earlier pass.
 fn left_to_the_webhook(pod: &Value) -> Option<String> {
     let spec = &pod["spec"];
     let empty = vec![];
@@ -369,12 +386,8 @@ fn left_to_the_webhook(pod: &Value) -> Option<String> {
     let mode = pod["metadata"]["annotations"]["reaper.dev/mode"]
         .as_str()
         .map(|m| m.trim().to_ascii_lowercase());
-    match mode.as_deref() {
-        Some("image") => Some("mode image".into()),
-        // Nothing to decide for either engine.
-        Some("off") => Some("mode off".into()),
-        _ => None,
-    }
+    // Nothing to decide for either engine.
+    (mode.as_deref() == Some("off")).then(|| "mode off".into())
 }
 
 /// A namespace whose labels put it under the installs with these ids.
@@ -397,10 +410,29 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
     let Some(cp) = control_plane::shared(module_path!()) else {
         return;
     };
+    let d = engines_agree(cp, &[]).await;
+    // imageVolumes detect, no nodes: image volumes only where the pod asks (mode image).
+    assert!(d.image_volume >= 1 && d.init_container >= 15, "{d:?}");
+}
+
+/// The same with `webhook.imageVolumes: "true"`: `auto` mounts the reaper image instead of the
+/// init container, in the webhook and in the policies alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_image_volumes_the_policy_install_still_stores_what_the_webhook_stores() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let d = engines_agree(cp, &[V::Str("webhook.imageVolumes", "true")]).await;
+    // auto mounts the image; only mode inject still uses the init container.
+    assert!(d.image_volume >= 15 && d.init_container <= 2, "{d:?}");
+}
+
+/// Every corpus pod under `webhook`, `policy`, `both` and no engine, rendered with `values`.
+async fn engines_agree(cp: &ControlPlane, values: &[V<'_>]) -> Delivered {
     let client = cp.client().await;
-    let webhook_objs = render("webhook");
-    let policy_objs = render("policy");
-    let both_objs = render("both");
+    let webhook_objs = render("webhook", values);
+    let policy_objs = render("policy", values);
+    let both_objs = render("both", values);
     assert!(
         policy_objs
             .of_kind("MutatingWebhookConfiguration")
@@ -428,19 +460,35 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
     for ns in [&ns_wh, &ns_pol, &ns_both] {
         wait_active(&client, ns).await;
     }
-    let before_both = w.admissions_in(&ns_both).await;
+    // In `both` the webhook wraps the probe too: wait until the policies do, and the webhook is
+    // no longer asked (policies take effect a moment after they are created).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let calls = w.settled_admissions_in(&ns_both).await;
+        let probe = create(&client, &ns_both, &probe_pod(), true).await;
+        if probe.is_ok() && w.settled_admissions_in(&ns_both).await == calls {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "engine both: the webhook still wraps the probe after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     let pods = corpora();
     assert!(pods.len() >= 50, "both corpora: {} pods", pods.len());
     let (mut decided, mut left, mut failures) = (Vec::new(), Vec::new(), Vec::new());
-    let mut created_in_both = 0usize;
     let mut refused = Vec::new();
+    let mut delivered = Delivered::default();
     for (file, raw) in &pods {
         let pod: Pod = serde_json::from_value(raw.clone()).unwrap();
         let mut stored = Vec::new();
+        let calls = w.settled_admissions_in(&ns_both).await;
         for ns in [&ns_wh, &ns_pol, &ns_both, &ns_plain] {
             stored.push(create(&client, ns, &pod, false).await);
         }
+        let sent = w.settled_admissions_in(&ns_both).await > calls;
         let [by_webhook, by_policy, by_both, plain] = <[_; 4]>::try_from(stored).unwrap();
         let (by_webhook, by_policy, by_both, plain) = match (by_webhook, by_policy, by_both, plain)
         {
@@ -458,10 +506,6 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
                 continue;
             }
         };
-        // The registration's objectSelector keeps opted-out pods from the webhook.
-        if raw["metadata"]["labels"]["reaper.dev/inject"] != "disabled" {
-            created_in_both += 1;
-        }
         let (wh, pol, both, plain) = (
             comparable(&by_webhook),
             comparable(&by_policy),
@@ -473,12 +517,39 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
                 "{file}: engine both differs from the webhook:\n both    {both}\n webhook {wh}"
             ));
         }
+        let volumes = pol["spec"]["volumes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let installers = pol["spec"]["initContainers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["command"][1] == "--install")
+            .count();
+        if volumes.iter().any(|v| v["image"].is_object()) {
+            delivered.image_volume += 1;
+        }
+        delivered.init_container += installers;
         if pol == wh {
             if pol != plain {
-                decided.push(format!("{file} ({})", injected(&by_policy).unwrap_or("-")));
+                let what = injected(&by_policy).unwrap_or("-");
+                // With `both`, the registration keeps what the policies wrapped from the webhook.
+                if sent && what.starts_with("inject:") {
+                    failures.push(format!(
+                        "{file}: wrapped by the policies, yet sent to the webhook"
+                    ));
+                }
+                decided.push(format!(
+                    "{file} ({what}){}",
+                    if sent { ", sent to the webhook" } else { "" }
+                ));
             }
         } else if pol == plain {
             match left_to_the_webhook(raw) {
+                Some(why) if !sent => failures.push(format!(
+                    "{file}: left by the policies ({why}) but not sent to the webhook"
+                )),
                 Some(why) => left.push(format!("{file}: {why}")),
                 None => failures.push(format!(
                     "{file}: the policies left it unchanged, the webhook stored {:?}",
@@ -491,7 +562,6 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
             ));
         }
     }
-    let seen_by_webhook = w.admissions_in(&ns_both).await - before_both;
     eprintln!(
         "decided by the policies ({}):\n  {}\nleft to the webhook ({}):\n  {}",
         decided.len(),
@@ -518,17 +588,6 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
         "the policies decided only {} pods",
         decided.len()
     );
-    // With `both`, the webhook's registration sends it only what the policies left: every pod
-    // they left, none they wrapped (pods they shared or skipped may go either way).
-    let wrapped_by_policies = decided.iter().filter(|d| d.contains("(inject:")).count();
-    assert!(
-        seen_by_webhook >= left.len() as u64
-            && seen_by_webhook <= (created_in_both - wrapped_by_policies) as u64,
-        "engine both: the webhook answered {seen_by_webhook} of {created_in_both} creates; \
-         {} left to it, {wrapped_by_policies} wrapped by the policies",
-        left.len()
-    );
-
     for name in &mwcs {
         let _ =
             Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
@@ -538,6 +597,14 @@ async fn the_policy_install_stores_what_the_webhook_stores_where_it_decides() {
             .await;
     }
     remove_policies(&client, &policies).await;
+    delivered
+}
+
+/// How many pods the policies gave the reaper with an image volume, and with the init container.
+#[derive(Debug, Default)]
+struct Delivered {
+    image_volume: usize,
+    init_container: usize,
 }
 
 /// Pods that pass Pod Security `restricted` still pass it after the policies mutated them: every
@@ -548,9 +615,16 @@ async fn pods_that_pass_restricted_still_pass_under_the_policies() {
     let Some(cp) = control_plane::shared(module_path!()) else {
         return;
     };
+    // With the init container, and with the image volume (imageVolumes "true").
+    for values in [vec![], vec![V::Str("webhook.imageVolumes", "true")]] {
+        restricted_still_pass(cp, &values).await;
+    }
+}
+
+async fn restricted_still_pass(cp: &ControlPlane, values: &[V<'_>]) {
     let client = cp.client().await;
     let id = unique_name("psa");
-    let policies = install_policies(&client, &render("policy"), &id).await;
+    let policies = install_policies(&client, &render("policy", values), &id).await;
     let restricted = [
         ("pod-security.kubernetes.io/enforce", "restricted"),
         ("pod-security.kubernetes.io/enforce-version", "latest"),
@@ -597,12 +671,12 @@ async fn pods_that_pass_restricted_still_pass_under_the_policies() {
     }
     assert!(
         failures.is_empty(),
-        "restricted pods refused once the policies mutated them:\n{}",
+        "{values:?}: restricted pods refused once the policies mutated them:\n{}",
         failures.join("\n")
     );
     assert!(
         passing >= 2 && mutated >= 1,
-        "{passing} pods pass restricted, {mutated} of them mutated"
+        "{values:?}: {passing} pods pass restricted, {mutated} of them mutated"
     );
     remove_policies(&client, &policies).await;
 }

@@ -59,9 +59,7 @@ matchConditions:
 {{- $install := .Values.webhook.install }}
 variables:
   # The pod's reaper.dev/mode annotation (trimmed, any case) over webhook.defaultMode; a value
-  # that is no mode falls back to the default, as in the webhook. Mode image (an image volume
-  # instead of the init container) is left to the webhook, which knows whether the cluster's
-  # nodes support it.
+  # that is no mode falls back to the default, as in the webhook.
   - name: mode
     expression: >-
       object.metadata.?annotations[?"reaper.dev/mode"].orValue("").trim().lowerAscii()
@@ -94,10 +92,27 @@ variables:
     expression: object.metadata.?annotations[?"reaper.dev/containers"].hasValue()
   - name: only
     expression: object.metadata.?annotations[?"reaper.dev/containers"].orValue("").split(",").map(n, n.trim())
-  # An earlier pass (or a copied manifest) already installed the reaper: convergence with what
-  # is there is the webhook's job.
+  # An earlier pass (or a copied manifest) already installed the reaper, with the init container
+  # or as an image volume (install::find_install, find_image_volume): convergence with what is
+  # there is the webhook's job.
   - name: hasInstall
-    expression: variables.init.exists(c, c.?command.orValue([]) == ["/reaper", "--install", {{ $reaper | quote }}])
+    expression: >-
+      variables.init.exists(c, c.?command.orValue([]) == ["/reaper", "--install", {{ $reaper | quote }}])
+      || object.spec.?volumes.orValue([]).exists(v, has(v.image) && (
+           v.image.?reference.orValue("") == {{ include "reaper.image" (list . .Values.image.reaper) | quote }}
+           || variables.all.exists(c, c.?volumeMounts.orValue([]).exists(m,
+                m.name == v.name && m.mountPath.startsWith({{ $mount | quote }})))))
+  # How the reaper gets into the pod (capability::delivery with no ReaperPolicy): mode image
+  # always mounts the reaper image as an image volume; auto (and share turned into wrapping by
+  # hostPID) does so when webhook.imageVolumes is "true"; otherwise, and with "detect" (which
+  # needs the nodes, that CEL cannot see; docs/engines.md), the reaper-install init container.
+  - name: delivery
+    expression: >-
+      variables.mode == "image"
+      {{- if eq (toString .Values.webhook.imageVolumes) "true" }}
+      || variables.mode == "auto" || variables.mode == "share"
+      {{- end }}
+      ? "image" : "init"
   # What each container of `all` is, as the planner classifies targets (src/webhook/argv.rs):
   #   none      not a target (an init container that is no native sidecar, or filtered out);
   #   lookup    no command: its argv is the image's, which only a registry knows;
@@ -153,10 +168,10 @@ variables:
     expression: >-
       variables.mode == "off" ? "ignore"
       : variables.windows ? "skipped:windows"
-      : variables.mode == "image" ? "webhook"
       : (variables.mode == "share" && !variables.hostPID) || (variables.mode == "auto" && variables.shared) ? "share"
       : variables.hasInstall || variables.classes.exists(k, k == "lookup" || k == "conflict")
-        || size(variables.volumeNames) == 0 || size(variables.installNames) == 0 ? "webhook"
+        || size(variables.volumeNames) == 0
+        || (variables.delivery == "init" && size(variables.installNames) == 0) ? "webhook"
       : variables.classes.all(k, k == "none") ? "skipped:no-targets"
       : !variables.classes.exists(k, k == "wrap" || k == "wrapped") ? "skipped:already-init"
       : "inject"
@@ -240,6 +255,13 @@ Object.spec.volumes{name: variables.volumeNames[0],
   emptyDir: Object.spec.volumes.emptyDir{sizeLimit: {{ .Values.webhook.volumeSizeLimit | toString | quote }}}}
 {{- end }}
 
+{{- /* CEL: the image volume holding the reaper (install::image_volume), mode image. */}}
+{{- define "reaper.admission.imageVolume" -}}
+Object.spec.volumes{name: variables.volumeNames[0],
+  image: Object.spec.volumes.image{
+    reference: {{ include "reaper.image" (list . .Values.image.reaper) | quote }}, pullPolicy: "IfNotPresent"}}
+{{- end }}
+
 {{- /* CEL: the reaper-install init container (install::container), which copies the reaper into
   the volume. Its second mount hides the API token path, so the ServiceAccount plugin gives the
   installer no token. Its resources keep the pod's QoS class (variables.qos). */}}
@@ -279,7 +301,7 @@ Object.spec.initContainers{
 {{- end }}
 
 {{- /* CEL for the webhook registration of engine both: whether the pod, as the policies left it,
-  still needs the webhook. True for mode image, and when a target container (a native sidecar or
+  still needs the webhook: when a target container (a native sidecar or
   a regular container, within reaper.dev/containers) has no command (a registry lookup) or runs
   neither the reaper nor a known init: the policies wrap every container they can, so such a
   container is one they left (a mount at the mount path, a pod wrapped by an earlier pass and
@@ -287,8 +309,7 @@ Object.spec.initContainers{
   usually is, and the webhook leaves it as it is. */}}
 {{- define "reaper.admission.leftToWebhook" -}}
 {{- $reaper := include "reaper.admission.reaperPath" . }}
-object.metadata.?annotations[?"reaper.dev/mode"].orValue("").trim().lowerAscii() == "image"
-|| (object.spec.?initContainers.orValue([]).filter(c, c.?restartPolicy.orValue("") == "Always") + object.spec.containers)
+(object.spec.?initContainers.orValue([]).filter(c, c.?restartPolicy.orValue("") == "Always") + object.spec.containers)
   .exists(c,
     (!object.metadata.?annotations[?"reaper.dev/containers"].hasValue()
       || c.name in object.metadata.annotations["reaper.dev/containers"].split(",").map(n, n.trim()))
