@@ -319,6 +319,24 @@ fn corpora() -> Vec<(String, Value)> {
     out
 }
 
+/// The stored pod as a user would create it again (`kubectl get -o yaml | kubectl create -f -`),
+/// in any namespace.
+fn resubmittable(stored: &Pod) -> Pod {
+    let mut p = stored.clone();
+    let m = &mut p.metadata;
+    if m.generate_name.is_none() {
+        m.generate_name = m.name.as_ref().map(|n| format!("{n}-"));
+    }
+    m.name = None;
+    m.namespace = None;
+    m.uid = None;
+    m.resource_version = None;
+    m.creation_timestamp = None;
+    m.managed_fields = None;
+    p.status = None;
+    p
+}
+
 /// A stored pod without what differs between two creates of the same pod: identity, namespace,
 /// a generated name's suffix, and the ServiceAccount token volume (random suffix).
 fn comparable(p: &Pod) -> Value {
@@ -539,6 +557,16 @@ async fn engines_agree(cp: &ControlPlane, values: &[V<'_>]) -> Delivered {
                     failures.push(format!(
                         "{file}: wrapped by the policies, yet sent to the webhook"
                     ));
+                }
+                // The webhook converges on what the policies did: their pod, created again where
+                // only the webhook mutates, is stored unchanged.
+                match create(&client, &ns_wh, &resubmittable(&by_policy), false).await {
+                    Ok(again) if comparable(&again) == pol => {}
+                    Ok(again) => failures.push(format!(
+                        "{file}: the webhook changed the policies' pod:\n policy  {pol}\n webhook {}",
+                        comparable(&again)
+                    )),
+                    Err(e) => failures.push(format!("{file}: the policies' pod, created again: {e}")),
                 }
                 decided.push(format!(
                     "{file} ({what}){}",
