@@ -14,7 +14,8 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 IMAGE_REPO ?= ghcr.io/reaper-dev
 
 .PHONY: deny build reaper bench-reaper bench-podman tools test unit bench-agent lint fmt crds deploy demo clean bench-webhook bench-registry fuzz fuzz-webhook \
-	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-engines bench-node bench-operator
+	controller-static images shellcheck demo-kind e2e-kind bench-latency bench-engines bench-node bench-operator \
+	release-dry-run
 
 build: reaper
 	$(CARGO) build --bin reaper-controller
@@ -58,6 +59,12 @@ tools:
 test: reaper controller-static tools lint shellcheck
 	$(CARGO) build --bin reaper-controller --example demo
 	$(CARGO) test --workspace --all-targets -- --test-threads=$${TEST_THREADS:-2}
+
+## The release workflow as far as this machine goes (tests/release.rs, also part of `make test`):
+## both images built from source, pushed with the chart (OCI) to a local registry, installed with
+## `helm install oci://...` on the real node, a pod wrapped, `helm test`.
+release-dry-run: reaper controller-static tools
+	$(CARGO) test --test release -- --nocapture
 
 ## Unit tests only (no root, no control plane): the quick loop.
 unit:

@@ -11,3 +11,4 @@ mod registry_hardening;
 mod registry_lookup;
 mod registry_webhook;
 mod webhook_https;
+mod workflows;
