@@ -708,3 +708,56 @@ async fn restricted_still_pass(cp: &ControlPlane, values: &[V<'_>]) {
     );
     remove_policies(&client, &policies).await;
 }
+
+/// The whole chart with `policy` and with `both` is accepted by server-side dry-run apply (the
+/// API server compiles the policies' CEL and the registration's matchCondition), and
+/// `helm install --dry-run=server` prints the NOTES of the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_engine_is_accepted_by_the_api_server_and_explained_by_the_notes() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    for engine in ["policy", "both"] {
+        let ns = cp.ns(&client, "engine-chart").await;
+        let release = unique_name("e");
+        let objs = chart_common::render(&release, &ns, &[V::Set("admission.engine", engine)]);
+        let installed: Vec<Value> = objs
+            .all()
+            .iter()
+            .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "test")
+            .cloned()
+            .collect();
+        let errors = cluster::apply_all(&client, &installed, true).await;
+        assert!(errors.is_empty(), "{engine}: rejected:\n{errors:#?}");
+
+        let kubeconfig = cp.kubeconfig().display().to_string();
+        let chart = chart_common::chart_dir().display().to_string();
+        let out = chart_common::helm_run(&[
+            "install",
+            &release,
+            &chart,
+            "--dry-run=server",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            &ns,
+            "--set",
+            &format!("admission.engine={engine}"),
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        for want in [
+            "Admission: MutatingAdmissionPolicies",
+            "--command -- sleep 3600",
+            "docs/engines.md",
+        ] {
+            assert!(out.contains(want), "{engine}: NOTES lack {want:?}:\n{out}");
+        }
+        assert_eq!(
+            out.contains("Certificates:"),
+            engine == "both",
+            "{engine}: certificate notes:\n{out}"
+        );
+    }
+}
