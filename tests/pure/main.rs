@@ -5,6 +5,7 @@
 //! `cargo test --test pure` runs them all; `cargo test --test pure <suite>::` one suite.
 
 mod agent_fixtures;
+mod compatibility;
 mod docs;
 mod webhook_cluster;
 mod webhook_plan;
