@@ -1,14 +1,18 @@
 //! `make bench-node`: what Reaper costs and saves on a real node (tests/support/node.rs), all
 //! series in one run, interleaved round by round so drift hits each alike:
-//! - create→Running and create→Ready of the same pod unmutated, with a no-op init container added
+//! - create→Running and create→Ready of the same pod unmutated, with an emptyDir mounted (the
+//!   control for what any volume costs: the kubelet's volume manager), with a no-op init container added
 //!   by hand (the control: what one extra container start costs here), in share mode, wrapped with
-//!   a declared command (inject), and wrapped after a registry lookup (auto, warm cache);
+//!   a declared command (inject: the `reaper-install` init container copies the binary), wrapped
+//!   the same way with the reaper image mounted as an image volume (image: no init container),
+//!   and wrapped after a registry lookup (auto, warm cache; on this node the webhook detects image
+//!   volumes, so auto mounts the image too);
 //! - `delete` duration of each series (PID 1 `sleep`, grace period 30 s; a series' pods deleted
 //!   at once, as a rollout or a namespace deletion does);
 //! - the agent's CPU and RSS on the node while 50 pods run.
 //!
 //! Prints a Markdown table and ends with one summary line:
-//! `bench-node: delete-s unmutated=A share=B inject=C auto=D; running-p50-ms unmutated=E noop-init=F share=G inject=H auto=I`
+//! `bench-node: delete-s unmutated=A share=B inject=C image=D auto=E; running-p50-ms unmutated=F volume=G noop-init=H share=I inject=J image=K auto=L`
 //! `BENCH_PODS` sets the pods per series (default 20).
 use reaper_test_support as support;
 
@@ -28,34 +32,42 @@ const AGENT_SAMPLE: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Series {
     Unmutated,
+    /// Unmutated, with an emptyDir mounted: the pod waits for the kubelet's volume manager (it
+    /// polls every 300 ms) as every mutated pod with a volume does (the control for `image`).
+    Volume,
     NoopInit,
     Share,
     Inject,
+    Image,
     Auto,
 }
 
 impl Series {
-    const ALL: [Series; 5] = [
+    const ALL: [Series; 7] = [
         Series::Unmutated,
+        Series::Volume,
         Series::NoopInit,
         Series::Share,
         Series::Inject,
+        Series::Image,
         Series::Auto,
     ];
 
     fn name(self) -> &'static str {
         match self {
             Series::Unmutated => "unmutated",
+            Series::Volume => "volume",
             Series::NoopInit => "noop-init",
             Series::Share => "share",
             Series::Inject => "inject",
+            Series::Image => "image",
             Series::Auto => "auto",
         }
     }
 
     /// Opted-in namespace (the webhook mutates) or not.
     fn opted_in(self) -> bool {
-        !matches!(self, Series::Unmutated | Series::NoopInit)
+        !matches!(self, Series::Unmutated | Series::Volume | Series::NoopInit)
     }
 }
 
@@ -75,6 +87,10 @@ fn pod(series: Series, name: &str, node: &Node) -> Result<Pod> {
     }
     let mut spec = json!({"containers": [app], "terminationGracePeriodSeconds": GRACE_SECONDS,
                           "automountServiceAccountToken": false});
+    if series == Series::Volume {
+        spec["containers"][0]["volumeMounts"] = json!([{"name": "v", "mountPath": "/v"}]);
+        spec["volumes"] = json!([{"name": "v", "emptyDir": {}}]);
+    }
     if series == Series::NoopInit {
         // The same image and shape as the injected installer, doing nothing.
         spec["initContainers"] = json!([{
@@ -86,6 +102,7 @@ fn pod(series: Series, name: &str, node: &Node) -> Result<Pod> {
     let mode = match series {
         Series::Share => Some("share"),
         Series::Inject => Some("inject"),
+        Series::Image => Some("image"),
         Series::Auto => Some("auto"),
         _ => None,
     };
@@ -248,6 +265,19 @@ async fn bench(node: &Node) -> Result<()> {
         let api = Api::<Pod>::namespaced(client.clone(), ns);
         let warm = pod(*s, "warm", node)?;
         create_and_time(&api, &warm, s.opted_in()).await?;
+        let stored = api.get("warm").await?;
+        let spec = stored.spec.unwrap_or_default();
+        let image_volume = spec.volumes.iter().flatten().any(|v| v.image.is_some());
+        let init = spec.init_containers.iter().flatten().count();
+        eprintln!(
+            "bench-node: {} pods: image volume {image_volume}, init containers {init}",
+            s.name()
+        );
+        if *s == Series::Image && (!image_volume || init > 0)
+            || *s == Series::Inject && (image_volume || init != 1)
+        {
+            bail!("{} pods are not wrapped as the series says", s.name());
+        }
     }
     let mut samples: Vec<Vec<Sample>> = Series::ALL.iter().map(|_| Vec::new()).collect();
     eprintln!(
@@ -357,18 +387,49 @@ async fn bench(node: &Node) -> Result<()> {
             deletes[i].last().unwrap().as_secs_f64()
         );
     }
-    let base = running_p50[0];
-    let noop_adds = running_p50[1].saturating_sub(base);
-    let inject_adds = running_p50[3].saturating_sub(base);
+    let at = |s: Series| Series::ALL.iter().position(|x| *x == s).unwrap();
+    let p50 = |s: Series| running_p50[at(s)];
+    let base = p50(Series::Unmutated);
+    let adds = |s: Series| p50(s).saturating_sub(base);
+    let noop_adds = adds(Series::NoopInit);
+    let inject_adds = adds(Series::Inject);
     let ratio = ms(inject_adds) / ms(noop_adds).max(1.0);
     println!(
-        "\nAdded to create→Running p50 over unmutated: no-op init container +{:.0} ms, share +{:.0} ms, \
-         inject +{:.0} ms, auto +{:.0} ms. inject / no-op init = {ratio:.2} (target ≤ 1.10: {}).",
+        "\nAdded to create→Running p50 over unmutated: a volume +{:.0} ms, no-op init container +{:.0} ms, \
+         share +{:.0} ms, inject +{:.0} ms, image +{:.0} ms, auto +{:.0} ms. inject / no-op init = {ratio:.2} \
+         (target ≤ 1.10: {}).",
+        ms(adds(Series::Volume)),
         ms(noop_adds),
-        ms(running_p50[2].saturating_sub(base)),
+        ms(adds(Series::Share)),
         ms(inject_adds),
-        ms(running_p50[4].saturating_sub(base)),
+        ms(adds(Series::Image)),
+        ms(adds(Series::Auto)),
         if ratio <= 1.10 { "met" } else { "NOT met" }
+    );
+    println!("\n| series | create→Running p50 / unmutated |\n|---|---|");
+    for (i, s) in Series::ALL.iter().enumerate() {
+        println!(
+            "| {} | {:.2} |",
+            s.name(),
+            ms(running_p50[i]) / ms(base).max(1.0)
+        );
+    }
+    // Image volumes: what the image-volume wrap adds, against what the init container adds; and
+    // the same over the pod with a volume (what any volume costs at the kubelet here).
+    let image_share = ms(adds(Series::Image)) / ms(inject_adds).max(1.0);
+    let over_volume = |s: Series| p50(s).saturating_sub(p50(Series::Volume));
+    let image_share_vol = ms(over_volume(Series::Image)) / ms(over_volume(Series::Inject)).max(1.0);
+    let met = |r: f64| if r <= 1.0 / 3.0 { "met" } else { "NOT met" };
+    println!(
+        "image adds {:.0} ms, inject (init container) adds {:.0} ms: image / inject = {image_share:.2} \
+         (target ≤ 0.33: {}). Over the pod with a volume: image +{:.0} ms, inject +{:.0} ms, ratio \
+         {image_share_vol:.2} ({}).",
+        ms(adds(Series::Image)),
+        ms(inject_adds),
+        met(image_share),
+        ms(over_volume(Series::Image)),
+        ms(over_volume(Series::Inject)),
+        met(image_share_vol)
     );
     println!(
         "Agent with {LOAD_PODS} pods running ({processes} processes in them, 25 pods holding 5 zombies each), \
@@ -378,19 +439,23 @@ async fn bench(node: &Node) -> Result<()> {
         rss,
         peak_rss
     );
-    let d = |i: usize| percentile(&deletes[i], 0.5).as_secs_f64();
+    let d = |s: Series| percentile(&deletes[at(s)], 0.5).as_secs_f64();
+    let r = |s: Series| ms(p50(s));
     println!(
-        "bench-node: delete-s unmutated={:.2} share={:.2} inject={:.2} auto={:.2}; running-p50-ms \
-         unmutated={:.0} noop-init={:.0} share={:.0} inject={:.0} auto={:.0}",
-        d(0),
-        d(2),
-        d(3),
-        d(4),
-        ms(running_p50[0]),
-        ms(running_p50[1]),
-        ms(running_p50[2]),
-        ms(running_p50[3]),
-        ms(running_p50[4])
+        "bench-node: delete-s unmutated={:.2} share={:.2} inject={:.2} image={:.2} auto={:.2}; \
+         running-p50-ms unmutated={:.0} volume={:.0} noop-init={:.0} share={:.0} inject={:.0} image={:.0} auto={:.0}",
+        d(Series::Unmutated),
+        d(Series::Share),
+        d(Series::Inject),
+        d(Series::Image),
+        d(Series::Auto),
+        r(Series::Unmutated),
+        r(Series::Volume),
+        r(Series::NoopInit),
+        r(Series::Share),
+        r(Series::Inject),
+        r(Series::Image),
+        r(Series::Auto)
     );
     for ns in namespaces {
         let _ = Api::<Namespace>::all(client.clone())

@@ -335,6 +335,57 @@ spec:
         );
     }
 
+    /// Offline there is no cluster to ask: `auto` keeps the init container unless
+    /// `--image-volumes` says the target runs image volumes; mode `image` mounts the image anyway.
+    #[test]
+    fn image_volumes_only_when_asked() {
+        let pod = |annotations: &str| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: p{annotations}}}\nspec:\n  containers:\n  - {{name: a, image: busybox, command: [sleep, '1']}}\n"
+            )
+        };
+        let delivery = |out: &str| {
+            let v: Value = serde_json::to_value(
+                yaml_serde::from_str::<yaml_serde::Value>(out.trim_start_matches("---\n")).unwrap(),
+            )
+            .unwrap();
+            let image = v["spec"]["volumes"][0]["image"]["reference"].clone();
+            let init = v["spec"]["initContainers"][0]["name"].clone();
+            (image, init)
+        };
+        let args = |flags: &[&str]| {
+            let mut argv = vec![
+                "inject",
+                "--reaper-image",
+                "ghcr.io/reaper-dev/reaper:0.1.0",
+            ];
+            argv.extend_from_slice(flags);
+            let args: Args = crate::component::parse_flags(&argv[1..]).unwrap();
+            options(&args, Vec::new()).unwrap()
+        };
+        let image = json!("ghcr.io/reaper-dev/reaper:0.1.0");
+        for (flags, annotations, want) in [
+            (&[][..], "", (Value::Null, json!("reaper-install"))),
+            (&["--image-volumes"][..], "", (image.clone(), Value::Null)),
+            (
+                &["--image-volumes=false"][..],
+                ", annotations: {reaper.dev/mode: image}",
+                (image.clone(), Value::Null),
+            ),
+            (
+                &["--default-mode", "image"][..],
+                "",
+                (image.clone(), Value::Null),
+            ),
+        ] {
+            let (out, notes) = inject_stream(&pod(annotations), &args(flags)).unwrap();
+            assert_eq!(notes[0].outcome, "inject:a", "{flags:?}");
+            assert_eq!(delivery(&out), want, "{flags:?} {annotations}");
+            // A fixed point either way.
+            assert_eq!(inject_stream(&out, &args(flags)).unwrap().0, out);
+        }
+    }
+
     #[test]
     fn output_is_a_fixed_point() {
         let input = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n  - {name: a, image: busybox, command: [sleep, '1']}\n";

@@ -526,6 +526,9 @@ resolvConf: /etc/resolv.conf
 clusterDomain: cluster.local
 # The default (-999) needs CAP_SYS_RESOURCE, which root lacks here.
 oomScoreAdj: 0
+# One node runs everything (`make bench-node` keeps 6 series of 21 pods at once); the pod subnet
+# is a /24.
+maxPods: 200
 "#,
             sock = sock.display(),
             ip = NODE_IP,
