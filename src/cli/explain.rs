@@ -466,6 +466,50 @@ mod tests {
         );
     }
 
+    /// Mode image, and auto where image volumes are supported: the same wrap, the patch mounts
+    /// the reaper image instead of adding the installer.
+    #[test]
+    fn image_volume_wraps_show_in_the_patch() {
+        let l = labels(true);
+        let scope = Scope {
+            namespace: "shop",
+            namespace_labels: &l,
+        };
+        for (annotations, supported) in [
+            (json!({keys::ANNOTATION_MODE: "image"}), false),
+            (json!({}), true),
+        ] {
+            let p = pod(
+                json!({"metadata": {"name": "p", "annotations": annotations},
+                "spec": {"containers": [{"name": "a", "image": "busybox", "command": ["sleep", "3600"]}]}}),
+            );
+            let mut cfg = decide::Config::new("r:1");
+            cfg.image_volumes = crate::webhook::capability::Support::fixed(supported);
+            let e = explain(
+                "Pod/p",
+                &p,
+                scope,
+                &PolicySet::default(),
+                &ImageIndex::default(),
+                &cfg,
+            );
+            assert_eq!(e.outcome, "inject:a");
+            let ops = e.patch.as_array().unwrap();
+            let volume = ops.iter().find(|o| o["path"] == "/spec/volumes").unwrap();
+            assert_eq!(volume["value"][0]["image"]["reference"], "r:1", "{ops:?}");
+            assert!(!ops.iter().any(|o| {
+                o["path"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("/spec/initContainers")
+            }));
+            assert_eq!(
+                e.containers[0].wrapped.as_deref().unwrap(),
+                ["/.reaper/reaper", "--", "sleep", "3600"]
+            );
+        }
+    }
+
     #[test]
     fn a_namespace_not_opted_in_is_said_so_and_the_pod_is_ignored() {
         let p = pod(json!({"metadata": {"name": "p"}, "spec": {"containers": [

@@ -51,7 +51,8 @@ pub struct Args {
     pub tls_key: PathBuf,
     #[command(flatten)]
     pub admin: crate::component::AdminArgs,
-    /// Image whose `/reaper` is the static init, copied into pods by the injected init container.
+    /// Image whose `/reaper` is the static init: copied into pods by the injected init container
+    /// (`inject`), or mounted read-only as an image volume (`image`, and `auto` where supported).
     #[arg(long, env = "REAPER_REAPER_IMAGE")]
     pub reaper_image: String,
     /// Where wrapped containers see the reaper binary (`<mount-path>/reaper`).
