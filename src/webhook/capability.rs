@@ -285,13 +285,14 @@ pub const SERVER_RECHECK: std::time::Duration = std::time::Duration::from_secs(6
 
 /// The webhook's detection: server facts at start and every [`SERVER_RECHECK`], and a watch of
 /// the nodes (only their names and versions are kept); `support` follows every change (logged
-/// with the reason when unsupported).
+/// with the reason when unsupported), and `on_change` hears each new answer.
 pub fn detect(
     client: kube::Client,
     namespace: Option<String>,
     image: String,
     support: Support,
     tasks: &crate::component::Tasks,
+    on_change: impl Fn(bool) + Send + 'static,
 ) {
     use futures::StreamExt;
     use kube::runtime::{WatchStreamExt, watcher};
@@ -365,6 +366,7 @@ pub fn detect(
                     ),
                 }
                 support.set(verdict.is_ok());
+                on_change(verdict.is_ok());
                 last = Some(verdict);
             }
         }

@@ -386,14 +386,19 @@ async fn serve(
     match (args.image_volumes, &client) {
         (capability::Setting::True, _) => {
             config.image_volumes.set(true);
+            wm.set_image_volumes(true);
         }
-        (capability::Setting::Detect, Some(client)) if cluster_mode => capability::detect(
-            client.clone(),
-            own_namespace.clone(),
-            config.reaper_image.clone(),
-            config.image_volumes.clone(),
-            &tasks,
-        ),
+        (capability::Setting::Detect, Some(client)) if cluster_mode => {
+            let m = wm.clone();
+            capability::detect(
+                client.clone(),
+                own_namespace.clone(),
+                config.reaper_image.clone(),
+                config.image_volumes.clone(),
+                &tasks,
+                move |supported| m.set_image_volumes(supported),
+            )
+        }
         (capability::Setting::Detect, _) => tracing::info!(
             "image volumes: no detection in --policies mode; auto uses the init container (--image-volumes=true to change)"
         ),

@@ -117,6 +117,7 @@ pub struct WebhookMetrics {
     cert_reloads: Family<ResultLabel, Counter>,
     cert_expiry: Gauge,
     policies: Gauge,
+    image_volumes: Gauge,
     connections_refused: Counter,
 }
 
@@ -133,6 +134,7 @@ impl WebhookMetrics {
             cert_reloads: Family::default(),
             cert_expiry: Gauge::default(),
             policies: Gauge::default(),
+            image_volumes: Gauge::default(),
             connections_refused: Counter::default(),
         };
         metrics.register(|r| {
@@ -167,6 +169,11 @@ impl WebhookMetrics {
                 m.policies.clone(),
             );
             r.register(
+                "reaper_webhook_image_volumes_supported",
+                "1 when auto mounts the reaper image as an image volume (--image-volumes detected or true), else 0",
+                m.image_volumes.clone(),
+            );
+            r.register(
                 "reaper_webhook_connections_refused",
                 "Connections closed on accept because --max-connections were open",
                 m.connections_refused.clone(),
@@ -198,6 +205,11 @@ impl WebhookMetrics {
 
     pub fn set_policies(&self, n: usize) {
         self.policies.set(n as i64);
+    }
+
+    /// Whether `auto` uses image volumes now (see `super::capability`).
+    pub fn set_image_volumes(&self, supported: bool) {
+        self.image_volumes.set(i64::from(supported));
     }
 
     /// Count an Event's fate (`sent`, `error`, `suppressed`, `dropped`).

@@ -318,6 +318,16 @@ async fn webhook_works_as_its_chart_service_account() {
     // Its detection ran with the chart's RBAC (nodes watched, the dry-run answered) and, with no
     // node that runs image volumes here, left auto on the init container.
     wait_for_log(&log, "image volumes not supported").await;
+    let metrics = reqwest::get(format!("http://127.0.0.1:{admin_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("reaper_webhook_image_volumes_supported 0"),
+        "{metrics}"
+    );
     assert_no_403("webhook", &log);
     Api::<k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration>::all(
         admin.clone(),
