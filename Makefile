@@ -92,11 +92,12 @@ fmt:
 	$(CARGO) fmt --all
 
 ## Regenerate crds/ (one <plural>.<group>.yaml per CRD) from the Rust types.
-## The chart carries the same files (charts/reaper/crds/; a test fails when they differ).
+## The chart carries the same files (charts/reaper/files/crds/, rendered by templates/crds.yaml;
+## a test fails when they differ).
 crds:
-	rm -f crds/*.yaml charts/reaper/crds/*.yaml
+	rm -f crds/*.yaml charts/reaper/files/crds/*.yaml
 	$(CARGO) run -q --bin reaper-controller -- crds --dir crds
-	cp crds/*.yaml charts/reaper/crds/
+	cp crds/*.yaml charts/reaper/files/crds/
 
 ## Regenerate docs/reference/ (CLI, contracts, chart values) from the code; a test fails when stale.
 .PHONY: docs

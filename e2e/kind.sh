@@ -71,8 +71,7 @@ for target in reaper controller; do
   kind load docker-image "$image" --name "$cluster"
 done
 
-log "chart into $ns"
-kubectl apply --server-side -f charts/reaper/crds/
+log "chart into $ns (with its CRDs: templates, upgraded by helm upgrade)"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f -
 # The agent's hostPID needs the privileged Pod Security level (see NOTES.txt).
 kubectl label namespace "$ns" pod-security.kubernetes.io/enforce=privileged --overwrite

@@ -6,6 +6,7 @@
 mod admission_policy;
 mod agent;
 mod chart;
+mod chart_crds;
 mod cli;
 mod crds;
 mod demo;

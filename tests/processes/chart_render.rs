@@ -86,6 +86,7 @@ fn renders_for_default_values_and_every_certs_mode() {
                         | "MutatingWebhookConfiguration"
                         | "ValidatingAdmissionPolicy"
                         | "ValidatingAdmissionPolicyBinding"
+                        | "CustomResourceDefinition"
                 )
             );
             assert_eq!(
@@ -865,10 +866,11 @@ fn service_monitor_is_optional_and_scrapes_all_three() {
     assert_eq!(components, ["agent", "operator", "webhook"]);
 }
 
-/// charts/reaper/crds/ holds the generated CRDs (`make crds` writes both places).
+/// charts/reaper/files/crds/ holds the generated CRDs (`make crds` writes both places), which
+/// templates/crds.yaml renders.
 #[test]
 fn chart_crds_match_the_rust_types() {
-    let dir = chart_common::chart_dir().join("crds");
+    let dir = chart_common::chart_dir().join("files/crds");
     let want = reaper::crd::render_files().unwrap();
     let mut have: Vec<String> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e} (run `make crds`)", dir.display()))
@@ -893,6 +895,42 @@ fn chart_crds_match_the_rust_types() {
     }
 }
 
+/// The CRDs are templates: by default both render, equal to the Rust types apart from the
+/// release's labels and Helm's keep policy; `crds.keep=false` drops the policy and
+/// `crds.enabled=false` the CRDs.
+#[test]
+fn crds_render_as_templates_with_labels_and_keep() {
+    let want: Vec<Value> = reaper::crd::all()
+        .iter()
+        .map(|c| serde_json::to_value(c).unwrap())
+        .collect();
+    let crds = |values: &[V<'_>]| -> Vec<Value> {
+        render("r", "reaper-system", values)
+            .of_kind("CustomResourceDefinition")
+            .into_iter()
+            .cloned()
+            .collect()
+    };
+    let got = crds(&[]);
+    assert_eq!(got.len(), want.len());
+    for (mut crd, want) in got.into_iter().zip(want) {
+        let meta = crd["metadata"].as_object_mut().unwrap();
+        let labels = meta.remove("labels").unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "r");
+        assert_eq!(labels["app.kubernetes.io/part-of"], "reaper");
+        let annotations = meta.remove("annotations").unwrap();
+        assert_eq!(
+            annotations,
+            serde_json::json!({"helm.sh/resource-policy": "keep"})
+        );
+        assert_eq!(crd, want, "a rendered CRD differs from the Rust types");
+    }
+    for crd in crds(&[V::Set("crds.keep", "false")]) {
+        assert!(crd["metadata"].get("annotations").is_none(), "{crd}");
+    }
+    assert!(crds(&[V::Set("crds.enabled", "false")]).is_empty());
+}
+
 /// deploy/reaper.yaml is what `make deploy` (deploy/render.sh) prints now.
 #[test]
 fn deploy_manifest_is_up_to_date() {
@@ -912,13 +950,14 @@ fn deploy_manifest_is_up_to_date() {
         fresh == committed,
         "deploy/reaper.yaml is stale: run `make deploy` and commit it"
     );
-    // It is the default rendering (without `helm test`'s objects) plus the Namespace, labelled
-    // for the agent's hostPID.
+    // It is the default rendering (without `helm test`'s objects and the CRDs, which are
+    // crds/) plus the Namespace, labelled for the agent's hostPID.
     let objs = chart_common::parse_stream(&committed);
     let installed = default_render()
         .all()
         .iter()
         .filter(|o| o["metadata"]["annotations"]["helm.sh/hook"] != "test")
+        .filter(|o| o["kind"] != "CustomResourceDefinition")
         .count();
     assert_eq!(objs.len(), installed + 1);
     let ns = &objs[0];
@@ -1166,7 +1205,7 @@ fn artifact_hub_metadata_matches_the_chart() {
         .iter()
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect();
-    let files: BTreeSet<String> = std::fs::read_dir(dir.join("crds"))
+    let files: BTreeSet<String> = std::fs::read_dir(dir.join("files/crds"))
         .unwrap()
         .map(|e| {
             e.unwrap()

@@ -137,3 +137,14 @@ readinessProbe:
 {{- $v := .Values.operator.policyReports -}}
 {{- if or (kindIs "bool" $v) (not $v) -}}off{{- else -}}{{ $v }}{{- end -}}
 {{- end }}
+
+{{/* What the chart adds to each CRD's metadata (templates/crds.yaml): the release's labels and,
+with crds.keep, Helm's keep policy. */}}
+{{- define "reaper.crdMetadata" -}}
+  {{- if .Values.crds.keep }}
+  annotations:
+    helm.sh/resource-policy: keep
+  {{- end }}
+  labels:
+    {{- include "reaper.labels" . | nindent 4 }}
+{{- end }}
