@@ -277,8 +277,8 @@ build_promtool() {
     build_cached promtool "$dir" "$ldflags" "$PROMETHEUS_VERSION" promtool -- github.com/prometheus/prometheus/cmd/promtool
 }
 
-# actionlint lints the workflows in .github/workflows (tests/processes/release.rs), running
-# shellcheck on their `run:` scripts.
+# actionlint lints the workflows in .github/workflows (tests/processes/workflows.rs) and runs
+# ShellCheck on their `run:` scripts.
 build_actionlint() {
   local dir=$here/actionlint have
   have=$(required "$dir" github.com/rhysd/actionlint)
