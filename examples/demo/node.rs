@@ -152,7 +152,7 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
     let protected = create_mutated(&pods, &sample_pod("protected", image)?).await?;
     let spec = protected.spec.clone().unwrap_or_default();
     println!(
-        "   protected: reaper.dev/injected={}, init containers {:?}, command {:?}",
+        "   protected: reaper.dev/injected={}, init containers {:?}, image volumes {:?}, command {:?}",
         protected
             .annotations()
             .get("reaper.dev/injected")
@@ -161,6 +161,13 @@ async fn show(node: &Node, began: Instant) -> Result<()> {
             .iter()
             .flatten()
             .map(|c| c.name.as_str())
+            .collect::<Vec<_>>(),
+        // `auto` mounts the reaper image where the node runs image volumes (this one does),
+        // else copies it in with the reaper-install init container.
+        spec.volumes
+            .iter()
+            .flatten()
+            .filter_map(|v| v.image.as_ref()?.reference.as_deref())
             .collect::<Vec<_>>(),
         spec.containers[0].command.clone().unwrap_or_default()
     );

@@ -97,7 +97,9 @@ fn make_demo_runs_on_the_node_and_exits_0() {
             "containerd://",
             "== 2. helm install",
             "reaper-webhook-",
-            "protected: reaper.dev/injected=inject:app, init containers [\"reaper-install\"]",
+            // The node runs image volumes, so `auto` mounts the reaper image (no init container).
+            "protected: reaper.dev/injected=inject:app, init containers [], image volumes [\"",
+            "/reaper-dev/reaper:",
             "unprotected: 5 zombies   protected: 0 zombies",
             "protectedPods: 1",
             "unprotectedPods: 1",
