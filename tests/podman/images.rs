@@ -417,12 +417,16 @@ fn controller_in_the_image_reaches_the_api_server_by_ip_dns_and_hosts() {
         let rbac: Vec<_> = cluster::rbac(objs.all())
             .into_iter()
             .filter(|o| {
-                o["metadata"]["name"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with("-webhook"))
+                o["metadata"]["name"].as_str().is_some_and(|n| {
+                    n.ends_with("-webhook") || n.ends_with("-webhook-image-volume-probe")
+                })
             })
             .collect();
-        assert_eq!(rbac.len(), 3, "SA, ClusterRole, ClusterRoleBinding");
+        assert_eq!(
+            rbac.len(),
+            5,
+            "SA, ClusterRole, ClusterRoleBinding, and the image-volume probe's Role and RoleBinding"
+        );
         let errors = cluster::apply_all(&client, &rbac, false).await;
         assert!(errors.is_empty(), "{errors:#?}");
         let sa = format!("{release}-reaper-webhook");
