@@ -533,3 +533,77 @@ async fn s6_upgrade_and_uninstall_leave_running_pods_alone() {
     chart.install(node, &env.client, &[]).await;
     env.delete_namespace(&ns).await;
 }
+
+/// The MutatingAdmissionPolicy install (#17, `admission.engine=policy`: no webhook at all) on the
+/// real kubelet: the seed's scenarios for the pods the policies can decide (opted-in namespace,
+/// containers that declare `command`) — share and inject pods stop in under 3 s where the
+/// unprotected control waits out its grace period, and a PID 1 that leaves orphans keeps none as
+/// zombies while its opted-out copy does. Pods that need a registry lookup (the `auto` case
+/// without `command`) are the webhook's, so the scenario leaves them out.
+#[tokio::test]
+async fn s12_policy_engine_runs_the_scenarios_it_can_decide() {
+    use futures::FutureExt;
+    let Some(node) = ready().await else { return };
+    let _w = RELEASE.write().await;
+    let env = env(node).await;
+    let chart = Chart::default();
+    let outcome = std::panic::AssertUnwindSafe(async {
+        chart.helm_upgrade(node, &[("admission.engine", "policy")], true);
+        let webhooks: Api<
+            k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
+        > = Api::all(env.client.clone());
+        assert!(
+            webhooks
+                .list(&ListParams::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty(),
+            "engine policy left a webhook registered"
+        );
+        // A new policy takes effect a moment after it is stored: wait until a dry-run create in
+        // an opted-in namespace comes back wrapped (no webhook is left to do it).
+        let probe_ns = env.namespace("e2e-policy-probe", &[]).await;
+        let probe = restricted_pod("probe", &env.image, Some(&["sleep", "1"]), &[], &[]);
+        let pods = env.pods(&probe_ns);
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+        wait_for(
+            Duration::from_secs(60),
+            "the admission policies wrap a dry-run pod",
+            || async {
+                let stored = pods.create(&dry_run, &probe).await.ok()?;
+                injected(&stored).filter(|i| i.starts_with("inject:"))
+            },
+        )
+        .await;
+        let without_lookups = e2e_scenarios::Env {
+            entrypoint_image: None,
+            ..env.clone()
+        };
+        let times = e2e_scenarios::stop_latency(&without_lookups).await;
+        e2e_scenarios::orphans_are_reaped_only_when_protected(&without_lookups).await;
+        eprintln!(
+            "policy engine on the node: delete unprotected {:.2} s, share {:.2} s, inject {:.2} s",
+            times.unprotected.as_secs_f64(),
+            times.share.as_secs_f64(),
+            times.inject.as_secs_f64()
+        );
+        env.delete_namespace(&probe_ns).await;
+    })
+    .catch_unwind()
+    .await;
+    if outcome.is_err() {
+        eprintln!(
+            "--- scenario failed; node diagnostics:\n{}",
+            node.diagnose(&[])
+        );
+    }
+    // Back to the webhook the other scenarios expect.
+    chart.install(node, &env.client, &[]).await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
