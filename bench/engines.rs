@@ -21,27 +21,21 @@
 //! and their ratios; nothing is asserted (target: the policy install adds at most 1 ms at p50).
 //!
 //! `ENGINE_PODS` (default 300) creations per series.
+use reaper_test_support::chart::local::{self, LocalWebhook};
 use reaper_test_support::chart::{self as chart_common, V, cluster};
-use reaper_test_support::control_plane;
+use reaper_test_support::control_plane::{ControlPlane, reaper_controller_bin, unique_name};
+use reaper_test_support::stats::{ms, percentile};
 
 use anyhow::{Context, Result, bail};
-use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, unique_name};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
-use serde_json::{Value, json};
-use std::path::PathBuf;
+use serde_json::json;
 use std::time::{Duration, Instant};
 
 const WARMUP: usize = 30;
 const RELEASE_NS: &str = "reaper-system";
 const LABEL: &str = "reaper.dev/bench-engine";
-
-fn webhook_bin() -> PathBuf {
-    std::env::var_os("REAPER_CONTROLLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| control_plane::repo_root().join("target/debug/reaper-controller"))
-}
 
 fn render(engine: &str) -> chart_common::Objects {
     chart_common::render("r", RELEASE_NS, &[V::Set("admission.engine", engine)])
@@ -76,80 +70,16 @@ async fn create(api: &Api<Pod>) -> Result<(Duration, bool)> {
     Ok((took, wrapped))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn scope(selector: &mut Value, id: &str) {
-    if !selector["matchLabels"].is_object() {
-        selector["matchLabels"] = json!({});
-    }
-    selector["matchLabels"][LABEL] = json!(id);
-}
-
-/// The chart's webhook with the args of its rendered Deployment; (process, port, CA).
-async fn start_webhook(
-    cp: &ControlPlane,
-    objs: &chart_common::Objects,
-) -> Result<(ChildGuard, u16, String)> {
-    let bin = webhook_bin();
+/// The chart's webhook running here (its Deployment's args, logging at warn).
+async fn start_webhook(cp: &ControlPlane, objs: &chart_common::Objects) -> Result<LocalWebhook> {
+    let bin = reaper_controller_bin();
     if !bin.is_file() {
         bail!(
             "{} is missing: `cargo build --bin reaper-controller` (or set REAPER_CONTROLLER_BIN)",
             bin.display()
         );
     }
-    let dir = cp.dir().join(unique_name("engines"));
-    std::fs::create_dir_all(&dir)?;
-    let ca = TestCa::new("engines bench CA");
-    let pair = ca.issue_server(&["127.0.0.1"]);
-    std::fs::write(dir.join("tls.crt"), &pair.cert_pem)?;
-    std::fs::write(dir.join("tls.key"), &pair.key_pem)?;
-    let (port, admin) = (free_port(), free_port());
-    let deployment = objs
-        .of_kind("Deployment")
-        .into_iter()
-        .find(|d| {
-            d["metadata"]["name"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("-webhook"))
-        })
-        .context("no webhook Deployment rendered")?;
-    let args: Vec<String> =
-        chart_common::strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"])
-            .into_iter()
-            .map(|a| match a.split_once('=').map(|(k, _)| k) {
-                Some("--listen") => format!("--listen=127.0.0.1:{port}"),
-                Some("--admin-listen") => format!("--admin-listen=127.0.0.1:{admin}"),
-                Some("--tls-cert") => format!("--tls-cert={}", dir.join("tls.crt").display()),
-                Some("--tls-key") => format!("--tls-key={}", dir.join("tls.key").display()),
-                Some("--log-level") => "--log-level=warn".to_string(),
-                _ => a,
-            })
-            .collect();
-    let mut cmd = cp.command(&bin);
-    cmd.args(&args)
-        .env("POD_NAMESPACE", RELEASE_NS)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("webhook.log"))?);
-    let child = ChildGuard::spawn(&mut cmd).context("spawning the webhook")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let url = format!("http://127.0.0.1:{admin}/readyz");
-    while !reqwest::get(&url).await.is_ok_and(|r| r.status() == 200) {
-        if Instant::now() > deadline {
-            bail!(
-                "webhook not ready within 60 s: {}",
-                std::fs::read_to_string(dir.join("webhook.log"))?
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    Ok((child, port, ca.cert_pem()))
+    Ok(LocalWebhook::start(cp, objs, RELEASE_NS, &["--log-level=warn"]).await)
 }
 
 /// The rendered webhook registration, by URL, for namespaces labelled `id`.
@@ -157,18 +87,9 @@ async fn register(
     client: &Client,
     objs: &chart_common::Objects,
     id: &str,
-    port: u16,
-    ca_pem: &str,
+    w: &LocalWebhook,
 ) -> Result<()> {
-    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
-    mwc["metadata"] = json!({"name": id});
-    for hook in mwc["webhooks"].as_array_mut().unwrap() {
-        hook["clientConfig"] = json!({
-            "url": format!("https://127.0.0.1:{port}/mutate"),
-            "caBundle": k8s_openapi::ByteString(ca_pem.as_bytes().to_vec()),
-        });
-        scope(&mut hook["namespaceSelector"], id);
-    }
+    let mwc = local::registration(objs, id, w, LABEL, id);
     cluster::apply(client, &mwc, false)
         .await
         .map_err(anyhow::Error::msg)?;
@@ -177,21 +98,10 @@ async fn register(
 
 /// The rendered policies and bindings, renamed `<name>-<id>`, for namespaces labelled `id`.
 async fn install_policies(client: &Client, objs: &chart_common::Objects, id: &str) -> Result<()> {
-    for kind in ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] {
-        for p in objs.of_kind(kind) {
-            let mut p = p.clone();
-            let name = format!("{}-{id}", p["metadata"]["name"].as_str().unwrap());
-            p["metadata"]["name"] = json!(name);
-            if kind == "MutatingAdmissionPolicy" {
-                scope(&mut p["spec"]["matchConstraints"]["namespaceSelector"], id);
-            } else {
-                let policy = format!("{}-{id}", p["spec"]["policyName"].as_str().unwrap());
-                p["spec"]["policyName"] = json!(policy);
-            }
-            cluster::apply(client, &p, false)
-                .await
-                .map_err(anyhow::Error::msg)?;
-        }
+    for p in local::policies(objs, LABEL, id) {
+        cluster::apply(client, &p, false)
+            .await
+            .map_err(anyhow::Error::msg)?;
     }
     Ok(())
 }
@@ -235,13 +145,13 @@ async fn main() -> Result<()> {
     cp.install_crds(&client).await;
 
     let webhook_objs = render("webhook");
-    let (_webhook, port, ca) = start_webhook(&cp, &webhook_objs).await?;
+    let webhook = start_webhook(&cp, &webhook_objs).await?;
     let (wh, pol, both) = (unique_name("wh"), unique_name("pol"), unique_name("both"));
-    register(&client, &webhook_objs, &wh, port, &ca).await?;
+    register(&client, &webhook_objs, &wh, &webhook).await?;
     install_policies(&client, &render("policy"), &pol).await?;
     let both_objs = render("both");
     install_policies(&client, &both_objs, &both).await?;
-    register(&client, &both_objs, &both, port, &ca).await?;
+    register(&client, &both_objs, &both, &webhook).await?;
 
     let floor = unique_name("floor");
     install_floor(&client, &floor).await?;
@@ -307,7 +217,7 @@ async fn main() -> Result<()> {
     println!(
         "pod create through kube-apiserver, {n} pods per series (warm: {WARMUP} each before), \
          webhook {}",
-        webhook_bin().display()
+        reaper_controller_bin().display()
     );
     println!(
         "{:<10}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}{:>11}",

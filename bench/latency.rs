@@ -12,6 +12,7 @@
 //!
 //! `LATENCY_PODS` (default 300) creations per side.
 use reaper_test_support::control_plane;
+use reaper_test_support::stats::{ms, percentile};
 
 use anyhow::{Context, Result, bail};
 use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, unique_name};
@@ -20,16 +21,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 const WARMUP: usize = 30;
-
-fn webhook_bin() -> PathBuf {
-    std::env::var_os("REAPER_CONTROLLER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| control_plane::repo_root().join("target/debug/reaper-controller"))
-}
 
 fn pod(name: &str, off: bool) -> Pod {
     let annotations = if off {
@@ -66,15 +60,6 @@ async fn create(api: &Api<Pod>, off: bool) -> Result<(Duration, bool)> {
     ))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
 /// The webhook's own `reaper_webhook_request_duration_seconds` (sum, count) from its /metrics.
 async fn handler_time(admin: u16) -> Result<(f64, f64)> {
     let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
@@ -104,7 +89,7 @@ async fn start_webhook(cp: &ControlPlane, client: &Client) -> Result<(ChildGuard
     std::fs::write(dir.join("tls.crt"), &pair.cert_pem)?;
     std::fs::write(dir.join("tls.key"), &pair.key_pem)?;
     let (port, admin) = (free_port(), free_port());
-    let bin = webhook_bin();
+    let bin = control_plane::reaper_controller_bin();
     if !bin.is_file() {
         bail!(
             "{} is missing: `cargo build --bin reaper-controller` (or set REAPER_CONTROLLER_BIN)",
@@ -230,7 +215,7 @@ async fn main() -> Result<()> {
     c.sort();
     println!(
         "pod create through kube-apiserver, {n} pods each (warm: {WARMUP} each before), webhook {}",
-        webhook_bin().display()
+        control_plane::reaper_controller_bin().display()
     );
     println!(
         "{:<16}{:>10}{:>10}{:>10}{:>10}{:>10}",

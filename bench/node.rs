@@ -15,6 +15,7 @@
 //! `bench-node: delete-s unmutated=A share=B inject=C image=D auto=E; running-p50-ms unmutated=F volume=G noop-init=H share=I inject=J image=K auto=L`
 //! `BENCH_PODS` sets the pods per series (default 20).
 use reaper_test_support as support;
+use reaper_test_support::stats::{ms, percentile};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -179,15 +180,6 @@ fn jitter(max: Duration) -> Duration {
     use std::hash::{BuildHasher, RandomState};
     let r = RandomState::new().hash_one(Instant::now());
     Duration::from_nanos(r % max.as_nanos().max(1) as u64)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 async fn namespace(client: &Client, name: &str, opted_in: bool) -> Result<()> {

@@ -22,10 +22,9 @@ use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use support::chart::local::{self, LocalWebhook};
 use support::chart::{self as chart_common, V, cluster};
-use support::control_plane::{
-    self, ChildGuard, ControlPlane, TestCa, reaper_controller_bin, unique_name,
-};
+use support::control_plane::{self, ControlPlane, unique_name};
 
 /// Namespace label that scopes one install of a test.
 const TEST_LABEL: &str = "reaper.dev/test-engine";
@@ -39,83 +38,17 @@ fn render(engine: &str, extra: &[V<'_>]) -> chart_common::Objects {
     chart_common::render("r", RELEASE_NS, &values)
 }
 
-/// The chart's webhook, running here.
-struct ChartWebhook {
-    _child: ChildGuard,
-    admin: u16,
-    port: u16,
-    ca_pem: String,
-    log: PathBuf,
-}
+/// The chart's webhook running here, and what it counted.
+struct ChartWebhook(LocalWebhook);
 
 impl ChartWebhook {
-    /// `reaper-controller` with the args of the rendered webhook Deployment (listen addresses and
-    /// certificate paths replaced).
     async fn start(cp: &ControlPlane, client: &Client, objs: &chart_common::Objects) -> Self {
         cp.install_crds(client).await;
-        let deployment = objs
-            .of_kind("Deployment")
-            .into_iter()
-            .find(|d| {
-                d["metadata"]["name"]
-                    .as_str()
-                    .unwrap()
-                    .ends_with("-webhook")
-            })
-            .expect("the webhook Deployment");
-        let args =
-            chart_common::strings(&deployment["spec"]["template"]["spec"]["containers"][0]["args"]);
-        let dir = cp.dir().join(unique_name("engine-wh"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca = TestCa::new("reaper engine test CA");
-        let pair = ca.issue_server(&["127.0.0.1"]);
-        std::fs::write(dir.join("tls.crt"), &pair.cert_pem).unwrap();
-        std::fs::write(dir.join("tls.key"), &pair.key_pem).unwrap();
-        let (port, admin) = (control_plane::free_port(), control_plane::free_port());
-        let args: Vec<String> = args
-            .into_iter()
-            .map(|a| match a.split_once('=').map(|(k, _)| k) {
-                Some("--listen") => format!("--listen=127.0.0.1:{port}"),
-                Some("--admin-listen") => format!("--admin-listen=127.0.0.1:{admin}"),
-                Some("--tls-cert") => format!("--tls-cert={}", dir.join("tls.crt").display()),
-                Some("--tls-key") => format!("--tls-key={}", dir.join("tls.key").display()),
-                _ => a,
-            })
-            .collect();
-        let log = dir.join("webhook.log");
-        let mut cmd = cp.command(reaper_controller_bin());
-        cmd.args(&args)
-            .env("POD_NAMESPACE", RELEASE_NS)
-            .stdout(std::fs::File::create(dir.join("webhook.out")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap());
-        let child = ChildGuard::spawn(&mut cmd).expect("spawning the webhook");
-        let w = Self {
-            _child: child,
-            admin,
-            port,
-            ca_pem: ca.cert_pem(),
-            log,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let url = format!("http://127.0.0.1:{admin}/readyz");
-        loop {
-            if let Ok(r) = reqwest::get(&url).await
-                && r.status() == 200
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "webhook not ready within 60 s:\n{}",
-                w.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        w
+        Self(LocalWebhook::start(cp, objs, RELEASE_NS, &[]).await)
     }
 
     fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.logs()
     }
 
     /// [`Self::admissions_in`] once it stops moving: the webhook counts a request after its
@@ -135,7 +68,7 @@ impl ChartWebhook {
 
     /// Requests the webhook answered for namespace `ns` (`reaper_webhook_requests_total`).
     async fn admissions_in(&self, ns: &str) -> u64 {
-        let url = format!("http://127.0.0.1:{}/metrics", self.admin);
+        let url = format!("http://127.0.0.1:{}/metrics", self.0.admin);
         let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
         let label = format!("namespace=\"{ns}\"");
         text.lines()
@@ -143,14 +76,6 @@ impl ChartWebhook {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     }
-}
-
-/// Adds `TEST_LABEL: id` to a selector's matchLabels.
-fn scope_selector(selector: &mut Value, id: &str) {
-    if !selector["matchLabels"].is_object() {
-        selector["matchLabels"] = json!({});
-    }
-    selector["matchLabels"][TEST_LABEL] = json!(id);
 }
 
 /// Registers the chart's MutatingWebhookConfiguration for the namespaces labelled `id`, calling
@@ -161,16 +86,10 @@ async fn register_webhook(
     w: &ChartWebhook,
     id: &str,
 ) -> String {
-    let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
     let name = format!("engine-{id}");
-    mwc["metadata"] = json!({"name": name});
+    let mut mwc = local::registration(objs, &name, &w.0, TEST_LABEL, id);
     for hook in mwc["webhooks"].as_array_mut().unwrap() {
-        hook["clientConfig"] = json!({
-            "url": format!("https://127.0.0.1:{}/mutate", w.port),
-            "caBundle": k8s_openapi::ByteString(w.ca_pem.as_bytes().to_vec()),
-        });
         hook["failurePolicy"] = json!("Fail");
-        scope_selector(&mut hook["namespaceSelector"], id);
     }
     cluster::apply(client, &mwc, false)
         .await
@@ -185,28 +104,30 @@ async fn install_policies(
     objs: &chart_common::Objects,
     id: &str,
 ) -> Vec<(String, String)> {
-    let policies = objs.of_kind("MutatingAdmissionPolicy");
-    let bindings = objs.of_kind("MutatingAdmissionPolicyBinding");
+    let objects = local::policies(objs, TEST_LABEL, id);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
     assert_eq!(
-        (policies.len(), bindings.len()),
-        (2, 2),
+        kinds,
+        [
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicy",
+            "MutatingAdmissionPolicyBinding",
+            "MutatingAdmissionPolicyBinding"
+        ],
         "share and wrap, each bound"
     );
     let mut created = Vec::new();
-    for p in policies.into_iter().chain(bindings) {
-        let mut p = p.clone();
-        let name = format!("{}-{id}", p["metadata"]["name"].as_str().unwrap());
-        p["metadata"]["name"] = json!(name);
+    for mut p in objects {
         if p["kind"] == "MutatingAdmissionPolicy" {
             p["spec"]["failurePolicy"] = json!("Fail");
-            scope_selector(&mut p["spec"]["matchConstraints"]["namespaceSelector"], id);
-        } else {
-            let policy = format!("{}-{id}", p["spec"]["policyName"].as_str().unwrap());
-            p["spec"]["policyName"] = json!(policy);
         }
         cluster::apply(client, &p, false)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
+        let name = p["metadata"]["name"].as_str().unwrap().to_string();
         created.push((p["kind"].as_str().unwrap().to_string(), name));
     }
     created
@@ -335,40 +256,6 @@ fn resubmittable(stored: &Pod) -> Pod {
     m.managed_fields = None;
     p.status = None;
     p
-}
-
-/// A stored pod without what differs between two creates of the same pod: identity, namespace,
-/// a generated name's suffix, and the ServiceAccount token volume (random suffix).
-fn comparable(p: &Pod) -> Value {
-    let mut v = serde_json::to_value(p).unwrap();
-    for k in [
-        "uid",
-        "resourceVersion",
-        "creationTimestamp",
-        "managedFields",
-        "namespace",
-    ] {
-        v["metadata"].as_object_mut().unwrap().remove(k);
-    }
-    v.as_object_mut().unwrap().remove("status");
-    if v["metadata"]["generateName"].is_string() {
-        v["metadata"].as_object_mut().unwrap().remove("name");
-    }
-    let token = |name: &Value| {
-        name.as_str()
-            .is_some_and(|n| n.starts_with("kube-api-access-"))
-    };
-    if let Some(vols) = v["spec"]["volumes"].as_array_mut() {
-        vols.retain(|vol| !token(&vol["name"]));
-    }
-    for list in ["initContainers", "containers"] {
-        for c in v["spec"][list].as_array_mut().into_iter().flatten() {
-            if let Some(m) = c["volumeMounts"].as_array_mut() {
-                m.retain(|m| !token(&m["name"]));
-            }
-        }
-    }
-    v
 }
 
 /// Why the policies may leave `pod` to the webhook (the chart's templates/_admission-policy.tpl
@@ -525,10 +412,10 @@ async fn engines_agree(cp: &ControlPlane, values: &[V<'_>]) -> Delivered {
             }
         };
         let (wh, pol, both, plain) = (
-            comparable(&by_webhook),
-            comparable(&by_policy),
-            comparable(&by_both),
-            comparable(&plain),
+            cluster::comparable_pod(&by_webhook),
+            cluster::comparable_pod(&by_policy),
+            cluster::comparable_pod(&by_both),
+            cluster::comparable_pod(&plain),
         );
         if both != wh {
             failures.push(format!(
@@ -561,10 +448,10 @@ async fn engines_agree(cp: &ControlPlane, values: &[V<'_>]) -> Delivered {
                 // The webhook converges on what the policies did: their pod, created again where
                 // only the webhook mutates, is stored unchanged.
                 match create(&client, &ns_wh, &resubmittable(&by_policy), false).await {
-                    Ok(again) if comparable(&again) == pol => {}
+                    Ok(again) if cluster::comparable_pod(&again) == pol => {}
                     Ok(again) => failures.push(format!(
                         "{file}: the webhook changed the policies' pod:\n policy  {pol}\n webhook {}",
-                        comparable(&again)
+                        cluster::comparable_pod(&again)
                     )),
                     Err(e) => failures.push(format!("{file}: the policies' pod, created again: {e}")),
                 }

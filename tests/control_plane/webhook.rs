@@ -897,41 +897,6 @@ async fn only_the_api_server_may_call_the_webhook_with_client_auth() {
     w.stop().await;
 }
 
-/// A stored pod with what differs between two API server admissions of the same pod removed:
-/// identity, namespace, a generated name's suffix, and the ServiceAccount token volume (its name
-/// has a random suffix too).
-fn comparable(p: &Pod) -> Value {
-    let mut v = serde_json::to_value(p).unwrap();
-    for k in [
-        "uid",
-        "resourceVersion",
-        "creationTimestamp",
-        "managedFields",
-        "namespace",
-    ] {
-        v["metadata"].as_object_mut().unwrap().remove(k);
-    }
-    v.as_object_mut().unwrap().remove("status");
-    if v["metadata"]["generateName"].is_string() {
-        v["metadata"].as_object_mut().unwrap().remove("name");
-    }
-    let token = |name: &Value| {
-        name.as_str()
-            .is_some_and(|n| n.starts_with("kube-api-access-"))
-    };
-    if let Some(vols) = v["spec"]["volumes"].as_array_mut() {
-        vols.retain(|vol| !token(&vol["name"]));
-    }
-    for list in ["initContainers", "containers"] {
-        for c in v["spec"][list].as_array_mut().into_iter().flatten() {
-            if let Some(m) = c["volumeMounts"].as_array_mut() {
-                m.retain(|m| !token(&m["name"]));
-            }
-        }
-    }
-    v
-}
-
 /// `reaper-controller inject` applied offline and the webhook through the API server agree on
 /// every corpus pod: the pod `inject` prints, created in a namespace the webhook does not
 /// touch, is stored exactly as the original created in an opted-in namespace.
@@ -977,11 +942,13 @@ async fn inject_offline_agrees_with_the_webhook_on_the_corpus() {
         inject::inject_object(&mut offline, &opts).unwrap();
         let offline: Pod = serde_json::from_value(offline).unwrap();
         let by_inject = create(&client, &plain, &offline, true).await;
-        if comparable(&by_webhook) != comparable(&by_inject) {
+        if support::chart::cluster::comparable_pod(&by_webhook)
+            != support::chart::cluster::comparable_pod(&by_inject)
+        {
             failures.push(format!(
                 "{file}:\n webhook {}\n inject  {}",
-                comparable(&by_webhook),
-                comparable(&by_inject)
+                support::chart::cluster::comparable_pod(&by_webhook),
+                support::chart::cluster::comparable_pod(&by_inject)
             ));
         }
     }

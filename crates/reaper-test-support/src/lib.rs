@@ -9,7 +9,8 @@
 //! - [`chart`]: `helm template`/`lint` of charts/reaper and applying its rendering;
 //! - [`agent`]: cgroup trees and zombie-holding processes shaped like a kubelet's pods;
 //! - [`churn`]: tens of thousands of short-lived processes (and brief zombies) for load tests;
-//! - [`wait`]: the one polling helper; [`process`]: signals and the like, safely wrapped.
+//! - [`wait`]: the one polling helper; [`process`]: signals and the like, safely wrapped;
+//!   [`stats`]: the benchmarks' percentiles.
 //!
 //! It depends on the controller library (the scenarios speak its types) while the controller
 //! dev-depends on it: a cycle through dev-dependencies, which Cargo allows.
@@ -23,4 +24,5 @@ pub mod podman;
 pub mod process;
 pub mod registry;
 pub mod scenarios;
+pub mod stats;
 pub mod wait;

@@ -879,23 +879,10 @@ pub async fn image_volume_pods(env: &Env) -> ImageVolumeTimes {
     let mode = reaper::keys::ANNOTATION_MODE;
     let opted_out = [(reaper::keys::LABEL_INJECT, reaper::keys::INJECT_DISABLED)];
     let probed = |name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
-        edit_pod(
-            restricted_pod(
-                name,
-                &env.image,
-                Some(&["sleep", "3600"]),
-                labels,
-                annotations,
-            ),
-            |v| {
-                v["spec"]["terminationGracePeriodSeconds"] = json!(STOP_GRACE_SECONDS);
-                v["spec"]["restartPolicy"] = json!("Always");
-                v["spec"]["containers"][0]["livenessProbe"] = json!({
-                    "exec": {"command": ["sh", "-c", LEAVE_ORPHAN]},
-                    "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 30
-                });
-            },
-        )
+        edit_pod(orphan_probed(env, name, labels, annotations), |v| {
+            v["spec"]["terminationGracePeriodSeconds"] = json!(STOP_GRACE_SECONDS);
+            v["spec"]["restartPolicy"] = json!("Always");
+        })
     };
     // Every webhook replica has finished its detection: dry-runs of the auto pod come back with
     // the image volume, several in a row.
@@ -1037,6 +1024,31 @@ async fn reported_entry(env: &Env, pod: &Pod, min: u32) -> reaper::crd::Containe
     .await
 }
 
+/// A restricted `sleep 3600` pod whose exec liveness probe leaves an orphan every second (a
+/// zombie under a PID 1 that does not reap).
+fn orphan_probed(
+    env: &Env,
+    name: &str,
+    labels: &[(&str, &str)],
+    annotations: &[(&str, &str)],
+) -> Pod {
+    edit_pod(
+        restricted_pod(
+            name,
+            &env.image,
+            Some(&["sleep", "3600"]),
+            labels,
+            annotations,
+        ),
+        |v| {
+            v["spec"]["containers"][0]["livenessProbe"] = json!({
+                "exec": {"command": ["sh", "-c", LEAVE_ORPHAN]},
+                "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 30
+            });
+        },
+    )
+}
+
 /// Pods whose exec liveness probe (every second) and three `kubectl exec` sessions leave
 /// orphans. Controls: a pod created before its namespace was opted in (governed by the policy,
 /// unprotected) and one opted out by label: zombies pile up under PID 1, the node's ZombieReport
@@ -1053,21 +1065,7 @@ pub async fn probe_and_exec_zombies(env: &Env) -> ProbeZombies {
     .await;
     let mode = reaper::keys::ANNOTATION_MODE;
     let probed = |name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
-        edit_pod(
-            restricted_pod(
-                name,
-                &env.image,
-                Some(&["sleep", "3600"]),
-                labels,
-                annotations,
-            ),
-            |v| {
-                v["spec"]["containers"][0]["livenessProbe"] = json!({
-                    "exec": {"command": ["sh", "-c", LEAVE_ORPHAN]},
-                    "periodSeconds": 1, "timeoutSeconds": 5, "failureThreshold": 30
-                });
-            },
-        )
+        orphan_probed(env, name, labels, annotations)
     };
     let before = create(env, &ns, &probed("unprotected", &[], &[])).await;
     assert_eq!(

@@ -75,3 +75,39 @@ pub fn rbac(objs: &[Value]) -> Vec<Value> {
         .cloned()
         .collect()
 }
+
+/// A stored pod as JSON without what differs between two API server admissions of the same pod:
+/// identity, namespace, a generated name's suffix, and the ServiceAccount token volume (its name
+/// has a random suffix too). Compares what the webhook, the admission policies and offline
+/// `inject` store.
+pub fn comparable_pod(p: &k8s_openapi::api::core::v1::Pod) -> Value {
+    let mut v = serde_json::to_value(p).unwrap();
+    for k in [
+        "uid",
+        "resourceVersion",
+        "creationTimestamp",
+        "managedFields",
+        "namespace",
+    ] {
+        v["metadata"].as_object_mut().unwrap().remove(k);
+    }
+    v.as_object_mut().unwrap().remove("status");
+    if v["metadata"]["generateName"].is_string() {
+        v["metadata"].as_object_mut().unwrap().remove("name");
+    }
+    let token = |name: &Value| {
+        name.as_str()
+            .is_some_and(|n| n.starts_with("kube-api-access-"))
+    };
+    if let Some(vols) = v["spec"]["volumes"].as_array_mut() {
+        vols.retain(|vol| !token(&vol["name"]));
+    }
+    for list in ["initContainers", "containers"] {
+        for c in v["spec"][list].as_array_mut().into_iter().flatten() {
+            if let Some(m) = c["volumeMounts"].as_array_mut() {
+                m.retain(|m| !token(&m["name"]));
+            }
+        }
+    }
+    v
+}

@@ -224,3 +224,4 @@ pub fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 }
 
 pub mod cluster;
+pub mod local;
