@@ -16,6 +16,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Flags of `reaper-controller check`.
@@ -54,6 +55,10 @@ pub struct Args {
     /// Output: `text` or `json`.
     #[arg(short = 'o', long, env = "REAPER_OUTPUT", default_value = "text")]
     pub output: super::explain::Output,
+    /// Which pods the installation governs, as the installed webhook's flags (the chart passes
+    /// its values).
+    #[command(flatten)]
+    pub scope: crate::scope::ScopeArgs,
 }
 
 /// How bad a finding is.
@@ -97,7 +102,8 @@ pub struct Facts {
     pub nodes: Vec<String>,
     pub reports: Vec<ZombieReport>,
     pub policies: Vec<ReaperPolicy>,
-    /// Namespaces labelled `reaper.dev/inject=enabled`.
+    /// Namespaces governed whole ([`crate::scope::NamespaceScope::All`]): labelled
+    /// `reaper.dev/inject=enabled`, or every one not opted out under `--selection=opt-out`.
     pub opted_in: Vec<String>,
     /// Pods wrapped by each release (`reaper.dev/version`), when `--install-only` is not set.
     pub wrapped_by: std::collections::BTreeMap<String, usize>,
@@ -275,7 +281,18 @@ pub fn assess(f: &Facts, args: &Args, now: Timestamp) -> Vec<Finding> {
             )),
         }
     }
-    if f.opted_in.is_empty() {
+    if args.scope.selection == crate::scope::Selection::OptOut {
+        out.push(finding(
+            Level::Info,
+            "namespaces",
+            format!(
+                "every namespace takes part (--selection=opt-out) but the excluded ones and those labelled {}={}: {} governed",
+                keys::LABEL_INJECT,
+                keys::INJECT_DISABLED,
+                f.opted_in.len()
+            ),
+        ));
+    } else if f.opted_in.is_empty() {
         out.push(finding(
             Level::Info,
             "namespaces",
@@ -499,13 +516,17 @@ pub async fn gather(client: &kube::Client, args: &Args) -> Result<Facts, kube::E
         .list(&Default::default())
         .await?
         .items;
-    let selector = format!("{}={}", keys::LABEL_INJECT, keys::INJECT_ENABLED);
+    let scope = args.scope.scope(Some(&args.release_namespace));
     f.opted_in = Api::<Namespace>::all(client.clone())
-        .list(&kube::api::ListParams::default().labels(&selector))
+        .list_metadata(&Default::default())
         .await?
         .items
         .into_iter()
-        .filter_map(|n| n.metadata.name)
+        .filter_map(|n| {
+            let name = n.metadata.name?;
+            let labels = n.metadata.labels.unwrap_or_default();
+            (scope.namespace(&name, &labels) == crate::scope::NamespaceScope::All).then_some(name)
+        })
         .collect();
     if !args.install_only {
         let pods = Api::<Pod>::all(client.clone())
@@ -523,17 +544,30 @@ pub async fn gather(client: &kube::Client, args: &Args) -> Result<Facts, kube::E
         }
     }
     if args.dry_run_pod {
-        f.dry_run = Some(dry_run_pod(client).await);
+        f.dry_run = Some(dry_run_pod(client, &scope).await);
     }
     Ok(f)
 }
 
-/// A pod created with `dryRun=All` in a throw-away opted-in namespace: what did the webhook
-/// answer? The namespace is deleted afterwards.
-async fn dry_run_pod(client: &kube::Client) -> Result<Option<String>, String> {
+/// A pod created with `dryRun=All` in a throw-away opted-in namespace (with labels that satisfy
+/// `--namespace-selector`, and the pod `--object-selector`): what did the webhook answer? The
+/// namespace is deleted afterwards.
+async fn dry_run_pod(
+    client: &kube::Client,
+    scope: &crate::scope::Scope,
+) -> Result<Option<String>, String> {
+    let satisfying = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+                      what: &str| match s {
+        None => Ok(BTreeMap::new()),
+        Some(s) => crate::scope::labels_satisfying(s)
+            .ok_or_else(|| format!("no labels satisfy the {what} selector: nothing is governed")),
+    };
+    let mut ns_labels = satisfying(&scope.namespace_selector, "namespace")?;
+    ns_labels.insert(keys::LABEL_INJECT.into(), keys::INJECT_ENABLED.into());
+    let pod_labels = satisfying(&scope.object_selector, "object")?;
     let namespaces = Api::<Namespace>::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
-        "metadata": {"generateName": "reaper-check-", "labels": {keys::LABEL_INJECT: keys::INJECT_ENABLED}}
+        "metadata": {"generateName": "reaper-check-", "labels": ns_labels}
     }))
     .map_err(|e| e.to_string())?;
     let ns = namespaces
@@ -542,7 +576,7 @@ async fn dry_run_pod(client: &kube::Client) -> Result<Option<String>, String> {
         .map_err(|e| format!("creating a throw-away namespace: {e}"))?;
     let name = ns.metadata.name.clone().unwrap_or_default();
     let pod: Pod = serde_json::from_value(json!({
-        "metadata": {"name": "reaper-check"},
+        "metadata": {"name": "reaper-check", "labels": pod_labels},
         "spec": {"containers": [{
             "name": "check", "image": "busybox:1.36", "command": ["sleep", "3600"],
             "securityContext": {"runAsNonRoot": true, "runAsUser": 65532, "allowPrivilegeEscalation": false,

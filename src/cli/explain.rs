@@ -48,6 +48,9 @@ pub struct Args {
     /// Image lookup, as the webhook's (the pod's pull secrets with `--registry-auth=pull-secrets`).
     #[command(flatten)]
     pub registry: crate::registry::Args,
+    /// Which pods the installation governs, as the installed webhook's flags.
+    #[command(flatten)]
+    pub scope: crate::scope::ScopeArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +112,11 @@ pub struct Explanation {
     pub namespace: String,
     /// Whether the namespace carries `reaper.dev/inject=enabled`.
     pub namespace_opted_in: bool,
+    /// Whether the installation governs the pod ([`crate::scope`]): the API server calls the
+    /// webhook for it.
+    pub in_scope: bool,
+    /// Why it is, or is not, governed.
+    pub scope: String,
     pub policy: Option<String>,
     pub mode: Option<String>,
     /// What the webhook would record in `reaper.dev/injected` (`ignored` when it would not touch
@@ -204,21 +212,56 @@ pub fn explain(
         (_, Some(a)) => a,
         (_, None) => "nothing".to_string(),
     };
-    // The registration only sends opted-in namespaces to the webhook.
     let namespace_opted_in = scope
         .namespace_labels
         .get(keys::LABEL_INJECT)
         .map(String::as_str)
         == Some(keys::INJECT_ENABLED);
-    let outcome = if namespace_opted_in {
-        planned
-    } else {
-        format!("not be called (namespace not opted in); once opted in: {planned}")
+    let facts = crate::scope::PodFacts {
+        namespace: scope.namespace,
+        labels: pod.metadata.labels.as_ref(),
+        annotations: pod.metadata.annotations.as_ref(),
+    };
+    use crate::scope::Exclusion;
+    // The registration's selectors keep what the namespace side excludes from the webhook; the
+    // webhook itself ignores the rest (excluded namespaces, mirror pods, opt-out).
+    let (in_scope, why, outcome) = match cfg.scope.governs(facts, scope.namespace_labels) {
+        Ok(()) => {
+            let why = if namespace_opted_in {
+                format!(
+                    "namespace opted in ({}={})",
+                    keys::LABEL_INJECT,
+                    keys::INJECT_ENABLED
+                )
+            } else if cfg.scope.selection == crate::scope::Selection::OptOut {
+                "every namespace takes part (--selection=opt-out)".to_string()
+            } else {
+                format!(
+                    "pod opted in ({}={})",
+                    keys::LABEL_INJECT,
+                    keys::INJECT_ENABLED
+                )
+            };
+            (true, why, planned)
+        }
+        Err(
+            why @ (Exclusion::NotOptedIn | Exclusion::NamespaceOptedOut | Exclusion::NotSelected),
+        ) => (
+            false,
+            why.describe(),
+            format!(
+                "not be called: {}; once in scope: {planned}",
+                why.describe()
+            ),
+        ),
+        Err(why) => (false, why.describe(), planned),
     };
     Explanation {
         object: object.to_string(),
         namespace: scope.namespace.to_string(),
         namespace_opted_in,
+        in_scope,
+        scope: why,
         policy: plan.policy.clone(),
         mode: plan.mode.map(|m| format!("{m:?}")),
         outcome,
@@ -242,12 +285,9 @@ impl Explanation {
         let _ = writeln!(s, "{} in namespace {}", self.object, self.namespace);
         let _ = writeln!(
             s,
-            "  namespace opted in: {}",
-            if self.namespace_opted_in {
-                "yes (reaper.dev/inject=enabled)"
-            } else {
-                "no (label it reaper.dev/inject=enabled)"
-            }
+            "  in scope: {}, {}",
+            if self.in_scope { "yes" } else { "no" },
+            self.scope
         );
         let _ = writeln!(
             s,
@@ -348,6 +388,7 @@ pub async fn run(args: Args) -> Result<(), Error> {
         .items;
     let policies = PolicySet::new(policies.into_iter().map(Arc::new));
     let mut cfg = decide::Config::new(args.reaper_image.clone());
+    cfg.scope = args.scope.scope(None);
     cfg.mount_path = args.mount_path.trim_end_matches('/').to_string();
     cfg.default_mode = args.default_mode;
     use crate::webhook::capability::Setting;
@@ -526,7 +567,49 @@ mod tests {
             &ImageIndex::default(),
             &decide::Config::new("r:1"),
         );
-        assert!(!e.namespace_opted_in);
-        assert!(e.text().contains("namespace opted in: no"), "{}", e.text());
+        assert!(!e.namespace_opted_in && !e.in_scope);
+        assert!(
+            e.text().contains("in scope: no, not opted in"),
+            "{}",
+            e.text()
+        );
+        assert!(
+            e.outcome.starts_with("not be called: not opted in"),
+            "{}",
+            e.outcome
+        );
+        // The pod opts in itself (--pod-opt-in, the default); not with --pod-opt-in=false, and
+        // every pod takes part with --selection=opt-out.
+        let mut joined = p.clone();
+        joined.metadata.labels = Some(BTreeMap::from([(
+            keys::LABEL_INJECT.to_string(),
+            keys::INJECT_ENABLED.to_string(),
+        )]));
+        let run = |pod: &Pod, cfg: &decide::Config| {
+            explain(
+                "Pod/p",
+                pod,
+                Scope {
+                    namespace: "shop",
+                    namespace_labels: &l,
+                },
+                &PolicySet::default(),
+                &ImageIndex::default(),
+                cfg,
+            )
+        };
+        let mut cfg = decide::Config::new("r:1");
+        let e = run(&joined, &cfg);
+        assert!(e.in_scope, "{e:?}");
+        assert_eq!(e.scope, "pod opted in (reaper.dev/inject=enabled)");
+        assert!(!e.outcome.starts_with("not be called"), "{}", e.outcome);
+        cfg.scope.pod_opt_in = false;
+        assert!(!run(&joined, &cfg).in_scope);
+        cfg.scope.selection = crate::scope::Selection::OptOut;
+        let e = run(&p, &cfg);
+        assert!(
+            e.in_scope && e.scope.contains("--selection=opt-out"),
+            "{e:?}"
+        );
     }
 }

@@ -190,23 +190,25 @@ impl PodInfo {
         is_protected(self.injected.as_deref()) || self.init.is_some()
     }
 
-    /// The shared scope rule ([`crate::scope`]) applied to what the index keeps of the pod.
-    pub fn out_of_scope(
+    /// The shared scope rule ([`crate::scope`]) applied to what the index keeps of the pod, in a
+    /// namespace with `namespace_labels`.
+    pub fn governed(
         &self,
-        excluded: &std::collections::BTreeSet<String>,
-    ) -> Option<crate::scope::Exclusion> {
+        scope: &crate::scope::Scope,
+        namespace_labels: &BTreeMap<String, String>,
+    ) -> Result<(), crate::scope::Exclusion> {
         let mirror: BTreeMap<String, String> = self
             .mirror
             .then(|| (keys::ANNOTATION_MIRROR.to_string(), String::new()))
             .into_iter()
             .collect();
-        crate::scope::exclusion(
+        scope.governs(
             crate::scope::PodFacts {
                 namespace: &self.namespace,
                 labels: Some(&self.labels),
                 annotations: Some(&mirror),
             },
-            excluded,
+            namespace_labels,
         )
     }
 

@@ -194,11 +194,11 @@ impl Args {
                 "--batch-window and --event-interval must be positive".into(),
             ));
         }
-        let excluded = self.scope.excluded(namespace.as_deref());
+        let scope = self.scope.scope(namespace.as_deref());
         Ok(Config {
             namespace: namespace.unwrap_or_default(),
             settings: status::Settings {
-                excluded_namespaces: excluded,
+                scope,
                 top_offenders: self.top_offenders,
                 event_interval: self.event_interval,
                 restart_workloads: self.restart_workloads,
@@ -458,8 +458,8 @@ mod tests {
         let c = a.config(Some("reaper-system")).unwrap();
         assert_eq!(c.namespace, "reaper-system");
         assert!(c.certs.is_none());
-        assert!(c.settings.excluded_namespaces.contains("reaper-system"));
-        assert!(c.settings.excluded_namespaces.contains("kube-system"));
+        assert!(c.settings.scope.excluded.contains("reaper-system"));
+        assert!(c.settings.scope.excluded.contains("kube-system"));
         let l = c.leader.unwrap();
         assert_eq!(l.lease_name, "reaper-operator");
 

@@ -28,6 +28,7 @@ use super::index::{PodInfo, PodZombies, ResourceRef, Snapshot};
 use super::status::Settings;
 use crate::crd::{Enforcement, Mode, ReaperPolicy};
 use crate::keys;
+use crate::scope::{NamespaceScope, Scope};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -269,31 +270,12 @@ pub struct PodFinding {
 pub fn pid1_finding(
     pod: &PodInfo,
     policy: Option<&ReaperPolicy>,
-    excluded: &BTreeSet<String>,
+    scope: &Scope,
+    namespace_labels: &BTreeMap<String, String>,
 ) -> PodFinding {
     let f = |verdict, message: String| PodFinding { verdict, message };
-    use crate::scope::Exclusion;
-    match pod.out_of_scope(excluded) {
-        Some(Exclusion::OptedOut) => {
-            return f(
-                Verdict::Skip,
-                format!(
-                    "opted out (label {}={})",
-                    keys::LABEL_INJECT,
-                    keys::INJECT_DISABLED
-                ),
-            );
-        }
-        Some(Exclusion::MirrorPod) => {
-            return f(
-                Verdict::Skip,
-                "static (mirror) pod: never mutated by the webhook".into(),
-            );
-        }
-        Some(Exclusion::ExcludedNamespace) => {
-            return f(Verdict::Skip, "namespace excluded from Reaper".into());
-        }
-        None => {}
+    if let Err(why) = pod.governed(scope, namespace_labels) {
+        return f(Verdict::Skip, why.describe());
     }
     // The agents' evidence: an init already reaps for every container.
     if !super::index::is_protected(pod.injected.as_deref())
@@ -397,20 +379,23 @@ pub fn build<'p>(
     previous: impl Fn(&str) -> Option<&'p ReportBody>,
     now: Timestamp,
 ) -> BTreeMap<String, ReportBody> {
-    let excluded = &settings.excluded_namespaces;
-    let governed: BTreeMap<&str, &BTreeMap<String, String>> = snapshot
-        .namespaces
+    let scope = &settings.scope;
+    let governed = settings.governed_namespaces(snapshot.namespaces);
+    // namespace → (scope, policy) → pods. A namespace governed whole gets a report even without
+    // pods; one where only pods opt in gets one when such a pod exists, about those pods only.
+    let mut groups: BTreeMap<&str, BTreeMap<(&ResourceRef, &str), Group<'_>>> = governed
         .iter()
-        .filter(|(name, labels)| crate::scope::namespace_opted_in(name, labels, excluded))
-        .map(|(name, labels)| (name.as_str(), labels))
+        .filter(|(_, (_, how))| *how == NamespaceScope::All)
+        .map(|(ns, _)| (*ns, BTreeMap::new()))
         .collect();
-    // namespace → (scope, policy) → pods
-    let mut groups: BTreeMap<&str, BTreeMap<(&ResourceRef, &str), Group<'_>>> =
-        governed.keys().map(|ns| (*ns, BTreeMap::new())).collect();
     for pod in snapshot.pods {
-        let Some(ns_labels) = governed.get(pod.namespace.as_str()) else {
+        let Some((ns_labels, how)) = governed.get(pod.namespace.as_str()) else {
             continue;
         };
+        let in_scope = pod.governed(scope, ns_labels).is_ok();
+        if *how != NamespaceScope::All && !in_scope {
+            continue;
+        }
         let policy = snapshot
             .policies
             .matching(ns_labels, &pod.labels)
@@ -422,10 +407,11 @@ pub fn build<'p>(
             .or_default()
             .entry((&pod.scope, policy_name))
             .or_default();
-        group
-            .pods
-            .insert(pod.name.as_str(), pid1_finding(pod, policy, excluded));
-        if pod.out_of_scope(excluded).is_none() {
+        group.pods.insert(
+            pod.name.as_str(),
+            pid1_finding(pod, policy, scope, ns_labels),
+        );
+        if in_scope {
             group
                 .in_scope
                 .insert(pod.name.as_str(), snapshot.zombies.get(&pod.uid));
@@ -735,6 +721,17 @@ mod tests {
         previous: &BTreeMap<String, ReportBody>,
         at: Timestamp,
     ) -> BTreeMap<String, ReportBody> {
+        run_with(&Settings::default(), policies, pods, zombies, previous, at)
+    }
+
+    fn run_with(
+        settings: &Settings,
+        policies: &PolicySet,
+        pods: &[PodInfo],
+        zombies: &HashMap<String, PodZombies>,
+        previous: &BTreeMap<String, ReportBody>,
+        at: Timestamp,
+    ) -> BTreeMap<String, ReportBody> {
         build(
             Snapshot {
                 policies,
@@ -742,10 +739,60 @@ mod tests {
                 pods,
                 zombies,
             },
-            &Settings::default(),
+            settings,
             |ns: &str| previous.get(ns),
             at,
         )
+    }
+
+    /// Pod opt-in: an unlabelled namespace gets a report about its opted-in pods only, and none
+    /// without them; under opt-out every namespace not excluded is reported whole.
+    #[test]
+    fn reports_follow_the_selection() {
+        let policies = PolicySet::new([policy("web", |_| {})]);
+        let mut joined = pod("legacy", "joined", None, bare("joined"));
+        joined
+            .labels
+            .insert(keys::LABEL_INJECT.into(), keys::INJECT_ENABLED.into());
+        let plain = pod("legacy", "plain", None, bare("plain"));
+        let system = pod("kube-system", "dns", None, bare("dns"));
+        let pods = vec![joined, plain.clone(), system];
+        let none = HashMap::new();
+        let prev = BTreeMap::new();
+        let reports = run(&policies, &pods, &none, &prev, now());
+        assert_eq!(
+            reports.keys().collect::<Vec<_>>(),
+            ["empty", "legacy", "shop"]
+        );
+        let names = |body: &ReportBody| {
+            body.results
+                .iter()
+                .map(|r| r.resources[0].name.clone())
+                .collect::<BTreeSet<_>>()
+        };
+        assert_eq!(
+            names(&reports["legacy"]),
+            BTreeSet::from(["joined".to_string()])
+        );
+        // Without pod opt-in the unlabelled namespace takes no part; nor without opted-in pods.
+        let mut no_pods = Settings::default();
+        no_pods.scope.pod_opt_in = false;
+        let reports = run_with(&no_pods, &policies, &pods, &none, &prev, now());
+        assert_eq!(reports.keys().collect::<Vec<_>>(), ["empty", "shop"]);
+        let reports = run(&policies, &[plain], &none, &prev, now());
+        assert_eq!(reports.keys().collect::<Vec<_>>(), ["empty", "shop"]);
+        // Opt-out: legacy is reported whole; kube-system stays excluded.
+        let mut opt_out = Settings::default();
+        opt_out.scope.selection = crate::scope::Selection::OptOut;
+        let reports = run_with(&opt_out, &policies, &pods, &none, &prev, now());
+        assert_eq!(
+            reports.keys().collect::<Vec<_>>(),
+            ["empty", "legacy", "shop"]
+        );
+        assert_eq!(
+            names(&reports["legacy"]),
+            BTreeSet::from(["joined".to_string(), "plain".to_string()])
+        );
     }
 
     /// (kind/name, policy, rule, result) of every result, in report order.
@@ -772,9 +819,11 @@ mod tests {
 
     #[test]
     fn findings_per_annotation_scope_and_mode() {
-        let ex = Settings::default().excluded_namespaces;
+        let scope = Settings::default().scope;
+        let shop = namespaces()["shop"].clone();
         let p = |injected: Option<&str>| pod("shop", "p", injected, bare("p"));
-        let v = |pod: &PodInfo, policy: Option<&ReaperPolicy>| pid1_finding(pod, policy, &ex);
+        let v =
+            |pod: &PodInfo, policy: Option<&ReaperPolicy>| pid1_finding(pod, policy, &scope, &shop);
         // Not mutated, but the agent sees an init in every container: protected.
         let mut with_init = pod("shop", "p", None, bare("p"));
         with_init.init = Some("tini".into());

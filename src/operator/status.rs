@@ -11,6 +11,7 @@ use super::actions::{
 use super::index::{PodInfo, PodRef, Snapshot, WorkloadRef};
 use crate::crd::selector::matches_valid;
 use crate::crd::{Offender, ReaperPolicy, ReaperPolicyStatus};
+use crate::scope::{NamespaceScope, Scope};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,8 +31,9 @@ const CONFLICT_EXAMPLES: usize = 3;
 /// Operator-wide settings (flags).
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Namespaces the webhook never mutates (`--excluded-namespaces` plus its own).
-    pub excluded_namespaces: BTreeSet<String>,
+    /// Which pods the installation governs (`--excluded-namespaces` plus the operator's own
+    /// namespace, `--selection`, `--pod-opt-in`, the selectors): the webhook's rule.
+    pub scope: Scope,
     /// Length of `status.topOffenders`.
     pub top_offenders: usize,
     /// Minimum time between two `ZombiesDetected` Events on one pod.
@@ -48,16 +50,27 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
-            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            scope: Scope::default(),
             top_offenders: 5,
             event_interval: Duration::from_secs(15 * 60),
             restart_workloads: true,
             policy_reports: super::reports::PolicyReports::Off,
             report_resync: Duration::from_secs(5 * 60),
         }
+    }
+}
+
+impl Settings {
+    /// The namespaces that take part, whole or through pods that opt in, with their labels.
+    pub fn governed_namespaces<'a>(
+        &self,
+        namespaces: &'a BTreeMap<String, BTreeMap<String, String>>,
+    ) -> BTreeMap<&'a str, (&'a BTreeMap<String, String>, NamespaceScope)> {
+        namespaces
+            .iter()
+            .map(|(name, labels)| (name.as_str(), (labels, self.scope.namespace(name, labels))))
+            .filter(|(_, (_, how))| !matches!(how, NamespaceScope::None(_)))
+            .collect()
     }
 }
 
@@ -74,13 +87,15 @@ pub struct Outcome {
 }
 
 #[derive(Default)]
-struct Tally {
+struct Tally<'a> {
     matched_pods: u32,
     protected: u32,
     zombies: u32,
     offenders: Vec<Offender>,
     /// Other policy name → (shared pods, examples).
     conflicts: BTreeMap<String, (u32, Vec<String>)>,
+    /// Namespaces of the matched pods.
+    namespaces: BTreeSet<&'a str>,
 }
 
 /// Desired status of every policy and the actions due now. `log` is read, not updated: the caller
@@ -91,14 +106,7 @@ pub fn compute(
     log: &ActionLog,
     now: Timestamp,
 ) -> Outcome {
-    let opted_in: BTreeMap<&str, &BTreeMap<String, String>> = snapshot
-        .namespaces
-        .iter()
-        .filter(|(name, labels)| {
-            crate::scope::namespace_opted_in(name, labels, &settings.excluded_namespaces)
-        })
-        .map(|(name, labels)| (name.as_str(), labels))
-        .collect();
+    let governed = settings.governed_namespaces(snapshot.namespaces);
 
     let mut tallies: BTreeMap<&str, Tally> = BTreeMap::new();
     let mut out = Outcome::default();
@@ -110,10 +118,10 @@ pub fn compute(
     let mut pods: Vec<&PodInfo> = snapshot.pods.iter().collect();
     pods.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     for pod in pods {
-        let Some(ns_labels) = opted_in.get(pod.namespace.as_str()) else {
+        let Some((ns_labels, _)) = governed.get(pod.namespace.as_str()) else {
             continue;
         };
-        if pod.out_of_scope(&settings.excluded_namespaces).is_some() {
+        if pod.governed(&settings.scope, ns_labels).is_err() {
             continue;
         }
         let matching: Vec<&ReaperPolicy> = snapshot
@@ -147,6 +155,7 @@ pub fn compute(
         let total = zombies.map_or(0, |z| z.total);
         let tally = tallies.entry(winner_name).or_default();
         tally.matched_pods += 1;
+        tally.namespaces.insert(&pod.namespace);
         if pod.protected() {
             tally.protected += 1;
         }
@@ -211,14 +220,17 @@ pub fn compute(
         let tally = tallies.remove(name).unwrap_or_default();
         let matched_namespaces = match entry.invalid {
             Some(_) => 0,
-            None => opted_in
-                .values()
-                .filter(|labels| {
-                    policy
-                        .spec
-                        .namespace_selector
-                        .as_ref()
-                        .is_none_or(|s| matches_valid(s, labels))
+            // Governed namespaces the policy selects, whole or (pod opt-in) through a pod.
+            None => governed
+                .iter()
+                .filter(|(ns, (labels, how))| {
+                    let whole = *how == NamespaceScope::All
+                        && policy
+                            .spec
+                            .namespace_selector
+                            .as_ref()
+                            .is_none_or(|s| matches_valid(s, labels));
+                    whole || tally.namespaces.contains(*ns)
                 })
                 .count() as u32,
         };
@@ -238,7 +250,7 @@ pub fn compute(
             let mut message = format!(
                 "governs {} in {}: {} protected, {} unprotected",
                 plural(u64::from(tally.matched_pods), "pod"),
-                plural(u64::from(matched_namespaces), "opted-in namespace"),
+                plural(u64::from(matched_namespaces), "governed namespace"),
                 tally.protected,
                 tally.matched_pods - tally.protected
             );
@@ -502,6 +514,10 @@ mod tests {
 
     impl World {
         fn compute(&self, log: &ActionLog, at: Timestamp) -> Outcome {
+            self.compute_with(&Settings::default(), log, at)
+        }
+
+        fn compute_with(&self, settings: &Settings, log: &ActionLog, at: Timestamp) -> Outcome {
             compute(
                 Snapshot {
                     policies: &self.policies,
@@ -509,11 +525,99 @@ mod tests {
                     pods: &self.pods,
                     zombies: &self.zombies,
                 },
-                &Settings::default(),
+                settings,
                 log,
                 at,
             )
         }
+    }
+
+    /// Pods that opt in count, with their namespace, wherever the namespace is not labelled;
+    /// opt-out governs every namespace not excluded; both act on the pods they govern only.
+    #[test]
+    fn counts_follow_the_selection() {
+        let mut joined = pod(
+            "legacy",
+            "joined",
+            "web",
+            None,
+            deployment("legacy", "joined"),
+        );
+        joined
+            .labels
+            .insert("reaper.dev/inject".into(), "enabled".into());
+        let plain = pod(
+            "legacy",
+            "plain",
+            "web",
+            None,
+            deployment("legacy", "plain"),
+        );
+        let shop = pod("shop", "web-1", "web", Some("share"), Owner::Bare);
+        let world = World {
+            policies: PolicySet::new([
+                policy("all", 0, |s| {
+                    s.zombies.action = crate::crd::ZombieAction::Restart
+                }),
+                policy("shop-only", 0, |s| {
+                    s.namespace_selector = Some(LabelSelector {
+                        match_labels: Some(labels(&[("team", "shop")])),
+                        ..Default::default()
+                    });
+                    s.pod_selector = app_selector("nothing-has-this");
+                }),
+            ]),
+            namespaces: namespaces(),
+            zombies: zombies(&[
+                (&joined, "app", 9, "java", 1),
+                (&plain, "app", 9, "java", 1),
+            ]),
+            pods: vec![joined, plain, shop],
+        };
+        let restarted = |out: &Outcome| -> Vec<String> {
+            out.actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Restart { workload, .. } => Some(workload.name.clone()),
+                    _ => None,
+                })
+                .collect()
+        };
+        // Default: opt-in with pod opt-in.
+        let out = world.compute(&ActionLog::default(), now());
+        let all = &out.statuses["all"];
+        assert_eq!(
+            (all.matched_namespaces, all.matched_pods, all.zombies),
+            (3, 2, 9),
+            "shop and blog whole, legacy through its opted-in pod"
+        );
+        assert_eq!(restarted(&out), ["joined"]);
+        assert!(
+            all.conditions[0]
+                .message
+                .contains("in 3 governed namespaces"),
+            "{}",
+            all.conditions[0].message
+        );
+        assert_eq!(out.statuses["shop-only"].matched_namespaces, 1);
+        // Without pod opt-in, legacy takes no part.
+        let mut settings = Settings::default();
+        settings.scope.pod_opt_in = false;
+        let out = world.compute_with(&settings, &ActionLog::default(), now());
+        let all = &out.statuses["all"];
+        assert_eq!((all.matched_namespaces, all.matched_pods), (2, 1));
+        assert!(restarted(&out).is_empty());
+        // Opt-out: legacy whole; kube-system stays excluded.
+        settings.scope.selection = crate::scope::Selection::OptOut;
+        let out = world.compute_with(&settings, &ActionLog::default(), now());
+        let all = &out.statuses["all"];
+        assert_eq!(
+            (all.matched_namespaces, all.matched_pods, all.zombies),
+            (3, 3, 18)
+        );
+        let mut both = restarted(&out);
+        both.sort();
+        assert_eq!(both, ["joined", "plain"]);
     }
 
     #[test]

@@ -36,8 +36,10 @@ pub struct Config {
     pub mount_path: String,
     /// Mode when no policy matches (`--default-mode`).
     pub default_mode: Mode,
-    /// Namespaces never touched (`--excluded-namespaces` plus the webhook's own).
-    pub excluded_namespaces: BTreeSet<String>,
+    /// Which pods the installation governs ([`crate::scope`]). The registration's selectors
+    /// applied the namespace side before the webhook was called; the planner checks the rest
+    /// (excluded namespaces, mirror pods, opt-out, `--object-selector`).
+    pub scope: crate::scope::Scope,
     /// The injected init container and volume.
     pub install: InstallSettings,
     /// Rewrite the image of a container wrapped with an argv read from the registry to
@@ -60,10 +62,7 @@ impl Config {
             reaper_image: reaper_image.into(),
             mount_path: "/.reaper".into(),
             default_mode: Mode::Auto,
-            excluded_namespaces: ["kube-system", "kube-public", "kube-node-lease"]
-                .into_iter()
-                .map(String::from)
-                .collect(),
+            scope: crate::scope::Scope::default(),
             install: InstallSettings::default(),
             pin_digests: false,
             release: RELEASE.to_string(),
@@ -95,6 +94,9 @@ pub enum IgnoreReason {
     ExcludedNamespace,
     MirrorPod,
     OptedOut,
+    /// Outside `--object-selector` (the registration's `objectSelector` normally keeps such pods
+    /// from the webhook).
+    NotSelected,
     ModeOff,
 }
 
@@ -379,11 +381,15 @@ fn prepare<'a>(pod: &'a Pod, scope: Scope<'_>, policies: &'a PolicySet, cfg: &Co
         labels: pod.metadata.labels.as_ref(),
         annotations: pod.metadata.annotations.as_ref(),
     };
-    if let Some(why) = crate::scope::exclusion(facts, &cfg.excluded_namespaces) {
+    if let Some(why) = cfg.scope.pod_exclusion(facts) {
         let reason = match why {
             Exclusion::ExcludedNamespace => IgnoreReason::ExcludedNamespace,
             Exclusion::MirrorPod => IgnoreReason::MirrorPod,
             Exclusion::OptedOut => IgnoreReason::OptedOut,
+            // pod_exclusion reads no namespace labels: only the object selector gets here.
+            Exclusion::NotSelected | Exclusion::NotOptedIn | Exclusion::NamespaceOptedOut => {
+                IgnoreReason::NotSelected
+            }
         };
         return Stage::Done(Box::new(Plan::ignored(reason, None, None)));
     }

@@ -206,12 +206,11 @@ impl Args {
             }
         }
         check("volume-size-limit", &self.volume_size_limit)?;
-        let excluded = self.scope.excluded(own_namespace);
         Ok(decide::Config {
             reaper_image: self.reaper_image.trim().to_string(),
             mount_path: mount.to_string(),
             default_mode: self.default_mode,
-            excluded_namespaces: excluded,
+            scope: self.scope.scope(own_namespace),
             install: install::InstallSettings {
                 run_as_user: self.install_run_as_user,
                 cpu_request: self.install_cpu_request.clone(),
@@ -458,8 +457,9 @@ async fn serve(
         .await?)
 }
 
-/// Prefetch the images of workload templates in opted-in namespaces once policies and namespace
-/// labels are synced (before that every template would look out of scope).
+/// Prefetch the images of the workload templates the installation governs ([`crate::scope`])
+/// once policies and namespace labels are synced (before that every template would look out of
+/// scope).
 fn start_warm_up(
     client: kube::Client,
     reg: Registry,
@@ -471,7 +471,12 @@ fn start_warm_up(
     let (s, cfg) = (sources.clone(), config.clone());
     let wanted: registry::warmup::Wanted = Arc::new(move |pod, namespace| {
         let ns = s.namespace_labels(namespace);
-        if ns.labels.get(keys::LABEL_INJECT).map(String::as_str) != Some(keys::INJECT_ENABLED) {
+        let facts = crate::scope::PodFacts {
+            namespace,
+            labels: pod.metadata.labels.as_ref(),
+            annotations: pod.metadata.annotations.as_ref(),
+        };
+        if cfg.scope.governs(facts, &ns.labels).is_err() {
             return Vec::new();
         }
         let policies = s.policies();
@@ -523,7 +528,8 @@ mod tests {
         assert_eq!(c.mount_path, "/.reaper");
         assert_eq!(c.default_mode, Mode::Auto);
         assert_eq!(
-            c.excluded_namespaces
+            c.scope
+                .excluded
                 .iter()
                 .map(String::as_str)
                 .collect::<Vec<_>>(),
@@ -544,7 +550,7 @@ mod tests {
         ])
         .config(None)
         .unwrap();
-        assert_eq!(c.excluded_namespaces.len(), 2);
+        assert_eq!(c.scope.excluded.len(), 2);
         assert_eq!(c.default_mode, Mode::Share);
         assert_eq!(c.reaper_path(), "/x/reaper");
     }

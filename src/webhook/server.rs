@@ -54,7 +54,7 @@ struct RequestLabels {
     namespace: String,
 }
 
-/// Values of the `namespace` label. The API server only sends pods of opted-in namespaces, so
+/// Values of the `namespace` label. The API server only sends pods of governed namespaces, so
 /// their number is bounded by the cluster's; this cap also bounds what a client that is not the
 /// API server could make up (without `--client-ca-file` anyone who reaches the Service can post
 /// a review).

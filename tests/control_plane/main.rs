@@ -13,4 +13,5 @@ mod demo;
 mod operator;
 mod rbac;
 mod registry;
+mod scope;
 mod webhook;

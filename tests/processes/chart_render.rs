@@ -30,10 +30,7 @@ fn helm_lint_is_clean_also_strict_for_every_certs_mode() {
             chart_common::chart_dir().display().to_string(),
         ];
         for v in &values {
-            match v {
-                V::Set(k, val) => args.extend(["--set".into(), format!("{k}={val}")]),
-                V::Str(k, val) => args.extend(["--set-string".into(), format!("{k}={val}")]),
-            }
+            args.extend(v.helm_args());
         }
         for strict in [false, true] {
             let mut a: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -316,39 +313,50 @@ fn mutating_webhook_configuration_is_exactly_as_specified() {
     let objs = default_render();
     let mwc = objs.get("MutatingWebhookConfiguration", "reaper-webhook");
     let hooks = mwc["webhooks"].as_array().unwrap();
-    assert_eq!(hooks.len(), 1);
-    let w = &hooks[0];
-    assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
-    assert_eq!(w["sideEffects"], "None");
-    assert_eq!(w["failurePolicy"], "Ignore");
-    assert_eq!(w["timeoutSeconds"], 5);
-    assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+    let names: Vec<&str> = hooks.iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["pods.reaper.dev", "opted-in-pods.reaper.dev"]);
+    let excluded = serde_json::json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                                      "values": [NS, "kube-system", "kube-public", "kube-node-lease"]});
+    for w in hooks {
+        assert_eq!(w["admissionReviewVersions"], serde_json::json!(["v1"]));
+        assert_eq!(w["sideEffects"], "None");
+        assert_eq!(w["failurePolicy"], "Ignore");
+        assert_eq!(w["timeoutSeconds"], 5);
+        assert_eq!(w["reinvocationPolicy"], "IfNeeded");
+        assert_eq!(
+            w["clientConfig"]["service"],
+            serde_json::json!({"name": "reaper-webhook", "namespace": NS, "path": "/mutate", "port": 443})
+        );
+        assert_eq!(
+            w["rules"],
+            serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
+                                "resources": ["pods"], "scope": "Namespaced"}])
+        );
+        assert_eq!(
+            w["matchConditions"],
+            serde_json::json!([{"name": "not-a-mirror-pod", "expression":
+                "!has(object.metadata.annotations) || !('kubernetes.io/config.mirror' in object.metadata.annotations)"}])
+        );
+    }
+    // Opted-in namespaces, without the pods opted out...
     assert_eq!(
-        w["clientConfig"]["service"],
-        serde_json::json!({"name": "reaper-webhook", "namespace": NS, "path": "/mutate", "port": 443})
+        hooks[0]["namespaceSelector"],
+        serde_json::json!({"matchLabels": {"reaper.dev/inject": "enabled"}, "matchExpressions": [excluded]})
     );
     assert_eq!(
-        w["rules"],
-        serde_json::json!([{"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"],
-                            "resources": ["pods"], "scope": "Namespaced"}])
-    );
-    assert_eq!(
-        w["namespaceSelector"],
-        serde_json::json!({
-            "matchLabels": {"reaper.dev/inject": "enabled"},
-            "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn",
-                                  "values": [NS, "kube-system"]}]
-        })
-    );
-    assert_eq!(
-        w["objectSelector"],
+        hooks[0]["objectSelector"],
         serde_json::json!({"matchExpressions": [{"key": "reaper.dev/inject", "operator": "NotIn",
                                                  "values": ["disabled"]}]})
     );
+    // ...and, disjoint from them, pods opted in where the namespace says nothing.
     assert_eq!(
-        w["matchConditions"],
-        serde_json::json!([{"name": "not-a-mirror-pod", "expression":
-            "!has(object.metadata.annotations) || !('kubernetes.io/config.mirror' in object.metadata.annotations)"}])
+        hooks[1]["namespaceSelector"],
+        serde_json::json!({"matchExpressions": [excluded, {"key": "reaper.dev/inject", "operator": "NotIn",
+                                                           "values": ["enabled", "disabled"]}]})
+    );
+    assert_eq!(
+        hooks[1]["objectSelector"],
+        serde_json::json!({"matchLabels": {"reaper.dev/inject": "enabled"}})
     );
     // The release namespace follows the release.
     let other = render(
@@ -356,12 +364,203 @@ fn mutating_webhook_configuration_is_exactly_as_specified() {
         "platform",
         &[V::Set("webhook.failurePolicy", "Fail")],
     );
-    let w = &other.get("MutatingWebhookConfiguration", "reaper-webhook")["webhooks"][0];
-    assert_eq!(
-        w["namespaceSelector"]["matchExpressions"][0]["values"],
-        serde_json::json!(["platform", "kube-system"])
-    );
-    assert_eq!(w["failurePolicy"], "Fail");
+    for w in other.get("MutatingWebhookConfiguration", "reaper-webhook")["webhooks"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(
+            w["namespaceSelector"]["matchExpressions"][0]["values"][0],
+            "platform"
+        );
+        assert_eq!(w["failurePolicy"], "Fail");
+    }
+}
+
+/// The selectors the chart gives the API server (webhook entries, admission policy bindings)
+/// select exactly the pods src/scope.rs governs with the flags the chart gives the webhook and
+/// operator, for every combination of namespace and pod labels and for each way to configure the
+/// scope. The operator's restart guard (a ValidatingAdmissionPolicy) says the same in CEL; its
+/// shape is checked here, its verdicts on a real API server (tests/control_plane/rbac.rs).
+#[test]
+fn scope_selectors_agree_with_the_scope_rule() {
+    use reaper::crd::selector::matches_valid;
+    use std::collections::BTreeMap;
+    let selector = |v: &Value| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+        serde_json::from_value(v.clone()).unwrap()
+    };
+    let configs: &[(&str, &[V<'_>])] = &[
+        ("default", &[]),
+        ("no pod opt-in", &[V::Set("webhook.podOptIn", "false")]),
+        ("opt-out", &[V::Set("webhook.selection", "opt-out")]),
+        (
+            "selectors",
+            &[
+                V::Json(
+                    "webhook.namespaceSelector",
+                    r#"{"matchLabels":{"env":"prod"}}"#,
+                ),
+                V::Json(
+                    "webhook.objectSelector",
+                    r#"{"matchExpressions":[{"key":"legacy","operator":"DoesNotExist"}]}"#,
+                ),
+            ],
+        ),
+        (
+            "opt-out with selectors",
+            &[
+                V::Set("webhook.selection", "opt-out"),
+                V::Json(
+                    "webhook.namespaceSelector",
+                    r#"{"matchExpressions":[{"key":"env","operator":"In","values":["prod","staging"]}]}"#,
+                ),
+                V::Json(
+                    "webhook.objectSelector",
+                    r#"{"matchLabels":{"tier":"web"}}"#,
+                ),
+            ],
+        ),
+    ];
+    let inject = [None, Some("enabled"), Some("disabled"), Some("other")];
+    for (name, values) in configs {
+        let objs = render("reaper", NS, &{
+            let mut v = values.to_vec();
+            v.push(V::Set("admission.engine", "both"));
+            v
+        });
+        // The rule, from the flags the chart passes (the webhook's and the operator's agree).
+        let webhook_args = objs.args("Deployment", "reaper-webhook");
+        let operator_args = objs.args("Deployment", "reaper-operator");
+        let scope_flags = |args: &[String]| -> Vec<String> {
+            args.iter()
+                .filter(|a| {
+                    [
+                        "--excluded-namespaces",
+                        "--selection",
+                        "--pod-opt-in",
+                        "--namespace-selector",
+                        "--object-selector",
+                    ]
+                    .iter()
+                    .any(|f| a.starts_with(&format!("{f}=")))
+                })
+                .cloned()
+                .collect()
+        };
+        assert_eq!(
+            scope_flags(&webhook_args),
+            scope_flags(&operator_args),
+            "{name}"
+        );
+        let mut argv = vec!["operator".to_string()];
+        argv.extend(scope_flags(&operator_args));
+        let cli = Cli::try_parse_from(std::iter::once("reaper-controller".to_string()).chain(argv))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let Cmd::Operator(op) = cli.command else {
+            panic!("{name}: not the operator")
+        };
+        let rule = op.scope.scope(Some(NS));
+        let hooks = objs.get("MutatingWebhookConfiguration", "reaper-webhook")["webhooks"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let bindings = objs.of_kind("MutatingAdmissionPolicyBinding");
+        for ns in ["shop", "kube-public", NS] {
+            for ns_inject in inject {
+                for env in [None, Some("prod"), Some("dev")] {
+                    let mut ns_labels = BTreeMap::from([(
+                        "kubernetes.io/metadata.name".to_string(),
+                        ns.to_string(),
+                    )]);
+                    if let Some(v) = ns_inject {
+                        ns_labels.insert("reaper.dev/inject".into(), v.into());
+                    }
+                    if let Some(e) = env {
+                        ns_labels.insert("env".into(), e.into());
+                    }
+                    for pod_inject in inject {
+                        for extra in [None, Some(("legacy", "1")), Some(("tier", "web"))] {
+                            let mut pod_labels = BTreeMap::new();
+                            if let Some(v) = pod_inject {
+                                pod_labels.insert("reaper.dev/inject".to_string(), v.to_string());
+                            }
+                            if let Some((k, v)) = extra {
+                                pod_labels.insert(k.to_string(), v.to_string());
+                            }
+                            let want = rule
+                                .governs(
+                                    reaper::scope::PodFacts {
+                                        namespace: ns,
+                                        labels: Some(&pod_labels),
+                                        annotations: None,
+                                    },
+                                    &ns_labels,
+                                )
+                                .is_ok();
+                            let selects = |ns_sel: &Value, obj_sel: &Value| {
+                                matches_valid(&selector(ns_sel), &ns_labels)
+                                    && matches_valid(&selector(obj_sel), &pod_labels)
+                            };
+                            let calls = hooks
+                                .iter()
+                                .filter(|w| selects(&w["namespaceSelector"], &w["objectSelector"]))
+                                .count();
+                            let case = format!(
+                                "{name}: namespace {ns} {ns_labels:?}, pod {pod_labels:?}: governed {want}"
+                            );
+                            assert_eq!(calls, usize::from(want), "webhook entries; {case}");
+                            for policy in objs.of_kind("MutatingAdmissionPolicy") {
+                                let c = &policy["spec"]["matchConstraints"];
+                                let applied = bindings
+                                    .iter()
+                                    .filter(|b| {
+                                        b["spec"]["policyName"] == policy["metadata"]["name"]
+                                    })
+                                    .filter(|b| {
+                                        let m = &b["spec"]["matchResources"];
+                                        selects(&c["namespaceSelector"], &c["objectSelector"])
+                                            && selects(
+                                                &m["namespaceSelector"],
+                                                &m["objectSelector"],
+                                            )
+                                    })
+                                    .count();
+                                assert_eq!(
+                                    applied,
+                                    usize::from(want),
+                                    "{}; {case}",
+                                    policy["metadata"]["name"]
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The restart guard follows the selection and pod opt-in.
+        let guard = render("reaper", NS, &{
+            let mut v = values.to_vec();
+            v.push(V::Set("operator.restart.enabled", "true"));
+            v
+        });
+        let vap = serde_json::to_string(
+            &guard.get("ValidatingAdmissionPolicy", "reaper-operator-restart")["spec"]["validations"][0],
+        )
+        .unwrap();
+        assert!(
+            vap.contains("kube-node-lease") && vap.contains(NS),
+            "{name}: {vap}"
+        );
+        assert_eq!(
+            vap.contains("variables.namespaceInject == 'enabled'"),
+            rule.selection == reaper::scope::Selection::OptIn,
+            "{name}: {vap}"
+        );
+        assert_eq!(
+            vap.contains("variables.templateInject == 'enabled'"),
+            rule.selection == reaper::scope::Selection::OptIn && rule.pod_opt_in,
+            "{name}: {vap}"
+        );
+    }
 }
 
 /// `webhook.imageVolumes=detect` (the default) adds list/watch on nodes and `create` on
@@ -1440,7 +1639,8 @@ fn admission_engine_renders_policies_instead_of_or_before_the_webhook() {
         values.push(V::Set("admission.engine", "policy"));
         let objs = render("reaper", NS, &values);
         assert_eq!(kinds(&objs, "MutatingAdmissionPolicy"), 2, "{}", mode.0);
-        assert_eq!(kinds(&objs, "MutatingAdmissionPolicyBinding"), 2);
+        // One binding per policy and webhook entry (scope_selectors_agree_with_the_scope_rule).
+        assert_eq!(kinds(&objs, "MutatingAdmissionPolicyBinding"), 4);
         assert_eq!(kinds(&objs, "MutatingWebhookConfiguration"), 0);
         assert_eq!(
             webhook_parts(&objs),
@@ -1490,10 +1690,15 @@ fn admission_engine_renders_policies_instead_of_or_before_the_webhook() {
             .map(|c| c["name"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(
-        conditions(mwc),
-        ["not-a-mirror-pod", "left-by-the-admission-policies"]
-    );
+    for hook in both.of_kind("MutatingWebhookConfiguration")[0]["webhooks"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(
+            conditions(hook),
+            ["not-a-mirror-pod", "left-by-the-admission-policies"]
+        );
+    }
     assert_eq!(
         conditions(&default.of_kind("MutatingWebhookConfiguration")[0]["webhooks"][0]),
         ["not-a-mirror-pod"]
@@ -1501,10 +1706,6 @@ fn admission_engine_renders_policies_instead_of_or_before_the_webhook() {
     for p in both.of_kind("MutatingAdmissionPolicy") {
         let spec = &p["spec"];
         let c = &spec["matchConstraints"];
-        assert_eq!(
-            c["namespaceSelector"]["matchLabels"],
-            mwc["namespaceSelector"]["matchLabels"]
-        );
         assert_eq!(c["objectSelector"], mwc["objectSelector"]);
         let excluded = strings(&c["namespaceSelector"]["matchExpressions"][0]["values"]);
         for ns in [NS, "kube-system", "kube-public", "kube-node-lease"] {

@@ -113,6 +113,7 @@ impl Webhook {
             image_volumes: Default::default(),
             scope: reaper::scope::ScopeArgs {
                 excluded_namespaces: vec!["kube-system".into()],
+                ..Default::default()
             },
             policies: Some(dir.path().join("policies.yaml")),
             install_run_as_user: Some(65532),

@@ -1202,6 +1202,10 @@ fn troubleshooting_covers_every_skip_and_fallback_reason() {
         ),
         (IgnoreReason::MirrorPod, "**It is a mirror (static) pod**"),
         (IgnoreReason::OptedOut, "**The pod is opted out**"),
+        (
+            IgnoreReason::NotSelected,
+            "**The pod or its namespace is outside the installation's selectors**",
+        ),
         (IgnoreReason::ModeOff, "**The mode is `off`**"),
     ];
     for (r, step) in ignored {
@@ -1210,6 +1214,7 @@ fn troubleshooting_covers_every_skip_and_fallback_reason() {
             | IgnoreReason::ExcludedNamespace
             | IgnoreReason::MirrorPod
             | IgnoreReason::OptedOut
+            | IgnoreReason::NotSelected
             | IgnoreReason::ModeOff => {}
         }
         assert!(text.contains(step), "{r:?}: {step}");

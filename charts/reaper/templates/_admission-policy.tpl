@@ -16,8 +16,9 @@
 {{ .Values.webhook.mountPath }}/reaper
 {{- end }}
 
-{{- /* Which pods reach the policies: the webhook registration's rules, plus every excluded
-  namespace (the webhook drops those itself; a policy must not even see them). */}}
+{{- /* Which pods reach the policies: the webhook registration's rules, without the excluded
+  namespaces and opted-out pods. Which of those a policy acts on is its bindings' business
+  (reaper.admission.bindings): one per webhook entry, with that entry's selectors. */}}
 {{- define "reaper.admission.match" -}}
 # Policies fail open like the webhook's default: a pod is never refused because of Reaper.
 failurePolicy: Ignore
@@ -32,8 +33,6 @@ matchConstraints:
       resources: [pods]
   matchPolicy: Equivalent
   namespaceSelector:
-    matchLabels:
-      reaper.dev/inject: enabled
     matchExpressions:
       - key: kubernetes.io/metadata.name
         operator: NotIn
@@ -51,6 +50,30 @@ matchConditions:
   # The webhook ignores a pod without a name (the API server rejects it anyway).
   - name: named
     expression: "object.metadata.?name.orValue('') != '' || object.metadata.?generateName.orValue('') != ''"
+{{- end }}
+
+{{- /* The bindings of the policy named by the argument: one per entry of the scope rule
+  (reaper.scope.entries), so a policy acts on exactly the pods the webhook would be called for.
+  The entries are disjoint: a pod matches one binding at most and is mutated once. */}}
+{{- define "reaper.admission.bindings" -}}
+{{- $root := index . 0 }}
+{{- $name := index . 1 }}
+{{- range $i, $entry := include "reaper.scope.entries" $root | fromYamlArray }}
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: MutatingAdmissionPolicyBinding
+metadata:
+  name: {{ $name }}{{ if $i }}-{{ $entry.name }}{{ end }}
+  labels:
+    {{- include "reaper.componentLabels" (list $root "admission-policy") | nindent 4 }}
+spec:
+  policyName: {{ $name }}
+  matchResources:
+    namespaceSelector:
+      {{- toYaml $entry.namespaceSelector | nindent 6 }}
+    objectSelector:
+      {{- toYaml $entry.objectSelector | nindent 6 }}
+{{- end }}
 {{- end }}
 
 {{- define "reaper.admission.variables" -}}

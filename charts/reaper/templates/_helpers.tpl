@@ -148,3 +148,61 @@ with crds.keep, Helm's keep policy. */}}
   labels:
     {{- include "reaper.labels" . | nindent 4 }}
 {{- end }}
+
+{{/* Which pods Reaper governs (docs/install.md#choosing-what-reaper-governs), as the flags of the
+webhook, the operator and `check` (src/scope.rs). The excluded namespaces come first, as always. */}}
+{{- define "reaper.scopeArgs" -}}
+- --excluded-namespaces={{ join "," .Values.webhook.excludedNamespaces }}
+- --selection={{ .Values.webhook.selection }}
+- --pod-opt-in={{ .Values.webhook.podOptIn }}
+{{- with .Values.webhook.namespaceSelector }}
+- {{ printf "--namespace-selector=%s" (toJson .) | quote }}
+{{- end }}
+{{- with .Values.webhook.objectSelector }}
+- {{ printf "--object-selector=%s" (toJson .) | quote }}
+{{- end }}
+{{- end }}
+
+{{/* A user selector (webhook.namespaceSelector / objectSelector) as matchExpressions only, so it
+can be appended to the chart's own: matchLabels become `In` terms. */}}
+{{- define "reaper.scope.userExpressions" -}}
+{{- $out := list -}}
+{{- range $k, $v := (.matchLabels | default dict) -}}
+{{- $out = append $out (dict "key" $k "operator" "In" "values" (list $v)) -}}
+{{- end -}}
+{{- range (.matchExpressions | default list) -}}
+{{- $out = append $out . -}}
+{{- end -}}
+{{- toYaml $out -}}
+{{- end }}
+
+{{/* The selectors of the webhook registration's entries and of the admission policies' bindings,
+one item per entry: the same rule as src/scope.rs, so the API server calls Reaper for exactly the
+pods it governs. Opt-in: namespaces labelled enabled, and (podOptIn) pods labelled enabled in
+namespaces labelled neither enabled nor disabled — two disjoint entries, so no pod is sent twice.
+Opt-out: every namespace not labelled disabled. Every entry leaves out the excluded namespaces and
+pods labelled disabled, and adds the user's selectors. */}}
+{{- define "reaper.scope.entries" -}}
+{{- $excluded := concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq -}}
+{{- $notExcluded := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded -}}
+{{- $userNs := include "reaper.scope.userExpressions" .Values.webhook.namespaceSelector | fromYamlArray -}}
+{{- $userObj := include "reaper.scope.userExpressions" .Values.webhook.objectSelector | fromYamlArray -}}
+{{- $podNotOut := dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "disabled") -}}
+{{- $entries := list -}}
+{{- if eq .Values.webhook.selection "opt-out" -}}
+{{- $ns := dict "matchExpressions" (concat (list $notExcluded (dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "disabled"))) $userNs) -}}
+{{- $obj := dict "matchExpressions" (concat (list $podNotOut) $userObj) -}}
+{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- else -}}
+{{- $ns := dict "matchLabels" (dict "reaper.dev/inject" "enabled") "matchExpressions" (concat (list $notExcluded) $userNs) -}}
+{{- $obj := dict "matchExpressions" (concat (list $podNotOut) $userObj) -}}
+{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- if .Values.webhook.podOptIn -}}
+{{- $ns := dict "matchExpressions" (concat (list $notExcluded (dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "enabled" "disabled"))) $userNs) -}}
+{{- $obj := dict "matchLabels" (dict "reaper.dev/inject" "enabled") "matchExpressions" $userObj -}}
+{{- if not $userObj -}}{{- $obj = dict "matchLabels" (dict "reaper.dev/inject" "enabled") -}}{{- end -}}
+{{- $entries = append $entries (dict "name" "opted-in-pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- end -}}
+{{- end -}}
+{{- toYaml $entries -}}
+{{- end }}

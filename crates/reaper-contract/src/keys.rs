@@ -6,7 +6,9 @@ pub const API_GROUP: &str = "reaper.dev";
 /// API version of the Reaper CRDs.
 pub const API_VERSION: &str = "v1alpha1";
 
-/// Namespace label (`=enabled`) that opts a namespace in, and pod label (`=disabled`) that opts a pod out.
+/// Namespace label (`=enabled`) that opts a namespace in, pod label (`=disabled`) that opts a pod
+/// out; `=enabled` on a pod opts it in where its namespace carries no such label (`--pod-opt-in`),
+/// and `=disabled` on a namespace opts it out (the only way out under `--selection=opt-out`).
 pub const LABEL_INJECT: &str = "reaper.dev/inject";
 pub const INJECT_ENABLED: &str = "enabled";
 pub const INJECT_DISABLED: &str = "disabled";

@@ -39,11 +39,24 @@ pub fn helm_run(args: &[&str]) -> Result<String, String> {
     }
 }
 
-/// A value to pass with `--set` (`Set`) or `--set-string` (`Str`).
+/// A value to pass with `--set` (`Set`), `--set-string` (`Str`) or `--set-json` (`Json`).
 #[derive(Clone, Copy, Debug)]
 pub enum V<'a> {
     Set(&'a str, &'a str),
     Str(&'a str, &'a str),
+    Json(&'a str, &'a str),
+}
+
+impl V<'_> {
+    /// The helm flag and its argument.
+    pub fn helm_args(&self) -> [String; 2] {
+        let (flag, k, val) = match self {
+            V::Set(k, val) => ("--set", k, val),
+            V::Str(k, val) => ("--set-string", k, val),
+            V::Json(k, val) => ("--set-json", k, val),
+        };
+        [flag.to_string(), format!("{k}={val}")]
+    }
 }
 
 /// `helm template RELEASE charts/reaper --namespace NS` with values; the YAML text.
@@ -67,10 +80,7 @@ pub fn template_text_with(
         namespace.into(),
     ];
     for v in values {
-        match v {
-            V::Set(k, val) => args.extend(["--set".into(), format!("{k}={val}")]),
-            V::Str(k, val) => args.extend(["--set-string".into(), format!("{k}={val}")]),
-        }
+        args.extend(v.helm_args());
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
