@@ -151,12 +151,37 @@ async fn explain_reads_the_cluster_and_the_registry_like_the_webhook() {
     );
 
     let e = explain(cp, &registry.addr, &plain, "deploy/web");
-    assert_eq!(e["namespace_opted_in"], false);
+    assert_eq!(
+        (&e["namespace_opted_in"], &e["in_scope"]),
+        (&json!(false), &json!(false))
+    );
     assert!(
-        e["outcome"]
-            .as_str()
-            .unwrap()
-            .starts_with("not be called (namespace not opted in); once opted in: inject:app,side"),
+        e["outcome"].as_str().unwrap().starts_with(
+            "not be called: not opted in (label the namespace, or the pod, reaper.dev/inject=enabled); once in scope: inject:app,side"
+        ),
         "{e:#}"
     );
+    // The pod template opts in itself (pod opt-in, on by default): the webhook is called.
+    let mut joined = deployment(&plain);
+    joined.metadata.name = Some("joined".into());
+    joined
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("reaper.dev/inject".into(), "enabled".into());
+    Api::<Deployment>::namespaced(client.clone(), &plain)
+        .create(&PostParams::default(), &joined)
+        .await
+        .unwrap();
+    let e = explain(cp, &registry.addr, &plain, "deploy/joined");
+    assert_eq!(e["in_scope"], true, "{e:#}");
+    assert_eq!(e["scope"], "pod opted in (reaper.dev/inject=enabled)");
+    assert_eq!(e["outcome"], "inject:app,side", "{e:#}");
 }

@@ -652,7 +652,7 @@ async fn policy_status_counts_conditions_and_observed_generation() {
     )
     .await
     .unwrap();
-    let p = wait_policy(&admin, &web, "3 protected pods", logs, |s| {
+    wait_policy(&admin, &web, "3 protected pods", logs, |s| {
         s["matchedPods"] == 3 && s["protectedPods"] == 3 && s["unprotectedPods"] == 0
     })
     .await;
@@ -668,6 +668,41 @@ async fn policy_status_counts_conditions_and_observed_generation() {
         .then_some(())
     })
     .await;
+
+    // Pod opt-in (on by default): in a namespace that says nothing, the pod labelled
+    // reaper.dev/inject=enabled is governed and counted with its namespace; its neighbour is not.
+    let plain = cp
+        .ns_with_labels(&admin, "op-status-plain", &[(TEST_LABEL, tag.as_str())])
+        .await;
+    let plain_pods: Api<Pod> = Api::namespaced(admin.clone(), &plain);
+    create(
+        &plain_pods,
+        pod_json(
+            &plain,
+            "joined",
+            json!({"app": "web", keys::LABEL_INJECT: keys::INJECT_ENABLED}),
+            json!({keys::ANNOTATION_INJECTED: "share"}),
+            None,
+        ),
+    )
+    .await;
+    create(
+        &plain_pods,
+        pod_json(&plain, "bystander", json!({"app": "web"}), json!({}), None),
+    )
+    .await;
+    let p = wait_policy(&admin, &web, "the opted-in pod counted", logs, |s| {
+        s["matchedPods"] == 4 && s["protectedPods"] == 4 && s["matchedNamespaces"] == 2
+    })
+    .await;
+    let message = status_of(&p)["conditions"][0]["message"].clone();
+    assert!(
+        message
+            .as_str()
+            .unwrap()
+            .starts_with("governs 4 pods in 2 governed namespaces"),
+        "{message}"
+    );
 
     // A change that alters no status: reconciled, but nothing written.
     let rv = p.resource_version();

@@ -12,7 +12,7 @@ use reaper_test_support as support;
 use reaper_test_support::chart as chart_common;
 use reaper_test_support::scenarios as e2e_scenarios;
 
-use chart_common::{Objects, V, cluster, render};
+use chart_common::{Objects, V, cluster, local, render};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
@@ -182,13 +182,18 @@ async fn webhook_works_as_its_chart_service_account() {
     // The chart's MutatingWebhookConfiguration, reaching this process by URL, limited to the
     // namespaces of this test, failing closed so a broken call fails the create.
     let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
-    let hook = &mut mwc["webhooks"][0];
-    hook["clientConfig"] = json!({
-        "url": format!("https://127.0.0.1:{port}/mutate"),
-        "caBundle": base64_encode(ca.cert_pem().as_bytes()),
-    });
-    hook["failurePolicy"] = json!("Fail");
-    hook["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
+    for hook in mwc["webhooks"].as_array_mut().unwrap() {
+        hook["clientConfig"] = json!({
+            "url": format!("https://127.0.0.1:{port}/mutate"),
+            "caBundle": base64_encode(ca.cert_pem().as_bytes()),
+        });
+        hook["failurePolicy"] = json!("Fail");
+        local::scope_selector(
+            &mut hook["namespaceSelector"],
+            "reaper.dev/test-rbac",
+            &release,
+        );
+    }
     cluster::apply(&admin, &mwc, false)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -532,7 +537,13 @@ async fn operator_works_as_its_chart_service_account() {
     let (sa, kubeconfig) = identity(cp, &admin, &objs, &ns, "operator").await;
     // The chart's webhook configuration, for real, matching no namespace of other tests.
     let mut mwc = objs.of_kind("MutatingWebhookConfiguration")[0].clone();
-    mwc["webhooks"][0]["namespaceSelector"]["matchLabels"]["reaper.dev/test-rbac"] = json!(release);
+    for hook in mwc["webhooks"].as_array_mut().unwrap() {
+        local::scope_selector(
+            &mut hook["namespaceSelector"],
+            "reaper.dev/test-rbac",
+            &release,
+        );
+    }
     cluster::apply(&admin, &mwc, false)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -652,7 +663,9 @@ async fn operator_works_as_its_chart_service_account() {
 /// The Restart action is an install-time opt-in: by default the operator's ClusterRole grants no
 /// write on workloads at all. Enabled, the chart's ValidatingAdmissionPolicy (checked here on the
 /// real API server) lets the operator's ServiceAccount change only the pod template's
-/// `restartedAt` annotation, and only in opted-in namespaces; anyone else is unaffected.
+/// `restartedAt` annotation, and only of workloads Reaper governs (opted-in namespaces, or a pod
+/// template that opts in where the namespace says nothing; never an excluded namespace or one
+/// opted out); anyone else is unaffected.
 #[tokio::test]
 async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
     let Some(cp) = control_plane::shared(module_path!()) else {
@@ -697,6 +710,9 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
         .ns_with_labels(&admin, "governed", &[("reaper.dev/inject", "enabled")])
         .await;
     let other = cp.ns(&admin, "ungoverned").await;
+    let opted_out = cp
+        .ns_with_labels(&admin, "opted-out", &[("reaper.dev/inject", "disabled")])
+        .await;
     let deployment = |name: &str| -> k8s_openapi::api::apps::v1::Deployment {
         serde_json::from_value(json!({
             "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -712,13 +728,44 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
             .await
             .unwrap();
     }
-    let patch = |ns: &str, body: Value| {
+    // Pod templates that opt in: governed where the namespace says nothing, not where it opted
+    // out, nor in the release namespace (always excluded) even when labelled enabled.
+    let mut joined = deployment("joined");
+    joined
+        .spec
+        .as_mut()
+        .unwrap()
+        .template
+        .metadata
+        .as_mut()
+        .unwrap()
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("reaper.dev/inject".into(), "enabled".into());
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
+        .patch(
+            &ns,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"labels": {"reaper.dev/inject": "enabled"}}}),
+            ),
+        )
+        .await
+        .unwrap();
+    for n in [&other, &opted_out, &ns] {
+        Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(admin.clone(), n)
+            .create(&PostParams::default(), &joined)
+            .await
+            .unwrap();
+    }
+    let patch_named = |ns: &str, name: &str, body: Value| {
         let client = operator.clone();
-        let ns = ns.to_string();
+        let (ns, name) = (ns.to_string(), name.to_string());
         async move {
             Api::<k8s_openapi::api::apps::v1::Deployment>::namespaced(client, &ns)
                 .patch(
-                    "web",
+                    &name,
                     &kube::api::PatchParams::default(),
                     &kube::api::Patch::Strategic(&body),
                 )
@@ -727,6 +774,7 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
                 .map_err(|e| e.to_string())
         }
     };
+    let patch = |ns: &str, body: Value| patch_named(ns, "web", body);
     let restart = |at: &str| json!({"spec": {"template": {"metadata": {"annotations": {"kubectl.kubernetes.io/restartedAt": at}}}}});
     // The policy takes a moment to be enforced after it is created; each try is a real change
     // (an applied one would make the next identical patch a no-op).
@@ -748,7 +796,19 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
     let refused = patch(&other, restart("2026-12-07T10:00:00Z"))
         .await
         .unwrap_err();
-    assert!(refused.contains("reaper.dev/inject=enabled"), "{refused}");
+    assert!(
+        refused.contains("restarts only workloads Reaper governs"),
+        "{refused}"
+    );
+    patch_named(&other, "joined", restart("2026-12-07T10:00:00Z"))
+        .await
+        .expect("a restart of a pod template that opts in is allowed");
+    for n in [&opted_out, &ns] {
+        let refused = patch_named(n, "joined", restart("2026-12-07T10:00:00Z"))
+            .await
+            .unwrap_err();
+        assert!(refused.contains("Reaper governs"), "{n}: {refused}");
+    }
     let label = json!({"spec": {"template": {"metadata": {"labels": {"x": "y"}}}}});
     assert!(
         patch(&governed, label)
