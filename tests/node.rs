@@ -229,6 +229,23 @@ async fn s10_check_lists_unprotected_pid1s_with_evidence() {
         );
         let plain = wait_running(&env, &off, "sleeper").await;
         assert_eq!(injected(&plain), None);
+        // Pod opt-in (the chart's default): in the namespace that says nothing, a pod labelled
+        // reaper.dev/inject=enabled is sent to the webhook through the registration's second
+        // entry, wrapped, and runs under reaper on the kubelet.
+        let joined = restricted_pod(
+            "joined",
+            &env.image,
+            Some(&["sleep", "3600"]),
+            &[(reaper::keys::LABEL_INJECT, reaper::keys::INJECT_ENABLED)],
+            &[],
+        );
+        create(&env, &off, &joined).await;
+        let joined = wait_running(&env, &off, "joined").await;
+        assert!(
+            injected(&joined).is_some_and(|i| i.starts_with("inject")),
+            "{:?}",
+            joined.metadata.annotations
+        );
 
         let unprotected = format!(
             "{off}/sleeper container app: PID 1 \"sleep\" is not an init and does not handle SIGTERM"
@@ -255,13 +272,15 @@ async fn s10_check_lists_unprotected_pid1s_with_evidence() {
         let findings = wait_for(Duration::from_secs(90), "check lists both sleepers", || async {
             let f = check();
             let listed = f.iter().any(|m| m.starts_with(&unprotected))
-                && f.iter().any(|m| m.starts_with(&format!("{on}: ")) && m.contains(protected));
+                && f.iter().any(|m| m.starts_with(&format!("{on}: ")) && m.contains(protected))
+                && f.iter().any(|m| m.starts_with(&format!("{off}: ")) && m.contains("joined/app (reaper)"));
             listed.then_some(f)
         })
         .await;
         assert!(
-            !findings.iter().any(|m| m.starts_with(&format!("{on}/sleeper"))),
-            "the wrapped pod is listed as unprotected: {findings:#?}"
+            !findings.iter().any(|m| m.starts_with(&format!("{on}/sleeper"))
+                || m.starts_with(&format!("{off}/joined"))),
+            "a wrapped pod is listed as unprotected: {findings:#?}"
         );
 
         // The evidence in the node's report.
