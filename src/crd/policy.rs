@@ -327,7 +327,8 @@ pub struct ReaperPolicyStatus {
     /// `Ready` (reasons: `Reconciled`, `InvalidSelector`, `Conflicting`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Opted-in namespaces this policy selects.
+    /// Governed namespaces this policy selects: whole (opted in, or any under opt-out) or through
+    /// a pod that opts in.
     #[serde(default)]
     pub matched_namespaces: u32,
     /// Pods this policy governs (it is their winning policy).
