@@ -287,6 +287,7 @@ async fn helm_install_and_uninstall_on_the_api_server() {
         &format!("kubectl label namespace {ns} \\"),
         "pod-security.kubernetes.io/enforce=privileged",
         "kubectl label namespace <your-namespace> reaper.dev/inject=enabled",
+        "Or opt a single pod in where its namespace is not labelled: pod label reaper.dev/inject=enabled.",
         "Certificates: self-managed",
     ] {
         assert!(out.contains(want), "NOTES lack {want:?}:\n{out}");

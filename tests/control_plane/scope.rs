@@ -218,3 +218,70 @@ async fn opt_out_with_selectors_is_applied_by_the_api_server() {
     )
     .await;
 }
+
+/// What `helm install` prints says how pods come in, for each selection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_notes_say_how_pods_take_part() {
+    let Some(cp) = control_plane::shared(module_path!()) else {
+        return;
+    };
+    let client = cp.client().await;
+    cp.install_crds(&client).await;
+    let ns = cp.ns(&client, "scope-notes").await;
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let chart = support::chart::chart_dir().display().to_string();
+    let pod_opt_in = "Or opt a single pod in where its namespace is not labelled";
+    for (values, want, not) in [
+        (
+            vec![],
+            vec![
+                "kubectl label namespace <your-namespace> reaper.dev/inject=enabled",
+                pod_opt_in,
+            ],
+            vec!["webhook.selection=opt-out"],
+        ),
+        (
+            vec!["webhook.podOptIn=false"],
+            vec!["kubectl label namespace <your-namespace> reaper.dev/inject=enabled"],
+            vec![pod_opt_in],
+        ),
+        (
+            vec!["webhook.selection=opt-out"],
+            vec![
+                "Every namespace takes part (webhook.selection=opt-out) except",
+                "kube-system, kube-public, kube-node-lease",
+                "kubectl label namespace <namespace> reaper.dev/inject=disabled",
+            ],
+            vec![pod_opt_in, "reaper.dev/inject=enabled\n"],
+        ),
+    ] {
+        let release = unique_name("notes");
+        let mut args = vec![
+            "install",
+            &release,
+            &chart,
+            "--dry-run=server",
+            "--kubeconfig",
+            &kubeconfig,
+            "--namespace",
+            &ns,
+            "--set",
+            "crds.enabled=false",
+        ];
+        for v in &values {
+            args.extend(["--set", v]);
+        }
+        let out = support::chart::helm_run(&args).unwrap_or_else(|e| panic!("{e}"));
+        for w in want {
+            assert!(out.contains(w), "{values:?}: NOTES lack {w:?}:\n{out}");
+        }
+        assert!(
+            out.contains(&format!("except {ns}, kube-system"))
+                == values.contains(&"webhook.selection=opt-out"),
+            "{values:?}: the release namespace is named among the excluded:\n{out}"
+        );
+        for n in not {
+            assert!(!out.contains(n), "{values:?}: NOTES say {n:?}:\n{out}");
+        }
+    }
+}
