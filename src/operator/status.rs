@@ -505,6 +505,17 @@ mod tests {
         ])
     }
 
+    /// A policy for namespaces of team shop and pods nothing has.
+    fn shop_only() -> Arc<ReaperPolicy> {
+        policy("shop-only", 0, |s| {
+            s.namespace_selector = Some(LabelSelector {
+                match_labels: Some(labels(&[("team", "shop")])),
+                ..Default::default()
+            });
+            s.pod_selector = app_selector("nothing-has-this");
+        })
+    }
+
     struct World {
         policies: PolicySet,
         namespaces: BTreeMap<String, BTreeMap<String, String>>,
@@ -559,13 +570,7 @@ mod tests {
                 policy("all", 0, |s| {
                     s.zombies.action = crate::crd::ZombieAction::Restart
                 }),
-                policy("shop-only", 0, |s| {
-                    s.namespace_selector = Some(LabelSelector {
-                        match_labels: Some(labels(&[("team", "shop")])),
-                        ..Default::default()
-                    });
-                    s.pod_selector = app_selector("nothing-has-this");
-                }),
+                shop_only(),
             ]),
             namespaces: namespaces(),
             zombies: zombies(&[
@@ -659,16 +664,7 @@ mod tests {
             (&legacy, "old", 50, "java", 1),
         ]);
         let world = World {
-            policies: PolicySet::new([
-                policy("all", 0, |_| {}),
-                policy("shop-only", 0, |s| {
-                    s.namespace_selector = Some(LabelSelector {
-                        match_labels: Some(labels(&[("team", "shop")])),
-                        ..Default::default()
-                    });
-                    s.pod_selector = app_selector("nothing-has-this");
-                }),
-            ]),
+            policies: PolicySet::new([policy("all", 0, |_| {}), shop_only()]),
             namespaces: namespaces(),
             pods: vec![web, web2, api, audit, legacy, system, opted_out, mirror],
             zombies,

@@ -621,24 +621,8 @@ async fn every_engine_is_accepted_by_the_api_server_and_explained_by_the_notes()
         let errors = cluster::apply_all(&client, &installed, true).await;
         assert!(errors.is_empty(), "{engine}: rejected:\n{errors:#?}");
 
-        let kubeconfig = cp.kubeconfig().display().to_string();
-        let chart = chart_common::chart_dir().display().to_string();
-        let out = chart_common::helm_run(&[
-            "install",
-            &release,
-            &chart,
-            "--dry-run=server",
-            "--kubeconfig",
-            &kubeconfig,
-            "--namespace",
-            &ns,
-            "--set",
-            &format!("admission.engine={engine}"),
-            // The CRDs came from kubectl above: Helm would refuse to adopt them.
-            "--set",
-            "crds.enabled=false",
-        ])
-        .unwrap_or_else(|e| panic!("{e}"));
+        let out =
+            cluster::dry_run_install(cp, &release, &ns, &[V::Set("admission.engine", engine)]);
         for want in [
             "Admission: MutatingAdmissionPolicies",
             "--command -- sleep 3600",

@@ -164,18 +164,7 @@ async fn explain_reads_the_cluster_and_the_registry_like_the_webhook() {
     // The pod template opts in itself (pod opt-in, on by default): the webhook is called.
     let mut joined = deployment(&plain);
     joined.metadata.name = Some("joined".into());
-    joined
-        .spec
-        .as_mut()
-        .unwrap()
-        .template
-        .metadata
-        .as_mut()
-        .unwrap()
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("reaper.dev/inject".into(), "enabled".into());
+    support::scenarios::opt_in_template(&mut joined);
     Api::<Deployment>::namespaced(client.clone(), &plain)
         .create(&PostParams::default(), &joined)
         .await

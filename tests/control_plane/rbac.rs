@@ -731,18 +731,7 @@ async fn restart_is_opt_in_and_fenced_by_an_admission_policy() {
     // Pod templates that opt in: governed where the namespace says nothing, not where it opted
     // out, nor in the release namespace (always excluded) even when labelled enabled.
     let mut joined = deployment("joined");
-    joined
-        .spec
-        .as_mut()
-        .unwrap()
-        .template
-        .metadata
-        .as_mut()
-        .unwrap()
-        .labels
-        .as_mut()
-        .unwrap()
-        .insert("reaper.dev/inject".into(), "enabled".into());
+    e2e_scenarios::opt_in_template(&mut joined);
     Api::<k8s_openapi::api::core::v1::Namespace>::all(admin.clone())
         .patch(
             &ns,

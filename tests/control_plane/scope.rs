@@ -9,7 +9,7 @@
 //! governs (its request counter says so) and both installs must mutate exactly those.
 use super::admission_policy::{
     ChartWebhook, TEST_LABEL, create, injected, install_policies, register_webhook,
-    remove_policies, render, wait_active,
+    remove_policies, render,
 };
 use reaper_test_support as support;
 
@@ -19,6 +19,7 @@ use kube::api::{Api, DeleteParams};
 use reaper::keys::{INJECT_DISABLED, INJECT_ENABLED, LABEL_INJECT};
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use support::chart::V;
 use support::control_plane::{self, ControlPlane, unique_name};
 
@@ -27,13 +28,6 @@ const RELEASE_NS: &str = "reaper-system";
 
 /// The rule the rendered webhook Deployment's flags describe.
 fn rule_of(objs: &support::chart::Objects) -> reaper::scope::Scope {
-    #[derive(clap::Parser)]
-    struct Flags {
-        #[command(flatten)]
-        scope: reaper::scope::ScopeArgs,
-        #[arg(allow_hyphen_values = true, trailing_var_arg = true)]
-        _rest: Vec<String>,
-    }
     let name = objs
         .of_kind("Deployment")
         .into_iter()
@@ -41,26 +35,7 @@ fn rule_of(objs: &support::chart::Objects) -> reaper::scope::Scope {
         .find(|n| n.ends_with("-webhook"))
         .expect("no webhook Deployment rendered")
         .to_string();
-    let args = objs.args("Deployment", &name);
-    let scope_flags: Vec<&String> = args
-        .iter()
-        .filter(|a| {
-            [
-                "--excluded-namespaces=",
-                "--selection=",
-                "--pod-opt-in=",
-                "--namespace-selector=",
-                "--object-selector=",
-            ]
-            .iter()
-            .any(|f| a.starts_with(f))
-        })
-        .collect();
-    use clap::Parser;
-    Flags::try_parse_from(std::iter::once(&"x".to_string()).chain(scope_flags))
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
-        .scope
-        .scope(Some(RELEASE_NS))
+    support::chart::scope_rule(&objs.args("Deployment", &name), RELEASE_NS)
 }
 
 fn pod(labels: &BTreeMap<String, String>) -> Pod {
@@ -107,7 +82,13 @@ async fn scope_is_applied_by_the_api_server(cp: &ControlPlane, what: &str, value
             }
         }
     }
-    // Wait until each install acts, in a namespace every configuration here governs.
+    // Wait until each install acts: a pod that satisfies the object selector, in a namespace
+    // that is opted in and satisfies the namespace selector (every configuration here governs it).
+    let probe_labels = rule
+        .object_selector
+        .as_ref()
+        .map(|s| reaper::scope::labels_satisfying(s).expect("a satisfiable object selector"))
+        .unwrap_or_default();
     for id in [&wh_id, &pol_id] {
         let (_, ns) = grid
             .iter()
@@ -117,7 +98,22 @@ async fn scope_is_applied_by_the_api_server(cp: &ControlPlane, what: &str, value
                     && ns.labels["env"] == "prod"
             })
             .unwrap();
-        wait_active(&client, &ns.name).await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = create(&client, &ns.name, &pod(&probe_labels), true).await;
+            if got
+                .as_ref()
+                .is_ok_and(|p| injected(p) == Some("inject:app"))
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {}: probe pod still {got:?} after 30 s",
+                ns.name
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     let mut governed_total = 0;
@@ -180,43 +176,16 @@ async fn scope_is_applied_by_the_api_server(cp: &ControlPlane, what: &str, value
         .await;
 }
 
-/// The default: opted-in namespaces, and pods that opt in where the namespace says nothing.
+/// Every way to configure it: the default (opted-in namespaces, and pods that opt in where the
+/// namespace says nothing), without pod opt-in, opt-out, and each with further selectors.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opt_in_with_pod_opt_in_is_applied_by_the_api_server() {
+async fn every_scope_configuration_is_applied_by_the_api_server() {
     let Some(cp) = control_plane::shared(module_path!()) else {
         return;
     };
-    scope_is_applied_by_the_api_server(cp, "opt-in, pod opt-in", &[]).await;
-    scope_is_applied_by_the_api_server(
-        cp,
-        "opt-in without pod opt-in",
-        &[V::Set("webhook.podOptIn", "false")],
-    )
-    .await;
-}
-
-/// The whole cluster but what opts out, narrowed by a namespace and an object selector.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn opt_out_with_selectors_is_applied_by_the_api_server() {
-    let Some(cp) = control_plane::shared(module_path!()) else {
-        return;
-    };
-    scope_is_applied_by_the_api_server(
-        cp,
-        "opt-out with selectors",
-        &[
-            V::Set("webhook.selection", "opt-out"),
-            V::Json(
-                "webhook.namespaceSelector",
-                r#"{"matchLabels":{"env":"prod"}}"#,
-            ),
-            V::Json(
-                "webhook.objectSelector",
-                r#"{"matchExpressions":[{"key":"legacy","operator":"DoesNotExist"}]}"#,
-            ),
-        ],
-    )
-    .await;
+    for (what, values) in support::chart::scope_configs() {
+        scope_is_applied_by_the_api_server(cp, what, &values).await;
+    }
 }
 
 /// What `helm install` prints says how pods come in, for each selection.
@@ -228,8 +197,6 @@ async fn the_notes_say_how_pods_take_part() {
     let client = cp.client().await;
     cp.install_crds(&client).await;
     let ns = cp.ns(&client, "scope-notes").await;
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let chart = support::chart::chart_dir().display().to_string();
     let pod_opt_in = "Or opt a single pod in where its namespace is not labelled";
     for (values, want, not) in [
         (
@@ -255,23 +222,14 @@ async fn the_notes_say_how_pods_take_part() {
             vec![pod_opt_in, "reaper.dev/inject=enabled\n"],
         ),
     ] {
-        let release = unique_name("notes");
-        let mut args = vec![
-            "install",
-            &release,
-            &chart,
-            "--dry-run=server",
-            "--kubeconfig",
-            &kubeconfig,
-            "--namespace",
-            &ns,
-            "--set",
-            "crds.enabled=false",
-        ];
-        for v in &values {
-            args.extend(["--set", v]);
-        }
-        let out = support::chart::helm_run(&args).unwrap_or_else(|e| panic!("{e}"));
+        let sets: Vec<V<'_>> = values
+            .iter()
+            .map(|v| {
+                let (k, val) = v.split_once('=').unwrap();
+                V::Set(k, val)
+            })
+            .collect();
+        let out = support::chart::cluster::dry_run_install(cp, &unique_name("notes"), &ns, &sets);
         for w in want {
             assert!(out.contains(w), "{values:?}: NOTES lack {w:?}:\n{out}");
         }

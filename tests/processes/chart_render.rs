@@ -388,40 +388,8 @@ fn scope_selectors_agree_with_the_scope_rule() {
     let selector = |v: &Value| -> k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
         serde_json::from_value(v.clone()).unwrap()
     };
-    let configs: &[(&str, &[V<'_>])] = &[
-        ("default", &[]),
-        ("no pod opt-in", &[V::Set("webhook.podOptIn", "false")]),
-        ("opt-out", &[V::Set("webhook.selection", "opt-out")]),
-        (
-            "selectors",
-            &[
-                V::Json(
-                    "webhook.namespaceSelector",
-                    r#"{"matchLabels":{"env":"prod"}}"#,
-                ),
-                V::Json(
-                    "webhook.objectSelector",
-                    r#"{"matchExpressions":[{"key":"legacy","operator":"DoesNotExist"}]}"#,
-                ),
-            ],
-        ),
-        (
-            "opt-out with selectors",
-            &[
-                V::Set("webhook.selection", "opt-out"),
-                V::Json(
-                    "webhook.namespaceSelector",
-                    r#"{"matchExpressions":[{"key":"env","operator":"In","values":["prod","staging"]}]}"#,
-                ),
-                V::Json(
-                    "webhook.objectSelector",
-                    r#"{"matchLabels":{"tier":"web"}}"#,
-                ),
-            ],
-        ),
-    ];
     let inject = [None, Some("enabled"), Some("disabled"), Some("other")];
-    for (name, values) in configs {
+    for (name, values) in chart_common::scope_configs() {
         let objs = render("reaper", NS, &{
             let mut v = values.to_vec();
             v.push(V::Set("admission.engine", "both"));
@@ -430,35 +398,12 @@ fn scope_selectors_agree_with_the_scope_rule() {
         // The rule, from the flags the chart passes (the webhook's and the operator's agree).
         let webhook_args = objs.args("Deployment", "reaper-webhook");
         let operator_args = objs.args("Deployment", "reaper-operator");
-        let scope_flags = |args: &[String]| -> Vec<String> {
-            args.iter()
-                .filter(|a| {
-                    [
-                        "--excluded-namespaces",
-                        "--selection",
-                        "--pod-opt-in",
-                        "--namespace-selector",
-                        "--object-selector",
-                    ]
-                    .iter()
-                    .any(|f| a.starts_with(&format!("{f}=")))
-                })
-                .cloned()
-                .collect()
-        };
         assert_eq!(
-            scope_flags(&webhook_args),
-            scope_flags(&operator_args),
+            chart_common::scope_flags(&webhook_args),
+            chart_common::scope_flags(&operator_args),
             "{name}"
         );
-        let mut argv = vec!["operator".to_string()];
-        argv.extend(scope_flags(&operator_args));
-        let cli = Cli::try_parse_from(std::iter::once("reaper-controller".to_string()).chain(argv))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let Cmd::Operator(op) = cli.command else {
-            panic!("{name}: not the operator")
-        };
-        let rule = op.scope.scope(Some(NS));
+        let rule = chart_common::scope_rule(&operator_args, NS);
         let hooks = objs.get("MutatingWebhookConfiguration", "reaper-webhook")["webhooks"]
             .as_array()
             .unwrap()

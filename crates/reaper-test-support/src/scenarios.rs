@@ -1440,3 +1440,19 @@ pub async fn sidecars_run_and_stop(env: &Env) -> Duration {
     env.delete_namespace(&ns).await;
     took
 }
+
+/// Labels a Deployment's pod template `reaper.dev/inject=enabled`: its pods opt in themselves
+/// (pod opt-in, where their namespace says nothing).
+pub fn opt_in_template(d: &mut Deployment) {
+    d.spec
+        .get_or_insert_default()
+        .template
+        .metadata
+        .get_or_insert_default()
+        .labels
+        .get_or_insert_default()
+        .insert(
+            reaper::keys::LABEL_INJECT.into(),
+            reaper::keys::INJECT_ENABLED.into(),
+        );
+}

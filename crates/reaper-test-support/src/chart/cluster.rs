@@ -111,3 +111,34 @@ pub fn comparable_pod(p: &k8s_openapi::api::core::v1::Pod) -> Value {
     }
     v
 }
+
+/// `helm install --dry-run=server` of the chart on `cp` with `values`, the CRDs left to the caller
+/// (`crds.enabled=false`: Helm would refuse to adopt CRDs applied with kubectl): what Helm
+/// prints, NOTES included. Panics with Helm's output when it fails.
+pub fn dry_run_install(
+    cp: &crate::control_plane::ControlPlane,
+    release: &str,
+    namespace: &str,
+    values: &[super::V<'_>],
+) -> String {
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let chart = super::chart_dir().display().to_string();
+    let mut args: Vec<String> = [
+        "install",
+        release,
+        &chart,
+        "--dry-run=server",
+        "--kubeconfig",
+        &kubeconfig,
+        "--namespace",
+        namespace,
+    ]
+    .map(String::from)
+    .to_vec();
+    args.extend(super::V::Set("crds.enabled", "false").helm_args());
+    for v in values {
+        args.extend(v.helm_args());
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    super::helm_run(&refs).unwrap_or_else(|e| panic!("{e}"))
+}

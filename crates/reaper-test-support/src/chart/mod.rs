@@ -235,3 +235,71 @@ pub fn flag<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
 
 pub mod cluster;
 pub mod local;
+
+/// Ways to configure which pods Reaper governs (docs/install.md#choosing-what-reaper-governs),
+/// each named: the default, without pod opt-in, opt-out, and each with further selectors.
+pub fn scope_configs() -> Vec<(&'static str, Vec<V<'static>>)> {
+    let prod = V::Json(
+        "webhook.namespaceSelector",
+        r#"{"matchLabels":{"env":"prod"}}"#,
+    );
+    let not_legacy = V::Json(
+        "webhook.objectSelector",
+        r#"{"matchExpressions":[{"key":"legacy","operator":"DoesNotExist"}]}"#,
+    );
+    vec![
+        ("opt-in with pod opt-in", vec![]),
+        (
+            "opt-in without pod opt-in",
+            vec![V::Set("webhook.podOptIn", "false")],
+        ),
+        ("opt-out", vec![V::Set("webhook.selection", "opt-out")]),
+        ("opt-in with selectors", vec![prod, not_legacy]),
+        (
+            "opt-out with selectors",
+            vec![
+                V::Set("webhook.selection", "opt-out"),
+                V::Json(
+                    "webhook.namespaceSelector",
+                    r#"{"matchExpressions":[{"key":"env","operator":"In","values":["prod","staging"]}]}"#,
+                ),
+                V::Json(
+                    "webhook.objectSelector",
+                    r#"{"matchLabels":{"tier":"web"}}"#,
+                ),
+            ],
+        ),
+    ]
+}
+
+/// The scope flags among a component's rendered args (`--excluded-namespaces`, `--selection`,
+/// ...), in order.
+pub fn scope_flags(args: &[String]) -> Vec<String> {
+    const FLAGS: [&str; 5] = [
+        "--excluded-namespaces=",
+        "--selection=",
+        "--pod-opt-in=",
+        "--namespace-selector=",
+        "--object-selector=",
+    ];
+    args.iter()
+        .filter(|a| FLAGS.iter().any(|f| a.starts_with(f)))
+        .cloned()
+        .collect()
+}
+
+/// The scope rule a component's rendered args describe (src/scope.rs), with its own namespace
+/// `own` excluded as the component does.
+pub fn scope_rule(args: &[String], own: &str) -> reaper::scope::Scope {
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        scope: reaper::scope::ScopeArgs,
+    }
+    use clap::Parser;
+    let flags = scope_flags(args);
+    Flags::try_parse_from(std::iter::once("scope".to_string()).chain(flags.clone()))
+        .unwrap_or_else(|e| panic!("{flags:?}: {e}"))
+        .scope
+        .scope(Some(own))
+}
