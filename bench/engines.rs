@@ -24,11 +24,13 @@
 use reaper_test_support::chart::local::{self, LocalWebhook};
 use reaper_test_support::chart::{self as chart_common, V, cluster};
 use reaper_test_support::control_plane::{ControlPlane, reaper_controller_bin, unique_name};
-use reaper_test_support::stats::{ms, percentile};
+use reaper_test_support::stats::{
+    Summary, command_pod, count_from_env, ms, percentile, timed_create,
+};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 use std::time::{Duration, Instant};
@@ -41,28 +43,11 @@ fn render(engine: &str) -> chart_common::Objects {
     chart_common::render("r", RELEASE_NS, &[V::Set("admission.engine", engine)])
 }
 
-fn pod(name: &str) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-        "spec": {"containers": [{
-            "name": "app", "image": "registry.example.com/team/app:1.2.3",
-            "command": ["/app", "serve", "--port=8080"],
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-        }]}
-    }))
-    .expect("pod")
-}
-
 /// Creates one pod; its wall time and whether it came back wrapped.
 async fn create(api: &Api<Pod>) -> Result<(Duration, bool)> {
-    let p = pod(&unique_name("eng"));
-    let t = Instant::now();
-    let stored = api
-        .create(&PostParams::default(), &p)
+    let (took, stored) = timed_create(api, &command_pod(&unique_name("eng"), json!({})))
         .await
         .context("pod create")?;
-    let took = t.elapsed();
     let wrapped = stored
         .annotations()
         .get(reaper::keys::ANNOTATION_INJECTED)
@@ -136,10 +121,7 @@ async fn install_floor(client: &Client, id: &str) -> Result<()> {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("ENGINE_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let n = count_from_env("ENGINE_PODS", 300);
     let cp = ControlPlane::start().map_err(anyhow::Error::msg)?;
     let client = cp.client().await;
     cp.install_crds(&client).await;
@@ -223,17 +205,17 @@ async fn main() -> Result<()> {
         "{:<10}{:>9}{:>9}{:>9}{:>9}{:>9}{:>11}{:>11}",
         "", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms", "p50 +ms", "p99 +ms"
     );
-    let mean = |v: &[Duration]| ms(v.iter().sum::<Duration>()) / v.len() as f64;
     let base = series[0].2.clone();
     let delta = |v: &[Duration], p| ms(percentile(v, p)) - ms(percentile(&base, p));
     for (name, _, v) in &series {
+        let s = Summary::of(v);
         println!(
             "{name:<10}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>9.2}{:>+11.2}{:>+11.2}",
-            ms(percentile(v, 0.50)),
-            ms(percentile(v, 0.90)),
-            ms(percentile(v, 0.99)),
-            ms(*v.last().unwrap()),
-            mean(v),
+            s.p50,
+            s.p90,
+            s.p99,
+            s.max,
+            s.mean,
             delta(v, 0.50),
             delta(v, 0.99),
         );

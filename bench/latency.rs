@@ -12,7 +12,7 @@
 //!
 //! `LATENCY_PODS` (default 300) creations per side.
 use reaper_test_support::control_plane;
-use reaper_test_support::stats::{ms, percentile};
+use reaper_test_support::stats::{Summary, command_pod, count_from_env, timed_create};
 
 use anyhow::{Context, Result, bail};
 use control_plane::{ChildGuard, ControlPlane, TestCa, free_port, unique_name};
@@ -25,33 +25,17 @@ use std::time::{Duration, Instant};
 
 const WARMUP: usize = 30;
 
-fn pod(name: &str, off: bool) -> Pod {
+/// Creates one pod (`reaper.dev/mode: off` with `off`); its wall time and whether the webhook
+/// mutated it.
+async fn create(api: &Api<Pod>, off: bool) -> Result<(Duration, bool)> {
     let annotations = if off {
-        json!({"reaper.dev/mode": "off"})
+        json!({reaper::keys::ANNOTATION_MODE: "off"})
     } else {
         json!({})
     };
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "annotations": annotations},
-        "spec": {"containers": [{
-            "name": "app", "image": "registry.example.com/team/app:1.2.3",
-            "command": ["/app", "serve", "--port=8080"],
-            "securityContext": {"runAsNonRoot": true, "runAsUser": 1000, "allowPrivilegeEscalation": false,
-                                "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
-        }]}
-    }))
-    .expect("pod")
-}
-
-/// Creates one pod; its wall time and whether the webhook mutated it.
-async fn create(api: &Api<Pod>, off: bool) -> Result<(Duration, bool)> {
-    let p = pod(&unique_name("lat"), off);
-    let t = Instant::now();
-    let stored = api
-        .create(&PostParams::default(), &p)
+    let (took, stored) = timed_create(api, &command_pod(&unique_name("lat"), annotations))
         .await
         .context("pod create")?;
-    let took = t.elapsed();
     Ok((
         took,
         stored
@@ -141,10 +125,7 @@ async fn start_webhook(cp: &ControlPlane, client: &Client) -> Result<(ChildGuard
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let n: usize = std::env::var("LATENCY_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(300);
+    let n = count_from_env("LATENCY_PODS", 300);
     let cp = ControlPlane::start().map_err(anyhow::Error::msg)?;
     let client = cp.client().await;
     cp.install_crds(&client).await;
@@ -221,30 +202,27 @@ async fn main() -> Result<()> {
         "{:<16}{:>10}{:>10}{:>10}{:>10}{:>10}",
         "", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"
     );
-    let mean = |v: &[Duration]| ms(v.iter().sum::<Duration>()) / v.len() as f64;
     for (name, v) in [
         ("with webhook", &a),
         ("called, mode off", &c),
         ("without", &b),
     ] {
+        let s = Summary::of(v);
         println!(
             "{name:<16}{:>10.2}{:>10.2}{:>10.2}{:>10.2}{:>10.2}",
-            ms(percentile(v, 0.50)),
-            ms(percentile(v, 0.90)),
-            ms(percentile(v, 0.99)),
-            ms(*v.last().unwrap()),
-            mean(v)
+            s.p50, s.p90, s.p99, s.max, s.mean
         );
     }
+    let without = Summary::of(&b);
     for (name, v) in [("delta", &a), ("delta (off)", &c)] {
-        let d = |p| ms(percentile(v, p)) - ms(percentile(&b, p));
+        let s = Summary::of(v);
         println!(
             "{name:<16}{:>+10.2}{:>+10.2}{:>+10.2}{:>10}{:>+10.2}",
-            d(0.50),
-            d(0.90),
-            d(0.99),
+            s.p50 - without.p50,
+            s.p90 - without.p90,
+            s.p99 - without.p99,
             "",
-            mean(v) - mean(&b)
+            s.mean - without.mean
         );
     }
     let (sum1, count1) = handler_time(admin).await?;

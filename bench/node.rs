@@ -15,7 +15,7 @@
 //! `bench-node: delete-s unmutated=A share=B inject=C image=D auto=E; running-p50-ms unmutated=F volume=G noop-init=H share=I inject=J image=K auto=L`
 //! `BENCH_PODS` sets the pods per series (default 20).
 use reaper_test_support as support;
-use reaper_test_support::stats::{ms, percentile};
+use reaper_test_support::stats::{count_from_env, ms, percentile};
 
 use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
@@ -241,10 +241,7 @@ async fn agent_pid(node: &Node, client: &Client) -> Result<i32> {
 async fn bench(node: &Node) -> Result<()> {
     let client = node.client().await;
     Chart::default().install(node, &client, &[]).await;
-    let per_series: usize = std::env::var("BENCH_PODS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
+    let per_series = count_from_env("BENCH_PODS", 20);
     let mut namespaces = Vec::new();
     for s in Series::ALL {
         let name = control_plane::unique_name(&format!("bench-{}", s.name()));

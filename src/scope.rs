@@ -84,15 +84,10 @@ impl Default for ScopeArgs {
 }
 
 impl ScopeArgs {
-    /// The excluded set, with the component's own namespace.
-    pub fn excluded(&self, own: Option<&str>) -> BTreeSet<String> {
-        excluded_namespaces(&self.excluded_namespaces, own)
-    }
-
     /// The rule these flags describe, with the component's own namespace excluded.
     pub fn scope(&self, own: Option<&str>) -> Scope {
         Scope {
-            excluded: self.excluded(own),
+            excluded: excluded_namespaces(&self.excluded_namespaces, own),
             selection: self.selection,
             pod_opt_in: self.pod_opt_in,
             namespace_selector: self.namespace_selector.clone(),
@@ -195,6 +190,21 @@ fn inject_label(labels: Option<&BTreeMap<String, String>>) -> Option<&str> {
 }
 
 impl Scope {
+    /// Labels that make a new namespace, and a pod in it, governed (`check`'s dry-run pod): the
+    /// namespace opted in plus what satisfies `--namespace-selector`, the pod what satisfies
+    /// `--object-selector`. `Err` names a selector that no labels satisfy.
+    pub fn governed_labels(&self) -> Result<[BTreeMap<String, String>; 2], String> {
+        let satisfying = |s: &Option<LabelSelector>, what: &str| match s {
+            None => Ok(BTreeMap::new()),
+            Some(s) => labels_satisfying(s).ok_or_else(|| {
+                format!("no labels satisfy the {what} selector: nothing is governed")
+            }),
+        };
+        let mut namespace = satisfying(&self.namespace_selector, "namespace")?;
+        namespace.insert(keys::LABEL_INJECT.into(), keys::INJECT_ENABLED.into());
+        Ok([namespace, satisfying(&self.object_selector, "object")?])
+    }
+
     /// How the namespace `name` with these labels takes part.
     pub fn namespace(&self, name: &str, labels: &BTreeMap<String, String>) -> NamespaceScope {
         if self.excluded.contains(name) {
@@ -218,13 +228,23 @@ impl Scope {
     /// Why `pod` is out of scope without looking at its namespace's labels: what the webhook
     /// checks itself (the registration's selectors applied the rest before it was called).
     pub fn pod_exclusion(&self, pod: PodFacts<'_>) -> Option<Exclusion> {
-        exclusion(pod, &self.excluded).or_else(|| {
-            let empty = BTreeMap::new();
-            self.object_selector
-                .as_ref()
-                .is_some_and(|s| !matches_valid(s, pod.labels.unwrap_or(&empty)))
-                .then_some(Exclusion::NotSelected)
-        })
+        if self.excluded.contains(pod.namespace) {
+            return Some(Exclusion::ExcludedNamespace);
+        }
+        if pod
+            .annotations
+            .is_some_and(|a| a.contains_key(keys::ANNOTATION_MIRROR))
+        {
+            return Some(Exclusion::MirrorPod);
+        }
+        if inject_label(pod.labels) == Some(keys::INJECT_DISABLED) {
+            return Some(Exclusion::OptedOut);
+        }
+        let empty = BTreeMap::new();
+        self.object_selector
+            .as_ref()
+            .is_some_and(|s| !matches_valid(s, pod.labels.unwrap_or(&empty)))
+            .then_some(Exclusion::NotSelected)
     }
 
     /// Why `pod`, in a namespace with `namespace_labels`, is out of scope, if it is.
@@ -250,10 +270,9 @@ impl Scope {
 }
 
 /// Labels that satisfy `selector` when it can be satisfied by adding labels (`matchLabels`, the
-/// first value of `In`, `Exists` as "true"; `NotIn` and `DoesNotExist` hold by absence), for a
-/// throw-away object that must be selected (`check`'s dry-run namespace). `None` when these
-/// labels do not satisfy it (contradictory terms).
-pub fn labels_satisfying(selector: &LabelSelector) -> Option<BTreeMap<String, String>> {
+/// first value of `In`, `Exists` as "true"; `NotIn` and `DoesNotExist` hold by absence). `None`
+/// when these labels do not satisfy it (contradictory terms).
+fn labels_satisfying(selector: &LabelSelector) -> Option<BTreeMap<String, String>> {
     let mut labels: BTreeMap<String, String> = selector.match_labels.clone().unwrap_or_default();
     for req in selector.match_expressions.iter().flatten() {
         let first = req.values.as_ref().and_then(|v| v.first());
@@ -273,7 +292,7 @@ pub fn labels_satisfying(selector: &LabelSelector) -> Option<BTreeMap<String, St
 }
 
 /// The excluded namespaces from a flag's comma-separated entries plus Reaper's own namespace.
-pub fn excluded_namespaces(flag: &[String], own: Option<&str>) -> BTreeSet<String> {
+fn excluded_namespaces(flag: &[String], own: Option<&str>) -> BTreeSet<String> {
     let mut out: BTreeSet<String> = flag
         .iter()
         .map(|s| s.trim().to_string())
@@ -283,24 +302,6 @@ pub fn excluded_namespaces(flag: &[String], own: Option<&str>) -> BTreeSet<Strin
         out.insert(own.to_string());
     }
     out
-}
-
-/// Why `pod` is out of scope by the rules that need neither its namespace's labels nor the
-/// installation's selectors: excluded namespace, mirror pod, opted out.
-pub fn exclusion(pod: PodFacts<'_>, excluded: &BTreeSet<String>) -> Option<Exclusion> {
-    if excluded.contains(pod.namespace) {
-        return Some(Exclusion::ExcludedNamespace);
-    }
-    if pod
-        .annotations
-        .is_some_and(|a| a.contains_key(keys::ANNOTATION_MIRROR))
-    {
-        return Some(Exclusion::MirrorPod);
-    }
-    if inject_label(pod.labels) == Some(keys::INJECT_DISABLED) {
-        return Some(Exclusion::OptedOut);
-    }
-    None
 }
 
 /// The mode that applies: the pod's `reaper.dev/mode` annotation over the policy's. `Err`
@@ -336,6 +337,10 @@ mod tests {
             Some("reaper-system"),
         );
         assert!(excluded.contains("kube-system") && excluded.contains("reaper-system"));
+        let scope = Scope {
+            excluded,
+            ..Scope::default()
+        };
         let none = BTreeMap::new();
         let mirror = map(&[(keys::ANNOTATION_MIRROR, "x")]);
         let out = map(&[(keys::LABEL_INJECT, keys::INJECT_DISABLED)]);
@@ -361,7 +366,7 @@ mod tests {
             (pod("app", Some(&none), Some(&none)), None),
             (pod("app", None, None), None),
         ] {
-            assert_eq!(exclusion(facts, &excluded), want, "{facts:?}");
+            assert_eq!(scope.pod_exclusion(facts), want, "{facts:?}");
         }
     }
 
@@ -481,6 +486,8 @@ mod tests {
             NamespaceScope::None(Exclusion::NotSelected)
         );
         assert_eq!(scope.namespace("app", &prod), NamespaceScope::All);
+        let [ns_labels, pod_labels] = scope.governed_labels().unwrap();
+        assert_eq!(scope.governs(pod(&pod_labels), &ns_labels), Ok(()));
     }
 
     #[test]

@@ -23,12 +23,25 @@ static RELEASE: RwLock<()> = RwLock::const_new(());
 /// Runs a scenario; when it fails, prints what the node knows (pods, events, component logs)
 /// before failing the test.
 async fn scenario(node: &Node, f: impl std::future::Future<Output = ()>) {
+    scenario_then(node, f, async {}).await;
+}
+
+/// [`scenario`], then `restore` (whether it passed or failed) before a failure fails the test.
+async fn scenario_then(
+    node: &Node,
+    f: impl std::future::Future<Output = ()>,
+    restore: impl std::future::Future<Output = ()>,
+) {
     use futures::FutureExt;
-    if let Err(panic) = std::panic::AssertUnwindSafe(f).catch_unwind().await {
+    let outcome = std::panic::AssertUnwindSafe(f).catch_unwind().await;
+    if outcome.is_err() {
         eprintln!(
             "--- scenario failed; node diagnostics:\n{}",
             node.diagnose(&[])
         );
+    }
+    restore.await;
+    if let Err(panic) = outcome {
         std::panic::resume_unwind(panic);
     }
 }
@@ -186,19 +199,11 @@ async fn s9_check_finds_the_install_healthy() {
         let broken = run(&["--webhook-config", "no-such-webhook", "--dry-run-pod=false"]);
         assert_eq!(broken.status.code(), Some(1));
         // `helm test`: the chart's hook runs the same check in a pod, as its own ServiceAccount.
-        let kubeconfig = node.cp().kubeconfig().display().to_string();
-        let out = support::chart::helm_run(&[
-            "test",
-            "reaper",
-            "--namespace",
+        let out = support::chart::cluster::helm(
+            node.cp(),
             &env.release_ns,
-            "--kubeconfig",
-            &kubeconfig,
-            "--logs",
-            "--timeout",
-            "180s",
-        ])
-        .unwrap_or_else(|e| panic!("helm test: {e}"));
+            &["test", "reaper", "--logs", "--timeout", "180s"],
+        );
         assert!(out.contains("Phase:          Succeeded"), "{out}");
         assert!(out.contains("no problems found"), "{out}");
     })
@@ -561,12 +566,11 @@ async fn s6_upgrade_and_uninstall_leave_running_pods_alone() {
 /// without `command`) are the webhook's, so the scenario leaves them out.
 #[tokio::test]
 async fn s12_policy_engine_runs_the_scenarios_it_can_decide() {
-    use futures::FutureExt;
     let Some(node) = ready().await else { return };
     let _w = RELEASE.write().await;
     let env = env(node).await;
     let chart = Chart::default();
-    let outcome = std::panic::AssertUnwindSafe(async {
+    let run = async {
         chart.helm_upgrade(node, &[("admission.engine", "policy")], true);
         let webhooks: Api<
             k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration,
@@ -611,18 +615,7 @@ async fn s12_policy_engine_runs_the_scenarios_it_can_decide() {
             times.inject.as_secs_f64()
         );
         env.delete_namespace(&probe_ns).await;
-    })
-    .catch_unwind()
-    .await;
-    if outcome.is_err() {
-        eprintln!(
-            "--- scenario failed; node diagnostics:\n{}",
-            node.diagnose(&[])
-        );
-    }
-    // Back to the webhook the other scenarios expect.
-    chart.install(node, &env.client, &[]).await;
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    };
+    // Back to the webhook the other scenarios expect, passed or not.
+    scenario_then(node, run, chart.install(node, &env.client, &[])).await;
 }

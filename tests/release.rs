@@ -199,23 +199,20 @@ fn release_dry_run_installs_from_oci_and_wraps_a_pod() {
         ok("reaper-controller check", check, Duration::from_secs(120))
     );
 
-    let pod = format!(
-        r#"{{"apiVersion": "v1", "kind": "Pod",
-            "metadata": {{"name": "app", "namespace": "{APP_NS}"}},
-            "spec": {{"terminationGracePeriodSeconds": 30,
-              "securityContext": {{"runAsNonRoot": true, "runAsUser": 1000,
-                                   "seccompProfile": {{"type": "RuntimeDefault"}}}},
-              "containers": [{{"name": "app", "image": "{}", "command": ["sleep", "3600"],
-                "securityContext": {{"allowPrivilegeEscalation": false,
-                                     "capabilities": {{"drop": ["ALL"]}}}}}}]}}}}"#,
-        node.images.workload
+    // Pod Security `restricted`, as the namespace enforces.
+    let pod = support::scenarios::restricted_pod(
+        "app",
+        &node.images.workload,
+        Some(&["sleep", "3600"]),
+        &[],
+        &[],
     );
     let manifest = dist.path().join("pod.json");
-    std::fs::write(&manifest, pod).unwrap();
+    std::fs::write(&manifest, serde_json::to_string(&pod).unwrap()).unwrap();
     kubectl(
         node,
         "create pod",
-        &["create", "-f", manifest.to_str().unwrap()],
+        &["create", "-n", APP_NS, "-f", manifest.to_str().unwrap()],
     );
     kubectl(
         node,

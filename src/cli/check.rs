@@ -16,7 +16,6 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, PostParams};
 use serde::Serialize;
 use serde_json::json;
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Flags of `reaper-controller check`.
@@ -556,15 +555,7 @@ async fn dry_run_pod(
     client: &kube::Client,
     scope: &crate::scope::Scope,
 ) -> Result<Option<String>, String> {
-    let satisfying = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
-                      what: &str| match s {
-        None => Ok(BTreeMap::new()),
-        Some(s) => crate::scope::labels_satisfying(s)
-            .ok_or_else(|| format!("no labels satisfy the {what} selector: nothing is governed")),
-    };
-    let mut ns_labels = satisfying(&scope.namespace_selector, "namespace")?;
-    ns_labels.insert(keys::LABEL_INJECT.into(), keys::INJECT_ENABLED.into());
-    let pod_labels = satisfying(&scope.object_selector, "object")?;
+    let [ns_labels, pod_labels] = scope.governed_labels()?;
     let namespaces = Api::<Namespace>::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({
         "metadata": {"generateName": "reaper-check-", "labels": ns_labels}

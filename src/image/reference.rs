@@ -30,11 +30,13 @@ pub fn parse(image: &str) -> Option<Reference> {
     let upper_host = first.bytes().any(|b| b.is_ascii_uppercase())
         && !first.contains(['.', ':'])
         && r.registry() == "docker.io";
+    if !upper_host {
+        return Some(r);
+    }
     let Some(repository) = r
         .repository()
         .strip_prefix(first)
         .and_then(|rest| rest.strip_prefix('/'))
-        .filter(|_| upper_host)
     else {
         return Some(r);
     };

@@ -28,7 +28,7 @@ use super::index::{PodInfo, PodZombies, ResourceRef, Snapshot};
 use super::status::Settings;
 use crate::crd::{Enforcement, Mode, ReaperPolicy};
 use crate::keys;
-use crate::scope::{NamespaceScope, Scope};
+use crate::scope::{Exclusion, NamespaceScope};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -266,15 +266,15 @@ pub struct PodFinding {
 }
 
 /// The `pid1-is-init` finding for one pod: out of scope and mode `off` are skips; otherwise the
-/// webhook's `reaper.dev/injected` says what happened. `policy` is the governing policy, if any.
+/// webhook's `reaper.dev/injected` says what happened. `policy` is the governing policy, if any;
+/// `governed` is the scope rule's verdict on the pod ([`PodInfo::governed`]).
 pub fn pid1_finding(
     pod: &PodInfo,
     policy: Option<&ReaperPolicy>,
-    scope: &Scope,
-    namespace_labels: &BTreeMap<String, String>,
+    governed: Result<(), Exclusion>,
 ) -> PodFinding {
     let f = |verdict, message: String| PodFinding { verdict, message };
-    if let Err(why) = pod.governed(scope, namespace_labels) {
+    if let Err(why) = governed {
         return f(Verdict::Skip, why.describe());
     }
     // The agents' evidence: an init already reaps for every container.
@@ -392,7 +392,8 @@ pub fn build<'p>(
         let Some((ns_labels, how)) = governed.get(pod.namespace.as_str()) else {
             continue;
         };
-        let in_scope = pod.governed(scope, ns_labels).is_ok();
+        let governed = pod.governed(scope, ns_labels);
+        let in_scope = governed.is_ok();
         if *how != NamespaceScope::All && !in_scope {
             continue;
         }
@@ -407,10 +408,9 @@ pub fn build<'p>(
             .or_default()
             .entry((&pod.scope, policy_name))
             .or_default();
-        group.pods.insert(
-            pod.name.as_str(),
-            pid1_finding(pod, policy, scope, ns_labels),
-        );
+        group
+            .pods
+            .insert(pod.name.as_str(), pid1_finding(pod, policy, governed));
         if in_scope {
             group
                 .in_scope
@@ -822,8 +822,9 @@ mod tests {
         let scope = Settings::default().scope;
         let shop = namespaces()["shop"].clone();
         let p = |injected: Option<&str>| pod("shop", "p", injected, bare("p"));
-        let v =
-            |pod: &PodInfo, policy: Option<&ReaperPolicy>| pid1_finding(pod, policy, &scope, &shop);
+        let v = |pod: &PodInfo, policy: Option<&ReaperPolicy>| {
+            pid1_finding(pod, policy, pod.governed(&scope, &shop))
+        };
         // Not mutated, but the agent sees an init in every container: protected.
         let mut with_init = pod("shop", "p", None, bare("p"));
         with_init.init = Some("tini".into());

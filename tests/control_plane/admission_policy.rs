@@ -187,9 +187,14 @@ pub(super) fn injected(p: &Pod) -> Option<&str> {
 /// Waits until the API server applies what was just registered in `ns` (policies are loaded by
 /// an informer, so the first creates after applying them may still miss them).
 pub(super) async fn wait_active(client: &Client, ns: &str) {
+    wait_active_with(client, ns, &probe_pod()).await;
+}
+
+/// [`wait_active`] with this probe pod (which must be governed and declare its command).
+pub(super) async fn wait_active_with(client: &Client, ns: &str, probe: &Pod) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let got = create(client, ns, &probe_pod(), true).await;
+        let got = create(client, ns, probe, true).await;
         if got
             .as_ref()
             .is_ok_and(|p| injected(p) == Some("inject:app"))
@@ -621,8 +626,14 @@ async fn every_engine_is_accepted_by_the_api_server_and_explained_by_the_notes()
         let errors = cluster::apply_all(&client, &installed, true).await;
         assert!(errors.is_empty(), "{engine}: rejected:\n{errors:#?}");
 
-        let out =
-            cluster::dry_run_install(cp, &release, &ns, &[V::Set("admission.engine", engine)]);
+        let out = cluster::install(
+            cp,
+            "install",
+            &release,
+            &ns,
+            &["--dry-run=server"],
+            &[V::Set("admission.engine", engine)],
+        );
         for want in [
             "Admission: MutatingAdmissionPolicies",
             "--command -- sleep 3600",

@@ -265,23 +265,7 @@ async fn helm_install_and_uninstall_on_the_api_server() {
     cp.install_crds(&client).await;
     let ns = cp.ns(&client, "helm").await;
     let release = unique_name("h");
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let chart = chart_common::chart_dir().display().to_string();
-    let run = |args: Vec<String>| {
-        let mut all = args;
-        if all[0] != "uninstall" {
-            all.extend(["--set".into(), "crds.enabled=false".into()]);
-        }
-        all.extend([
-            "--kubeconfig".into(),
-            kubeconfig.clone(),
-            "--namespace".into(),
-            ns.clone(),
-        ]);
-        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        chart_common::helm_run(&refs).unwrap_or_else(|e| panic!("{e}"))
-    };
-    let out = run(vec!["install".into(), release.clone(), chart.clone()]);
+    let out = cluster::install(cp, "install", &release, &ns, &[], &[]);
     for want in [
         "STATUS: deployed",
         &format!("kubectl label namespace {ns} \\"),
@@ -327,7 +311,7 @@ async fn helm_install_and_uninstall_on_the_api_server() {
         )
         .await
         .unwrap();
-    let out = run(vec!["upgrade".into(), release.clone(), chart.clone()]);
+    let out = cluster::install(cp, "upgrade", &release, &ns, &[], &[]);
     assert!(out.contains("has been upgraded"), "{out}");
     let kept = secrets.get(&names[0]).await.unwrap();
     assert_eq!(
@@ -335,13 +319,11 @@ async fn helm_install_and_uninstall_on_the_api_server() {
         filled["data"],
         "helm upgrade reset the operator's certificate"
     );
-    let out = run(vec![
-        "uninstall".into(),
-        release.clone(),
-        "--wait".into(),
-        "--timeout".into(),
-        "60s".into(),
-    ]);
+    let out = cluster::helm(
+        cp,
+        &ns,
+        &["uninstall", &release, "--wait", "--timeout", "60s"],
+    );
     assert!(out.contains("uninstalled"), "{out}");
     assert!(
         mwcs.get_opt(&mwc_name).await.unwrap().is_none(),

@@ -61,12 +61,7 @@ async fn helm_installs_upgrades_and_keeps_the_crds() {
     let client = cp.client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let ns = cp.ns(&client, "crds").await;
-    let kubeconfig = cp.kubeconfig().display().to_string();
-    let helm = |args: &[&str]| {
-        let mut all: Vec<&str> = args.to_vec();
-        all.extend(["--kubeconfig", &kubeconfig, "--namespace", &ns]);
-        chart_common::helm_run(&all).unwrap_or_else(|e| panic!("{e}"))
-    };
+    let helm = |args: &[&str]| chart_common::cluster::helm(cp, &ns, args);
     let tmp = tempfile::tempdir().unwrap();
     let older = older_chart(tmp.path());
     let chart = chart_common::chart_dir().display().to_string();

@@ -8,8 +8,8 @@
 //! combination of theirs: the API server must call the webhook for exactly the pods the rule
 //! governs (its request counter says so) and both installs must mutate exactly those.
 use super::admission_policy::{
-    ChartWebhook, TEST_LABEL, create, injected, install_policies, register_webhook,
-    remove_policies, render,
+    ChartWebhook, TEST_LABEL, create, injected, install_policies, probe_pod, register_webhook,
+    remove_policies, render, wait_active_with,
 };
 use reaper_test_support as support;
 
@@ -17,9 +17,7 @@ use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use reaper::keys::{INJECT_DISABLED, INJECT_ENABLED, LABEL_INJECT};
-use serde_json::json;
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 use support::chart::V;
 use support::control_plane::{self, ControlPlane, unique_name};
 
@@ -38,13 +36,11 @@ fn rule_of(objs: &support::chart::Objects) -> reaper::scope::Scope {
     support::chart::scope_rule(&objs.args("Deployment", &name), RELEASE_NS)
 }
 
+/// The engines' probe pod (it declares its command) with these labels.
 fn pod(labels: &BTreeMap<String, String>) -> Pod {
-    serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"generateName": "scope-", "labels": labels},
-        "spec": {"containers": [{"name": "app", "image": "x:1", "command": ["/app"]}]}
-    }))
-    .unwrap()
+    let mut p = probe_pod();
+    p.metadata.labels = Some(labels.clone());
+    p
 }
 
 /// One namespace of the grid: its name and labels (the test label included).
@@ -84,11 +80,7 @@ async fn scope_is_applied_by_the_api_server(cp: &ControlPlane, what: &str, value
     }
     // Wait until each install acts: a pod that satisfies the object selector, in a namespace
     // that is opted in and satisfies the namespace selector (every configuration here governs it).
-    let probe_labels = rule
-        .object_selector
-        .as_ref()
-        .map(|s| reaper::scope::labels_satisfying(s).expect("a satisfiable object selector"))
-        .unwrap_or_default();
+    let [_, probe_labels] = rule.governed_labels().expect("satisfiable selectors");
     for id in [&wh_id, &pol_id] {
         let (_, ns) = grid
             .iter()
@@ -98,22 +90,7 @@ async fn scope_is_applied_by_the_api_server(cp: &ControlPlane, what: &str, value
                     && ns.labels["env"] == "prod"
             })
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = create(&client, &ns.name, &pod(&probe_labels), true).await;
-            if got
-                .as_ref()
-                .is_ok_and(|p| injected(p) == Some("inject:app"))
-            {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {}: probe pod still {got:?} after 30 s",
-                ns.name
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        wait_active_with(&client, &ns.name, &pod(&probe_labels)).await;
     }
 
     let mut governed_total = 0;
@@ -229,7 +206,14 @@ async fn the_notes_say_how_pods_take_part() {
                 V::Set(k, val)
             })
             .collect();
-        let out = support::chart::cluster::dry_run_install(cp, &unique_name("notes"), &ns, &sets);
+        let out = support::chart::cluster::install(
+            cp,
+            "install",
+            &unique_name("notes"),
+            &ns,
+            &["--dry-run=server"],
+            &sets,
+        );
         for w in want {
             assert!(out.contains(w), "{values:?}: NOTES lack {w:?}:\n{out}");
         }

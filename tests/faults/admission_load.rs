@@ -10,8 +10,9 @@
 //! short by the stall, the policy's fallback `share`), and 100 pods/s were sustained; prints
 //! p50/p99/max create latency (client side: API server, etcd and the webhook together).
 use crate::parts::{Replica, injected, write_pair};
-use crate::{HEAVY, percentile, private_control_plane};
+use crate::{HEAVY, private_control_plane};
 use reaper_test_support as support;
+use support::stats::{ms, percentile};
 
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::core::v1::Pod;
@@ -214,9 +215,8 @@ async fn admission_at_100_pods_per_second_survives_rotation_replica_loss_and_a_s
             .map(|o| o.latency)
             .collect();
         l.sort();
-        percentile(&l, 99.0)
+        percentile(&l, 0.99)
     };
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
         "FIGURE admission-load pods={} rejected={} unmutated={} share-fallbacks={share} \
          rate={:.1}/s (scheduled in {:.1} s, all answered in {:.1} s) \
@@ -229,9 +229,9 @@ async fn admission_at_100_pods_per_second_survives_rotation_replica_loss_and_a_s
         outcomes.len() as f64 / finished_in.as_secs_f64(),
         scheduled_in.as_secs_f64(),
         finished_in.as_secs_f64(),
-        ms(percentile(&latencies, 50.0)),
-        ms(percentile(&latencies, 99.0)),
-        ms(percentile(&latencies, 100.0)),
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99)),
+        ms(percentile(&latencies, 1.0)),
         ms(window(0, 10)),
         ms(window(10, 15)),
         ms(window(20, 30)),

@@ -4,7 +4,7 @@
 //! read). The real `reaper-controller agent` (`--report=false`: metrics only, no API server)
 //! scans the real /proc every 200 ms throughout. It must never exit, keep completing scans, count
 //! the processes that vanished under it, and hold bounded, flat memory.
-use crate::{HEAVY, percentile};
+use crate::HEAVY;
 use reaper_test_support as support;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use support::agent::{CGROUP_ROOT, CgroupTree, ids};
 use support::churn::{ChurnSpec, PidMax, ProcessChurn};
 use support::control_plane::{ChildGuard, free_port, reaper_controller_bin};
+use support::stats::{ms, percentile};
 
 /// Extra processes kept alive during the churn.
 const PROCESSES: usize = 30_000;
@@ -425,7 +426,7 @@ async fn agent_survives_30000_processes_churning_mid_scan() {
         scans,
         thousands(vanished),
         vanished as f64 / scans.max(1.0),
-        percentile(&took, 50.0).as_secs_f64() * 1e3,
+        ms(percentile(&took, 0.5)),
         took.last().unwrap().as_secs_f64() * 1e3,
         profile,
         took.len(),

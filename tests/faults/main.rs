@@ -19,15 +19,6 @@ mod restarts;
 /// Held for the whole of each test in this binary.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Percentile `p` (0..=100) of sorted `xs`.
-fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
-    if sorted.is_empty() {
-        return std::time::Duration::ZERO;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 /// A control plane of the test's own (restarted and loaded, so never shared), or `None` when
 /// control-plane tests are skipped (as `support::control_plane::shared` does).
 fn private_control_plane() -> Option<support::control_plane::ControlPlane> {

@@ -702,14 +702,7 @@ fn schema_type(schema: &Value, node: &Value) -> String {
         }
     }
     if let Some(e) = node["enum"].as_array() {
-        let values: Vec<String> = e
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => format!("`{s}`"),
-                other => format!("`{other}`"),
-            })
-            .collect();
-        parts.push(format!("one of {}", values.join(", ")));
+        parts.push(format!("one of {}", enum_values(e)));
     }
     match (node["minimum"].as_f64(), node["maximum"].as_f64()) {
         (Some(lo), Some(hi)) => parts.push(format!("{lo}–{hi}")),
@@ -797,6 +790,18 @@ fn reference_values_is_fresh() {
 // ---------------------------------------------------------------------------------------------
 // CRD reference
 
+/// A JSON schema `enum` as `` `a`, `b` `` (strings unquoted, other values as JSON).
+fn enum_values(values: &[serde_json::Value]) -> String {
+    values
+        .iter()
+        .map(|v| match v {
+            serde_json::Value::String(s) => format!("`{s}`"),
+            other => format!("`{other}`"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn crd_fields(out: &mut String, path: &str, schema: &serde_json::Value) {
     let Some(props) = schema["properties"].as_object() else {
         return;
@@ -815,16 +820,7 @@ fn crd_fields(out: &mut String, path: &str, schema: &serde_json::Value) {
             kind = format!("[]{t}");
         }
         if let Some(e) = field["enum"].as_array() {
-            let values: Vec<String> = e
-                .iter()
-                .map(|v| {
-                    format!(
-                        "`{}`",
-                        v.as_str().map(str::to_string).unwrap_or(v.to_string())
-                    )
-                })
-                .collect();
-            kind = format!("{kind}: {}", values.join(", "));
+            kind = format!("{kind}: {}", enum_values(e));
         }
         let mut limits = Vec::new();
         for (key, label) in [

@@ -36,7 +36,7 @@ matchConstraints:
     matchExpressions:
       - key: kubernetes.io/metadata.name
         operator: NotIn
-        values: {{ concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq | toJson }}
+        values: {{ include "reaper.excludedNamespaces" . }}
   # Opted-out pods.
   objectSelector:
     matchExpressions:

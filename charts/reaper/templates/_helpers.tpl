@@ -149,6 +149,12 @@ with crds.keep, Helm's keep policy. */}}
     {{- include "reaper.labels" . | nindent 4 }}
 {{- end }}
 
+{{/* The namespaces never governed, as a JSON list: the release namespace and
+webhook.excludedNamespaces (src/scope.rs adds the component's own namespace the same way). */}}
+{{- define "reaper.excludedNamespaces" -}}
+{{- concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq | toJson -}}
+{{- end }}
+
 {{/* Which pods Reaper governs (docs/install.md#choosing-what-reaper-governs), as the flags of the
 webhook, the operator and `check` (src/scope.rs). The excluded namespaces come first, as always. */}}
 {{- define "reaper.scopeArgs" -}}
@@ -183,25 +189,27 @@ namespaces labelled neither enabled nor disabled — two disjoint entries, so no
 Opt-out: every namespace not labelled disabled. Every entry leaves out the excluded namespaces and
 pods labelled disabled, and adds the user's selectors. */}}
 {{- define "reaper.scope.entries" -}}
-{{- $excluded := concat (list .Release.Namespace) .Values.webhook.excludedNamespaces | uniq -}}
+{{- $excluded := include "reaper.excludedNamespaces" . | fromJsonArray -}}
 {{- $notExcluded := dict "key" "kubernetes.io/metadata.name" "operator" "NotIn" "values" $excluded -}}
 {{- $userNs := include "reaper.scope.userExpressions" .Values.webhook.namespaceSelector | fromYamlArray -}}
 {{- $userObj := include "reaper.scope.userExpressions" .Values.webhook.objectSelector | fromYamlArray -}}
-{{- $podNotOut := dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "disabled") -}}
+{{- $notDisabled := dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "disabled") -}}
+{{- $enabled := dict "reaper.dev/inject" "enabled" -}}
+{{- /* Pods not opted out: the object side of the entry for whole namespaces. */ -}}
+{{- $pods := dict "matchExpressions" (concat (list $notDisabled) $userObj) -}}
 {{- $entries := list -}}
 {{- if eq .Values.webhook.selection "opt-out" -}}
-{{- $ns := dict "matchExpressions" (concat (list $notExcluded (dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "disabled"))) $userNs) -}}
-{{- $obj := dict "matchExpressions" (concat (list $podNotOut) $userObj) -}}
-{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- $ns := dict "matchExpressions" (concat (list $notExcluded $notDisabled) $userNs) -}}
+{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $pods) -}}
 {{- else -}}
-{{- $ns := dict "matchLabels" (dict "reaper.dev/inject" "enabled") "matchExpressions" (concat (list $notExcluded) $userNs) -}}
-{{- $obj := dict "matchExpressions" (concat (list $podNotOut) $userObj) -}}
-{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- $ns := dict "matchLabels" $enabled "matchExpressions" (concat (list $notExcluded) $userNs) -}}
+{{- $entries = append $entries (dict "name" "pods" "namespaceSelector" $ns "objectSelector" $pods) -}}
 {{- if .Values.webhook.podOptIn -}}
-{{- $ns := dict "matchExpressions" (concat (list $notExcluded (dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "enabled" "disabled"))) $userNs) -}}
-{{- $obj := dict "matchLabels" (dict "reaper.dev/inject" "enabled") "matchExpressions" $userObj -}}
-{{- if not $userObj -}}{{- $obj = dict "matchLabels" (dict "reaper.dev/inject" "enabled") -}}{{- end -}}
-{{- $entries = append $entries (dict "name" "opted-in-pods" "namespaceSelector" $ns "objectSelector" $obj) -}}
+{{- $unlabelled := dict "key" "reaper.dev/inject" "operator" "NotIn" "values" (list "enabled" "disabled") -}}
+{{- $ns := dict "matchExpressions" (concat (list $notExcluded $unlabelled) $userNs) -}}
+{{- $optedIn := dict "matchLabels" $enabled -}}
+{{- with $userObj }}{{- $_ := set $optedIn "matchExpressions" . -}}{{- end -}}
+{{- $entries = append $entries (dict "name" "opted-in-pods" "namespaceSelector" $ns "objectSelector" $optedIn) -}}
 {{- end -}}
 {{- end -}}
 {{- toYaml $entries -}}

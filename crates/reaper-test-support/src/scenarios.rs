@@ -1064,10 +1064,7 @@ pub async fn probe_and_exec_zombies(env: &Env) -> ProbeZombies {
     )
     .await;
     let mode = reaper::keys::ANNOTATION_MODE;
-    let probed = |name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]| {
-        orphan_probed(env, name, labels, annotations)
-    };
-    let before = create(env, &ns, &probed("unprotected", &[], &[])).await;
+    let before = create(env, &ns, &orphan_probed(env, "unprotected", &[], &[])).await;
     assert_eq!(
         injected(&before),
         None,
@@ -1076,9 +1073,9 @@ pub async fn probe_and_exec_zombies(env: &Env) -> ProbeZombies {
     env.opt_in(&ns).await;
     let opted_out = [(reaper::keys::LABEL_INJECT, reaper::keys::INJECT_DISABLED)];
     let pods = [
-        probed("opted-out", &opted_out, &[]),
-        probed("inject", &[], &[(mode, "inject")]),
-        probed("share", &[], &[(mode, "share")]),
+        orphan_probed(env, "opted-out", &opted_out, &[]),
+        orphan_probed(env, "inject", &[], &[(mode, "inject")]),
+        orphan_probed(env, "share", &[], &[(mode, "share")]),
     ];
     for p in &pods {
         create(env, &ns, p).await;

@@ -112,33 +112,33 @@ pub fn comparable_pod(p: &k8s_openapi::api::core::v1::Pod) -> Value {
     v
 }
 
-/// `helm install --dry-run=server` of the chart on `cp` with `values`, the CRDs left to the caller
-/// (`crds.enabled=false`: Helm would refuse to adopt CRDs applied with kubectl): what Helm
-/// prints, NOTES included. Panics with Helm's output when it fails.
-pub fn dry_run_install(
+/// `helm ARGS --kubeconfig <cp's> --namespace NAMESPACE`: what Helm prints. Panics with Helm's
+/// output when it fails.
+pub fn helm(cp: &crate::control_plane::ControlPlane, namespace: &str, args: &[&str]) -> String {
+    let kubeconfig = cp.kubeconfig().display().to_string();
+    let mut all = args.to_vec();
+    all.extend(["--kubeconfig", &kubeconfig, "--namespace", namespace]);
+    super::helm_run(&all).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `helm install` (or `upgrade`, `args[0]`) of the chart on `cp` with `extra` flags and
+/// `values`, the CRDs left to the caller (`crds.enabled=false`: Helm would refuse to adopt CRDs
+/// applied with kubectl): what Helm prints, NOTES included.
+pub fn install(
     cp: &crate::control_plane::ControlPlane,
+    verb: &str,
     release: &str,
     namespace: &str,
+    extra: &[&str],
     values: &[super::V<'_>],
 ) -> String {
-    let kubeconfig = cp.kubeconfig().display().to_string();
     let chart = super::chart_dir().display().to_string();
-    let mut args: Vec<String> = [
-        "install",
-        release,
-        &chart,
-        "--dry-run=server",
-        "--kubeconfig",
-        &kubeconfig,
-        "--namespace",
-        namespace,
-    ]
-    .map(String::from)
-    .to_vec();
+    let mut args: Vec<String> = [verb, release, &chart].map(String::from).to_vec();
+    args.extend(extra.iter().map(|a| a.to_string()));
     args.extend(super::V::Set("crds.enabled", "false").helm_args());
     for v in values {
         args.extend(v.helm_args());
     }
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    super::helm_run(&refs).unwrap_or_else(|e| panic!("{e}"))
+    helm(cp, namespace, &refs)
 }
